@@ -1,0 +1,3 @@
+"""tailsampler: a tail-based sampling proxy for OpenTelemetry traces."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,176 @@
+"""Wiring and lifecycle: start the receivers, admin server, sweeper and policy watcher around one
+Core; reload policies when their file changes; drain everything on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from sampler.admin import AdminServer
+from sampler.buffer import Buffer
+from sampler.config import Loaded, split_host_port
+from sampler.core import Core, KeptTrace
+from sampler.decisions import DecisionCache
+from sampler.exporters import build_sender
+from sampler.exporters.base import Sender
+from sampler.exporters.queue import ExportQueue
+from sampler.metrics import Metrics
+from sampler.policy.engine import Engine, Verdict
+from sampler.policy.loader import load_policies
+from sampler.receivers.grpc import GrpcReceiver
+from sampler.receivers.http import HttpReceiver
+from sampler.summary import TraceSummary
+from sampler.yamlfile import ConfigError, load_yaml
+
+log = logging.getLogger("tailsampler")
+RELOAD_POLL_SECONDS = 1.0
+
+
+def _file_state(path: Path) -> tuple[int, int, int] | None:
+    """What changes when the file (or the kubelet's `..data` symlink target) is replaced."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+class App:
+    def __init__(self, loaded: Loaded, sender: Sender | None = None) -> None:
+        self.loaded = loaded
+        self.config = loaded.config
+        self._sender = sender
+        self.ready = False
+        self.ports: dict[str, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+
+    def _log_decision(self, summary: TraceSummary, verdict: Verdict, reason: str) -> None:
+        log.debug("decided trace %s: %s by %s (%s, %d spans)", summary.trace_id.hex(),
+                  "keep" if verdict.keep else "drop", verdict.policy, reason, summary.spans)
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.loop = asyncio.get_running_loop()
+        buf = cfg.buffer
+        self.core = Core(
+            Buffer(buf.max_traces, buf.max_bytes, buf.decision_wait, buf.max_trace_age),
+            Engine(self.loaded.policies.policies),
+            DecisionCache(buf.decision_cache_kept, buf.decision_cache_dropped),
+            self._emit,
+            on_decision=self._log_decision if log.isEnabledFor(logging.DEBUG) else None,
+        )
+        self.metrics = Metrics(self.core)
+        self.core.observe_lag = self.metrics.decision_lag.observe
+        sender = self._sender or build_sender(cfg.exporter)
+        self.queue = ExportQueue(sender, self.metrics, cfg.exporter.queue_max_bytes,
+                                 cfg.exporter.batch_max_spans, cfg.exporter.retry)
+        self.receivers: list[GrpcReceiver | HttpReceiver] = []
+        otlp = cfg.receivers.otlp
+        limit = cfg.receivers.max_request_bytes
+        if otlp.grpc is not None:
+            host, port = split_host_port(otlp.grpc.endpoint)
+            grpc_rx = GrpcReceiver(host, port, self._ingest, limit, self._refused("grpc"))
+            self.ports["grpc"] = await grpc_rx.start()
+            self.receivers.append(grpc_rx)
+        if otlp.http is not None:
+            host, port = split_host_port(otlp.http.endpoint)
+            http_rx = HttpReceiver(host, port, self._ingest, limit, self._refused("http"))
+            self.ports["http"] = await http_rx.start()
+            self.receivers.append(http_rx)
+        self.admin: AdminServer | None = None
+        if cfg.admin.endpoint is not None:
+            host, port = split_host_port(cfg.admin.endpoint)
+            self.admin = AdminServer(host, port, self.metrics.registry, lambda: self.ready)
+            self.ports["admin"] = await self.admin.start()
+        self._tasks.append(asyncio.create_task(self._sweeper(), name="sweeper"))
+        if self.loaded.policies_path is not None:
+            self._tasks.append(asyncio.create_task(self._watch(self.loaded.policies_path), name="policy-watch"))
+        self.ready = True
+        log.info("tailsampler ready: %d policies, exporter %s", len(self.core.engine.policies), cfg.exporter.protocol)
+
+    def _refused(self, protocol: str) -> Callable[[str], None]:
+        return functools.partial(self._count_refused, protocol)
+
+    def _count_refused(self, protocol: str, reason: str) -> None:
+        self.metrics.requests_refused.labels(protocol, reason).inc()
+
+    def _ingest(self, data: bytes, protocol: str) -> int:
+        return self.core.ingest(data, protocol, self.loop.time())
+
+    def _emit(self, trace: KeptTrace) -> None:
+        self.queue.put(trace)
+
+    async def _sweeper(self) -> None:
+        interval = self.config.buffer.sweep_interval
+        while True:
+            await asyncio.sleep(interval)
+            self.core.sweep(self.loop.time())
+
+    async def _watch(self, path: Path) -> None:
+        state = _file_state(path)
+        while True:
+            await asyncio.sleep(RELOAD_POLL_SECONDS)
+            current = _file_state(path)
+            if current is None or current == state:
+                continue
+            state = current
+            self.reload(path)
+
+    def reload(self, path: Path) -> bool:
+        """Swap in the policies at `path`; a broken file keeps the last good policies."""
+        try:
+            policy_set = load_policies(load_yaml(path))
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("policy reload failed, keeping the last good policies: %s", problem)
+            self.metrics.policy_reloads.labels("failure").inc()
+            return False
+        self.core.set_engine(Engine(policy_set.policies))
+        self.metrics.policy_reloads.labels("success").inc()
+        log.info("policies reloaded from %s: %d policies", path, len(policy_set.policies))
+        return True
+
+    async def shutdown(self) -> None:
+        """Stop accepting, decide every buffered trace at once, flush the export queue (bounded)."""
+        self.ready = False
+        timeout = self.config.shutdown_timeout
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for rx in self.receivers:
+            if isinstance(rx, GrpcReceiver):
+                await rx.stop(grace=1.0)
+            else:
+                await rx.stop()
+        decided = self.core.decide_all(self.loop.time())
+        log.info("shutdown: decided %d buffered traces, flushing exports (up to %.0fs)", decided, timeout)
+        if not await self.queue.flush(timeout):
+            log.warning("shutdown: export queue not drained within %.0fs; the rest is counted as dropped", timeout)
+        await self.queue.close()
+        if self.admin is not None:
+            await self.admin.stop()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run_until_stopped(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        try:
+            await self._stopping.wait()
+        finally:
+            log.info("stopping")
+            await self.shutdown()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(sig)
+

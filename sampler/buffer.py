@@ -1,0 +1,89 @@
+"""The bounded per-trace store: spans held as their serialized bytes, plus each trace's summary.
+
+Traces are kept in two orders: by last arrival (the quiet-time sweep pops from its front) and by
+first arrival (the max-age sweep and bound evictions pop from its front). Both are OrderedDicts,
+so every operation is O(1) and a sweep touches only what is due.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from sampler.otlp.wire import Group
+from sampler.summary import TraceSummary
+
+
+class TraceEntry:
+    __slots__ = ("first_seen", "groups", "last_seen", "nbytes", "spans", "summary")
+
+    def __init__(self, trace_id: bytes, now: float) -> None:
+        self.spans: list[bytes] = []
+        self.groups: list[Group] = []  # groups[i] is the resource/scope of spans[i]
+        self.nbytes = 0
+        self.first_seen = now
+        self.last_seen = now
+        self.summary = TraceSummary(trace_id)
+
+    @property
+    def trace_id(self) -> bytes:
+        return self.summary.trace_id
+
+
+class Buffer:
+    def __init__(self, max_traces: int, max_bytes: int, decision_wait: float, max_trace_age: float) -> None:
+        self.max_traces = max_traces
+        self.max_bytes = max_bytes
+        self.decision_wait = decision_wait
+        self.max_trace_age = max_trace_age
+        self.by_last: OrderedDict[bytes, TraceEntry] = OrderedDict()
+        self.by_first: OrderedDict[bytes, TraceEntry] = OrderedDict()
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self.by_first)
+
+    def get(self, trace_id: bytes) -> TraceEntry | None:
+        return self.by_first.get(trace_id)
+
+    def create(self, trace_id: bytes, now: float) -> TraceEntry:
+        entry = TraceEntry(trace_id, now)
+        self.by_first[trace_id] = entry
+        self.by_last[trace_id] = entry
+        return entry
+
+    def touched(self, entry: TraceEntry, now: float, added_bytes: int) -> None:
+        """Record that spans were just appended to `entry`: it becomes the most recently active."""
+        entry.last_seen = now
+        entry.nbytes += added_bytes
+        self.nbytes += added_bytes
+        self.by_last.move_to_end(entry.trace_id)
+
+    def remove(self, entry: TraceEntry) -> None:
+        del self.by_first[entry.trace_id]
+        del self.by_last[entry.trace_id]
+        self.nbytes -= entry.nbytes
+
+    def over_bounds(self) -> bool:
+        return len(self.by_first) > self.max_traces or self.nbytes > self.max_bytes
+
+    def oldest(self) -> TraceEntry:
+        return next(iter(self.by_first.values()))
+
+    def next_quiet(self, now: float) -> TraceEntry | None:
+        """The least recently active trace, if no span of it has arrived for decision_wait."""
+        if self.by_last:
+            entry = next(iter(self.by_last.values()))
+            if entry.last_seen + self.decision_wait <= now:
+                return entry
+        return None
+
+    def next_aged(self, now: float) -> TraceEntry | None:
+        """The oldest trace, if max_trace_age has passed since its first span."""
+        if self.by_first:
+            entry = next(iter(self.by_first.values()))
+            if entry.first_seen + self.max_trace_age <= now:
+                return entry
+        return None
+
+    def entries(self) -> list[TraceEntry]:
+        return list(self.by_first.values())

@@ -1,0 +1,103 @@
+"""The `tailsampler` command: run | validate | simulate | demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sampler import __version__
+from sampler.config import DEFAULT_CONFIG_ENV, load_config, validate_file
+from sampler.yamlfile import ConfigError
+
+
+def _event_loop() -> None:
+    """uvloop for the servers; the standard loop still works where uvloop is unavailable."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from sampler.app import App
+
+    path = args.config or os.environ.get(DEFAULT_CONFIG_ENV)
+    try:
+        loaded = load_config(Path(path) if path else None)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    _setup_logging("debug" if args.debug else loaded.config.log_level)
+    _event_loop()
+    asyncio.run(App(loaded).run_until_stopped())
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    failed = False
+    for name in args.paths:
+        problems = validate_file(Path(name))
+        if problems:
+            failed = True
+            for problem in problems:
+                print(problem)
+        else:
+            print(f"{name}: ok")
+    return 1 if failed else 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from sampler.simulate import simulate
+
+    return simulate(Path(args.policies), [Path(f) for f in args.files], args.format)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sampler.demo import run_demo
+
+    _setup_logging("warning")
+    _event_loop()
+    return asyncio.run(run_demo(args.seconds))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tailsampler", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"tailsampler {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the proxy until SIGTERM/SIGINT")
+    run.add_argument("--config", help=f"config file (default: ${DEFAULT_CONFIG_ENV}, else built-in defaults)")
+    run.add_argument("--debug", action="store_true", help="log every decision with its policy")
+    run.set_defaults(func=cmd_run)
+    validate = sub.add_parser("validate", help="check config and/or policy files")
+    validate.add_argument("paths", nargs="+", metavar="PATH")
+    validate.set_defaults(func=cmd_validate)
+    simulate = sub.add_parser("simulate", help="decide recorded OTLP/JSON traces offline")
+    simulate.add_argument("--policies", required=True, help="policies file")
+    simulate.add_argument("--format", choices=("table", "jsonl"), default="table")
+    simulate.add_argument("files", nargs="+", metavar="FILE")
+    simulate.set_defaults(func=cmd_simulate)
+    demo = sub.add_parser("demo", help="run the proxy against generated traffic and show what it keeps")
+    demo.add_argument("--seconds", type=float, default=10.0, help="how long to send traffic (default 10)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code

@@ -1,0 +1,267 @@
+"""The config file's models: every key with its default, durations and sizes in human units, and
+`TAILSAMPLER_<SECTION>__<KEY>` environment overrides that win over the file."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from sampler.policy.loader import PolicySet, load_policies
+from sampler.yamlfile import ConfigError, Problem, YamlDoc, load_yaml, parse_yaml
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$")
+_SIZE_UNITS = {None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from `500ms`, `5s`, `1m` or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 500ms, 5s or 1m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ValueError(f"invalid duration {value!r}; use e.g. 500ms, 5s, 1m or a number of seconds")
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from `256MiB`, `1GiB` or a plain number of bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 256MiB or 1GiB")
+    if isinstance(value, int):
+        size = value
+    else:
+        m = _SIZE.match(str(value))
+        if not m:
+            raise ValueError(f"invalid size {value!r}; use e.g. 256MiB, 1GiB or a number of bytes")
+        size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    if size < 0:
+        raise ValueError("a size cannot be negative")
+    return size
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Listen(_Model):
+    endpoint: str
+
+    @model_validator(mode="after")
+    def _host_port(self) -> Listen:
+        split_host_port(self.endpoint)
+        return self
+
+
+def split_host_port(endpoint: str) -> tuple[str, int]:
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected host:port, got {endpoint!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class OtlpReceivers(_Model):
+    grpc: Listen | None = Listen(endpoint="0.0.0.0:4317")
+    http: Listen | None = Listen(endpoint="0.0.0.0:4318")
+
+
+class Receivers(_Model):
+    otlp: OtlpReceivers = OtlpReceivers()
+    max_request_bytes: Size = Field(default=16 * 2**20, gt=0)  # after decompression
+
+
+class BufferConfig(_Model):
+    decision_wait: Duration = 5.0
+    max_trace_age: Duration = 60.0
+    max_traces: int = Field(default=100_000, gt=0)
+    max_bytes: Size = Field(default=256 * 2**20, gt=0)
+    decision_cache_kept: int = Field(default=100_000, gt=0)  # trace ids remembered as kept
+    decision_cache_dropped: int = Field(default=1_000_000, gt=0)  # ...and as dropped
+    sweep_interval: Duration = 0.1
+
+
+class Retry(_Model):
+    initial_interval: Duration = 1.0
+    max_interval: Duration = 10.0
+    max_elapsed_time: Duration = 300.0
+
+
+class ExporterConfig(_Model):
+    protocol: Literal["grpc", "http", "stdout", "file"] = "grpc"
+    endpoint: str = "http://127.0.0.1:4317"
+    headers: dict[str, str] = Field(default_factory=dict)
+    compression: Literal["gzip", "none"] = "gzip"
+    retry: Retry = Retry()
+    timeout: Duration = 10.0
+    queue_max_bytes: Size = Field(default=64 * 2**20, gt=0)
+    batch_max_spans: int = Field(default=4096, gt=0)
+    annotate: bool = True  # add tailsampling.policy / tailsampling.sample_rate to kept spans
+
+
+class AdminConfig(_Model):
+    endpoint: str | None = "0.0.0.0:8888"
+
+
+class DnsPeers(_Model):
+    name: str
+    port: int = 4317
+    interval: Duration = 5.0
+
+
+class PeersConfig(_Model):
+    self_: str = Field(default="127.0.0.1:4317", alias="self")
+    static: list[str] = Field(default_factory=list)
+    dns: DnsPeers | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _supported(self) -> PeersConfig:
+        others = [p for p in self.static if p != self.self_]
+        if others or self.dns is not None:
+            raise ValueError("sharding across peers is not supported by this version; use one instance")
+        return self
+
+
+class Config(_Model):
+    receivers: Receivers = Receivers()
+    buffer: BufferConfig = BufferConfig()
+    exporter: ExporterConfig = ExporterConfig()
+    policies_file: str | None = None
+    policies: list[Any] | None = None
+    admin: AdminConfig = AdminConfig()
+    peers: PeersConfig = PeersConfig()
+    shutdown_timeout: Duration = 20.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+DEFAULT_CONFIG_ENV = "TAILSAMPLER_CONFIG"
+_ENV_PREFIX = "TAILSAMPLER_"
+_TOP_LEVEL_ENV_KEYS = frozenset({"policies_file", "shutdown_timeout", "log_level"})
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """`TAILSAMPLER_EXPORTER__ENDPOINT=x` -> {"exporter": {"endpoint": "x"}}; values are YAML scalars."""
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(_ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(_ENV_PREFIX) :].split("__")]
+        if not all(parts) or (len(parts) == 1 and parts[0] not in _TOP_LEVEL_ENV_KEYS):
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else {}
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class Loaded:
+    """A validated config with its policies, and where each came from (for hot reload)."""
+
+    def __init__(self, config: Config, policies: PolicySet, policies_path: Path | None) -> None:
+        self.config = config
+        self.policies = policies
+        self.policies_path = policies_path
+
+
+def default_policies_doc() -> YamlDoc:
+    text = resources.files("sampler").joinpath("default_policies.yaml").read_text(encoding="utf-8")
+    return parse_yaml(text, "<built-in default policies>")
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Loaded:
+    """Read, merge environment overrides into, and validate a config file and its policies."""
+    environ = os.environ if environ is None else environ
+    if path is not None:
+        doc = load_yaml(path)
+        if doc.data is None:
+            doc.data = {}
+        if not isinstance(doc.data, dict):
+            raise ConfigError([doc.problem((), "expected a mapping of config sections")])
+        base_dir = path.parent
+    else:
+        doc = YamlDoc("<defaults>", {}, {})
+        base_dir = Path.cwd()
+    raw = _merge(doc.data, env_overrides(environ))
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(doc.problems_from(exc)) from None
+    policies_path: Path | None = None
+    if config.policies is not None:
+        policy_set = load_policies(doc, ("policies",))
+    elif config.policies_file is not None:
+        policies_path = (base_dir / config.policies_file).resolve()
+        policy_set = load_policies(load_yaml(policies_path))
+    else:
+        policy_set = load_policies(default_policies_doc())
+    _apply_tail_sampling_block(config, policy_set, doc)
+    return Loaded(config, policy_set, policies_path)
+
+
+def _apply_tail_sampling_block(config: Config, policy_set: PolicySet, doc: YamlDoc) -> None:
+    """A Collector `tail_sampling` block's decision_wait / num_traces fill buffer keys the config left unset."""
+    problems: list[Problem] = []
+    explicit = config.buffer.model_fields_set
+    if policy_set.decision_wait is not None and "decision_wait" not in explicit:
+        try:
+            config.buffer.decision_wait = parse_duration(policy_set.decision_wait)
+        except ValueError as exc:
+            problems.append(doc.problem(("decision_wait",), str(exc)))
+    if policy_set.num_traces is not None and "max_traces" not in explicit:
+        if isinstance(policy_set.num_traces, int) and policy_set.num_traces > 0:
+            config.buffer.max_traces = policy_set.num_traces
+        else:
+            problems.append(doc.problem(("num_traces",), "expected a positive integer"))
+    if problems:
+        raise ConfigError(problems)
+
+
+def validate_file(path: Path) -> list[Problem]:
+    """Check a config file or a policies file (told apart by their keys); [] when valid."""
+    try:
+        doc = load_yaml(path)
+        data = doc.data
+        is_policies = isinstance(data, dict) and (
+            "tail_sampling" in data or "processors" in data or ("policies" in data and len(data) == 1)
+        )
+        if is_policies:
+            load_policies(doc)
+        else:
+            load_config(path, environ={})
+    except ConfigError as exc:
+        return exc.problems
+    return []

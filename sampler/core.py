@@ -1,0 +1,202 @@
+"""The sans-I/O pipeline: request bytes in -> buffer -> decisions -> kept traces out.
+
+Receivers, `simulate` and the demo all drive this one object; it knows no sockets and reads time
+only from the `now` values it is given, so tests drive it with a hand-advanced clock.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+from sampler.buffer import Buffer, TraceEntry
+from sampler.decisions import DecisionCache
+from sampler.otlp.wire import Group, SpanFields, resource_attrs, span_fields, walk_request
+from sampler.policy.engine import Engine, Verdict
+from sampler.summary import TraceSummary
+
+
+class KeptTrace:
+    """Spans of a kept trace (or late spans of one), ready to be spliced into an export request."""
+
+    __slots__ = ("groups", "late", "policy", "sample_rate", "spans", "summary", "trace_id")
+
+    def __init__(
+        self, trace_id: bytes, spans: list[bytes], groups: list[Group], verdict: Verdict,
+        summary: TraceSummary | None,
+    ) -> None:
+        self.trace_id = trace_id
+        self.spans = spans
+        self.groups = groups
+        self.policy = verdict.policy
+        self.sample_rate = verdict.sample_rate
+        self.summary = summary  # None for late spans
+        self.late = summary is None
+
+
+class Stats:
+    """Plain counters; the metrics module exposes them at scrape time, so the hot path makes no
+    metrics calls."""
+
+    def __init__(self) -> None:
+        self.spans_received: Counter[str] = Counter()
+        self.decided: Counter[tuple[str, str]] = Counter()  # (keep|drop, policy or "")
+        self.evicted = 0
+        self.late_spans: Counter[str] = Counter()  # keep|drop
+        self.policy_errors: Counter[str] = Counter()
+
+
+Emit = Callable[[KeptTrace], None]
+
+# Decision reasons, for logs and the decision-lag due time.
+QUIET = "quiet"
+MAX_AGE = "max_age"
+EVICTED = "evicted"
+SHUTDOWN = "shutdown"
+
+
+class Core:
+    def __init__(
+        self,
+        buffer: Buffer,
+        engine: Engine,
+        decisions: DecisionCache,
+        emit: Emit,
+        observe_lag: Callable[[float], None] | None = None,
+        on_decision: Callable[[TraceSummary, Verdict, str], None] | None = None,
+    ) -> None:
+        self.buffer = buffer
+        self.decisions = decisions
+        self.emit = emit
+        self.observe_lag = observe_lag
+        self.on_decision = on_decision
+        self.stats = Stats()
+        self._groups: dict[tuple[bytes, bytes], Group] = {}
+        self.engine = engine
+        engine.on_error = self._policy_error
+
+    def _policy_error(self, policy: object, exc: Exception) -> None:
+        self.stats.policy_errors[getattr(policy, "name", "?")] += 1
+
+    def _intern(self, group: Group) -> Group:
+        """Share one Group between requests with the same resource and scope bytes."""
+        key = (group.resource, group.scope)
+        found = self._groups.get(key)
+        if found is not None:
+            return found
+        if len(self._groups) >= 4096:
+            self._groups.clear()
+        self._groups[key] = group
+        return group
+
+    def ingest(self, data: bytes, protocol: str, now: float) -> int:
+        """Take one ExportTraceServiceRequest; returns its span count. Raises WireError, having
+        changed nothing, when the request is malformed."""
+        spans = walk_request(data, self.engine.keys)
+        self.stats.spans_received[protocol] += len(spans)
+        by_trace: dict[bytes, list[SpanFields]] = {}
+        last: Group | None = None
+        shared: Group | None = None
+        for span in spans:
+            if span.group is not last:
+                last = span.group
+                shared = self._intern(last)
+            assert shared is not None
+            span.group = shared
+            lst = by_trace.get(span.trace_id)
+            if lst is None:
+                by_trace[span.trace_id] = [span]
+            else:
+                lst.append(span)
+        for trace_id, lst in by_trace.items():
+            self._add(trace_id, lst, now)
+        return len(spans)
+
+    def _add(self, trace_id: bytes, spans: list[SpanFields], now: float) -> None:
+        buffer = self.buffer
+        entry = buffer.get(trace_id)
+        if entry is None:
+            verdict = self.decisions.get(trace_id)
+            if verdict is not None:
+                self._late(trace_id, spans, verdict)
+                return
+            entry = buffer.create(trace_id, now)
+        engine = self.engine
+        has_predicates = bool(engine.predicates)
+        summary = entry.summary
+        added = 0
+        for span in spans:
+            bits = 0
+            if has_predicates:
+                group = span.group
+                bits = group.match_bits
+                if bits < 0:
+                    bits = group.match_bits = engine.bits(group.attrs, True)
+                if span.attrs:
+                    bits |= engine.bits(span.attrs, False)
+            summary.add(span, bits)
+            entry.spans.append(span.data)
+            entry.groups.append(span.group)
+            added += len(span.data)
+        buffer.touched(entry, now, added)
+        while buffer.over_bounds():
+            self.stats.evicted += 1
+            self._decide(buffer.oldest(), now, EVICTED)
+
+    def _late(self, trace_id: bytes, spans: list[SpanFields], verdict: Verdict) -> None:
+        if verdict.keep:
+            self.stats.late_spans["keep"] += len(spans)
+            self.emit(KeptTrace(trace_id, [s.data for s in spans], [s.group for s in spans], verdict, None))
+        else:
+            self.stats.late_spans["drop"] += len(spans)
+
+    def _decide(self, entry: TraceEntry, now: float, reason: str) -> None:
+        self.buffer.remove(entry)
+        summary = entry.summary
+        verdict = self.engine.decide(summary)
+        self.decisions.record(summary.trace_id, verdict)
+        self.stats.decided["keep" if verdict.keep else "drop", verdict.policy or ""] += 1
+        if self.observe_lag is not None and reason in (QUIET, MAX_AGE):
+            due = min(entry.last_seen + self.buffer.decision_wait, entry.first_seen + self.buffer.max_trace_age)
+            self.observe_lag(max(0.0, now - due))
+        if self.on_decision is not None:
+            self.on_decision(summary, verdict, reason)
+        if verdict.keep:
+            self.emit(KeptTrace(summary.trace_id, entry.spans, entry.groups, verdict, summary))
+
+    def sweep(self, now: float) -> int:
+        """Decide every trace that has gone quiet or grown too old; returns how many."""
+        n = 0
+        buffer = self.buffer
+        while (entry := buffer.next_quiet(now)) is not None:
+            self._decide(entry, now, QUIET)
+            n += 1
+        while (entry := buffer.next_aged(now)) is not None:
+            self._decide(entry, now, MAX_AGE)
+            n += 1
+        return n
+
+    def decide_all(self, now: float) -> int:
+        """Decide every buffered trace at once (shutdown)."""
+        entries = self.buffer.entries()
+        for entry in entries:
+            self._decide(entry, now, SHUTDOWN)
+        return len(entries)
+
+    def set_engine(self, engine: Engine) -> None:
+        """Swap in new policies and re-summarise buffered traces under them (reloads are rare, so
+        re-reading the stored spans is cheaper than keeping every attribute just in case)."""
+        engine.on_error = self._policy_error
+        self.engine = engine
+        self._groups.clear()
+        refreshed: set[int] = set()
+        for entry in self.buffer.entries():
+            summary = TraceSummary(entry.trace_id)
+            for data, group in zip(entry.spans, entry.groups, strict=True):
+                if id(group) not in refreshed:
+                    refreshed.add(id(group))
+                    group.attrs = resource_attrs(group.resource, engine.keys)
+                    group.match_bits = engine.bits(group.attrs, True) if engine.predicates else 0
+                span = span_fields(data, group, engine.keys)
+                summary.add(span, group.match_bits | (engine.bits(span.attrs, False) if span.attrs else 0))
+            entry.summary = summary

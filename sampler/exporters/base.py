@@ -1,0 +1,41 @@
+"""What every exporter implements, and the errors that tell the queue whether to retry."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from sampler.core import KeptTrace
+from sampler.otlp.splice import annotation, encode_request
+
+
+class RetryableError(Exception):
+    """The backend may accept the same batch later; `delay` is its hint (RetryInfo/Retry-After)."""
+
+    def __init__(self, message: str, delay: float | None = None) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class PermanentError(Exception):
+    """The backend refused the batch for good (bad data, auth); retrying cannot help."""
+
+
+class Sender(Protocol):
+    async def send(self, batch: list[KeptTrace]) -> int:
+        """Deliver the batch; return how many spans the backend rejected (partial success)."""
+
+    async def close(self) -> None: ...
+
+
+def encode_batch(batch: list[KeptTrace], annotate: bool) -> bytes:
+    return encode_request(
+        (t.spans, t.groups, annotation(t.policy, t.sample_rate) if annotate else b"") for t in batch
+    )
+
+
+def split_endpoint(endpoint: str) -> tuple[str, bool, str]:
+    """`http://h:p/path` -> ("h:p", tls=False, "/path"); https means TLS; a bare host:port is plaintext."""
+    tls = endpoint.startswith("https://")
+    rest = endpoint.split("://", 1)[1] if "://" in endpoint else endpoint
+    authority, slash, path = rest.partition("/")
+    return authority, tls, slash + path

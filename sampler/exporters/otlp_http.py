@@ -1,0 +1,66 @@
+"""OTLP/HTTP exporter (protobuf body), on aiohttp."""
+
+from __future__ import annotations
+
+import gzip
+
+import aiohttp
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+from sampler.core import KeptTrace
+from sampler.exporters.base import PermanentError, RetryableError, encode_batch, split_endpoint
+
+RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+
+
+def http_url(endpoint: str) -> str:
+    """An endpoint with no path gets /v1/traces; one with a path is used as is."""
+    authority, tls, path = split_endpoint(endpoint)
+    return f"{'https' if tls else 'http'}://{authority}{path if path not in ('', '/') else '/v1/traces'}"
+
+
+def retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP-date; fall back to our own backoff
+
+
+class HttpSender:
+    def __init__(
+        self, endpoint: str, headers: dict[str, str], compression: str, timeout: float, annotate: bool
+    ) -> None:
+        self.url = http_url(endpoint)
+        self.headers = {**headers, "Content-Type": "application/x-protobuf"}
+        if compression == "gzip":
+            self.headers["Content-Encoding"] = "gzip"
+        self.gzip = compression == "gzip"
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.annotate = annotate
+        self.session: aiohttp.ClientSession | None = None
+
+    async def send(self, batch: list[KeptTrace]) -> int:
+        body = encode_batch(batch, self.annotate)
+        if self.gzip:
+            body = gzip.compress(body, compresslevel=1)
+        if self.session is None:
+            self.session = aiohttp.ClientSession(timeout=self.timeout)
+        try:
+            async with self.session.post(self.url, data=body, headers=self.headers) as resp:
+                payload = await resp.read()
+                if resp.status == 200:
+                    if payload and resp.content_type == "application/x-protobuf":
+                        return int(ExportTraceServiceResponse.FromString(payload).partial_success.rejected_spans)
+                    return 0
+                message = f"HTTP {resp.status}: {payload[:200]!r}"
+                if resp.status in RETRYABLE_STATUS:
+                    raise RetryableError(message, retry_after(resp.headers.get("Retry-After")))
+                raise PermanentError(message)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RetryableError(f"{type(exc).__name__}: {exc}") from None
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()

@@ -1,0 +1,105 @@
+"""Every metric, defined once with its help text.
+
+The core keeps plain counters (no metrics calls on the hot path); a custom collector turns them
+into Prometheus families at scrape time. I/O shells (exporter, reloader) count with ordinary
+prometheus_client metrics, per request or per batch, never per span.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from sampler.core import Core
+
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class CoreCollector(Collector):
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def collect(self) -> Iterator[Metric]:
+        core = self.core
+        stats = core.stats
+        received = CounterMetricFamily(
+            "tailsampler_spans_received", "Spans accepted by the receivers.", labels=["protocol"]
+        )
+        for protocol in ("grpc", "http"):
+            received.add_metric([protocol], stats.spans_received[protocol])
+        yield received
+        decided = CounterMetricFamily(
+            "tailsampler_traces_decided",
+            "Traces decided, by decision (keep|drop) and deciding policy ('' when no policy voted).",
+            labels=["decision", "policy"],
+        )
+        for (decision, policy), n in sorted(stats.decided.items()):
+            decided.add_metric([decision, policy], n)
+        yield decided
+        yield GaugeMetricFamily("tailsampler_traces_in_buffer", "Traces held awaiting a decision.", len(core.buffer))
+        yield GaugeMetricFamily("tailsampler_buffer_bytes", "Span bytes held in the buffer.", core.buffer.nbytes)
+        yield GaugeMetricFamily("tailsampler_buffer_max_traces", "Configured bound on traces held.",
+                                core.buffer.max_traces)
+        yield GaugeMetricFamily("tailsampler_buffer_max_bytes", "Configured bound on span bytes held.",
+                                core.buffer.max_bytes)
+        yield CounterMetricFamily(
+            "tailsampler_traces_evicted",
+            "Traces decided early because max_traces or max_bytes was reached (oldest first).",
+            stats.evicted,
+        )
+        late = CounterMetricFamily(
+            "tailsampler_late_spans",
+            "Spans that arrived after their trace was decided; they follow the recorded decision.",
+            labels=["decision"],
+        )
+        for decision in ("keep", "drop"):
+            late.add_metric([decision], stats.late_spans[decision])
+        yield late
+        errors = CounterMetricFamily(
+            "tailsampler_policy_evaluation_errors", "Policy evaluations that failed (the policy abstained).",
+            labels=["policy"],
+        )
+        for name, n in sorted(stats.policy_errors.items()):
+            errors.add_metric([name], n)
+        yield errors
+
+
+class Metrics:
+    """The metrics of one running instance, in a registry of its own (tests run several)."""
+
+    def __init__(self, core: Core) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(CoreCollector(core))
+        self.spans_exported = Counter(
+            "tailsampler_spans_exported", "Spans delivered to the backend.", registry=self.registry
+        )
+        self.export_failures = Counter(
+            "tailsampler_export_failures", "Export requests that failed (each failed attempt).",
+            registry=self.registry,
+        )
+        self.spans_dropped = Counter(
+            "tailsampler_spans_dropped",
+            "Spans of kept traces that could not be delivered, by reason "
+            "(export_queue_full, export_failed, export_rejected).",
+            ["reason"], registry=self.registry,
+        )
+        for reason in ("export_queue_full", "export_failed", "export_rejected"):
+            self.spans_dropped.labels(reason)
+        self.policy_reloads = Counter(
+            "tailsampler_policy_reloads", "Policy file reloads, by result (success|failure).", ["result"],
+            registry=self.registry,
+        )
+        for result in ("success", "failure"):
+            self.policy_reloads.labels(result)
+        self.decision_lag = Histogram(
+            "tailsampler_decision_lag_seconds",
+            "How late a trace was decided: decision time minus due time (quiet or max age).",
+            buckets=LAG_BUCKETS, registry=self.registry,
+        )
+        self.requests_refused = Counter(
+            "tailsampler_requests_refused", "Requests refused by a receiver, by protocol and reason.",
+            ["protocol", "reason"], registry=self.registry,
+        )

@@ -1,0 +1,525 @@
+"""Walk OTLP trace requests in wire format without building protobuf objects.
+
+The receive path needs, per span, its trace id, its serialized bytes and the few fields that the
+loaded policies read. Parsing every span into objects and re-serializing it costs several times
+more than walking the tags and slicing the request, so this module walks the bytes directly.
+
+It must refuse exactly what protobuf (upb) refuses: truncation, bad lengths, invalid wire types and
+invalid UTF-8 in string fields, anywhere in the request, so that one bad span can never reach a
+backend inside an otherwise good batch. Which fields are strings and which are messages is taken
+from the generated descriptors, so the walker agrees with the installed proto definitions.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+# Field kinds in the validation schema.
+K_OTHER = 0
+K_STRING = 1
+K_MESSAGE = 2
+
+MAX_DEPTH = 100  # upb's default recursion limit
+
+AttrValue = str | int | float | bool
+
+
+class WireError(ValueError):
+    """The request is not a valid ExportTraceServiceRequest; the message says where and why."""
+
+
+def _build_schema() -> tuple[list[dict[int, tuple[int, int]]], dict[str, int]]:
+    schema: list[dict[int, tuple[int, int]]] = []
+    index: dict[str, int] = {}
+
+    def add(desc: Descriptor) -> int:
+        if desc.full_name in index:
+            return index[desc.full_name]
+        idx = len(schema)
+        index[desc.full_name] = idx
+        fields: dict[int, tuple[int, int]] = {}
+        schema.append(fields)
+        for f in desc.fields:
+            if f.type == FieldDescriptor.TYPE_STRING:
+                fields[f.number] = (K_STRING, -1)
+            elif f.type == FieldDescriptor.TYPE_MESSAGE:
+                fields[f.number] = (K_MESSAGE, -1)
+        for f in desc.fields:
+            if f.message_type is not None:
+                fields[f.number] = (K_MESSAGE, add(f.message_type))
+        return idx
+
+    add(trace_service_pb2.ExportTraceServiceRequest.DESCRIPTOR)
+    return schema, index
+
+
+SCHEMA, _INDEX = _build_schema()
+M_RESOURCE = _INDEX["opentelemetry.proto.resource.v1.Resource"]
+M_SCOPE = _INDEX["opentelemetry.proto.common.v1.InstrumentationScope"]
+M_KEYVALUE = _INDEX["opentelemetry.proto.common.v1.KeyValue"]
+M_ANYVALUE = _INDEX["opentelemetry.proto.common.v1.AnyValue"]
+M_EVENT = _INDEX["opentelemetry.proto.trace.v1.Span.Event"]
+M_LINK = _INDEX["opentelemetry.proto.trace.v1.Span.Link"]
+M_STATUS = _INDEX["opentelemetry.proto.trace.v1.Status"]
+M_SPAN = _INDEX["opentelemetry.proto.trace.v1.Span"]
+M_SCOPESPANS = _INDEX["opentelemetry.proto.trace.v1.ScopeSpans"]
+M_RESOURCESPANS = _INDEX["opentelemetry.proto.trace.v1.ResourceSpans"]
+
+
+class Group:
+    """The resource and scope shared by a run of spans, kept as re-emittable field bytes.
+
+    `resource` is every field of the ResourceSpans except its scope_spans; `scope` is every field
+    of the ScopeSpans except its spans. Export requests are spliced from these and the span bytes.
+    """
+
+    __slots__ = ("attrs", "match_bits", "resource", "scope", "service")
+
+    def __init__(self, resource: bytes, scope: bytes, attrs: dict[str, AttrValue]) -> None:
+        self.resource = resource
+        self.scope = scope
+        self.attrs = attrs
+        value = attrs.get("service.name")
+        self.service = value if isinstance(value, str) else ""
+        self.match_bits = -1  # resource-level policy matches; computed once per group by the core
+
+
+class SpanFields:
+    """What the core reads from one span; the span itself stays bytes."""
+
+    __slots__ = (
+        "attrs",
+        "data",
+        "end",
+        "flags",
+        "group",
+        "is_root",
+        "kind",
+        "name",
+        "start",
+        "status",
+        "trace_id",
+        "trace_state",
+    )
+
+    def __init__(self, data: bytes, group: Group) -> None:
+        self.data = data
+        self.group = group
+        self.trace_id = b""
+        self.is_root = True
+        self.name = ""
+        self.kind = 0
+        self.start = 0
+        self.end = 0
+        self.status = 0
+        self.flags = 0
+        self.trace_state = ""
+        self.attrs: dict[str, AttrValue] | None = None
+
+
+def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        if pos >= end:
+            raise WireError(f"truncated varint at byte {pos}")
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result & 0xFFFFFFFFFFFFFFFF, pos
+        shift += 7
+        if shift >= 70:
+            raise WireError(f"varint longer than 10 bytes at byte {pos}")
+
+
+def _length(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    n, pos = _varint(data, pos, end)
+    if n > end - pos:
+        raise WireError(f"length {n} at byte {pos} runs past the end of its message")
+    return n, pos
+
+
+def _utf8(data: bytes, start: int, stop: int) -> str:
+    try:
+        return data[start:stop].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WireError(f"invalid UTF-8 in a string field at byte {start + exc.start}") from None
+
+
+def _fixed64(data: bytes, pos: int) -> int:
+    return int.from_bytes(data[pos : pos + 8], "little")
+
+
+def _skip(data: bytes, pos: int, end: int, tag: int, depth: int) -> int:
+    """Skip one field's value whose tag was just read; validate strings and messages it contains
+    if the field is known (unknown fields only need valid framing)."""
+    wt = tag & 7
+    if wt == 0:
+        return _varint(data, pos, end)[1]
+    if wt == 1:
+        if end - pos < 8:
+            raise WireError(f"truncated fixed64 at byte {pos}")
+        return pos + 8
+    if wt == 5:
+        if end - pos < 4:
+            raise WireError(f"truncated fixed32 at byte {pos}")
+        return pos + 4
+    if wt == 2:
+        n, pos = _length(data, pos, end)
+        return pos + n
+    if wt == 3:
+        return _skip_group(data, pos, end, tag >> 3, depth + 1)
+    raise WireError(f"invalid wire type {wt} at byte {pos}")
+
+
+def _skip_group(data: bytes, pos: int, end: int, field: int, depth: int) -> int:
+    if depth > MAX_DEPTH:
+        raise WireError("message nesting exceeds the recursion limit")
+    while pos < end:
+        tag, pos = _varint(data, pos, end)
+        if tag >> 3 == 0:
+            raise WireError(f"field number 0 at byte {pos}")
+        if tag & 7 == 4:
+            if tag >> 3 != field:
+                raise WireError(f"mismatched end-group at byte {pos}")
+            return pos
+        pos = _skip(data, pos, end, tag, depth)
+    raise WireError("unterminated group")
+
+
+def check_message(data: bytes, pos: int, end: int, msg: int, depth: int) -> None:
+    """Validate a message of schema type `msg` occupying data[pos:end]."""
+    if depth > MAX_DEPTH:
+        raise WireError("message nesting exceeds the recursion limit")
+    fields = SCHEMA[msg]
+    while pos < end:
+        tag, pos = _varint(data, pos, end)
+        fno = tag >> 3
+        if fno == 0:
+            raise WireError(f"field number 0 at byte {pos}")
+        if tag & 7 == 2:
+            n, pos = _length(data, pos, end)
+            spec = fields.get(fno)
+            if spec is not None:
+                if spec[0] == K_STRING:
+                    _utf8(data, pos, pos + n)
+                elif spec[0] == K_MESSAGE:
+                    check_message(data, pos, pos + n, spec[1], depth + 1)
+            pos += n
+        elif tag & 7 == 4:
+            raise WireError(f"unexpected end-group at byte {pos}")
+        else:
+            pos = _skip(data, pos, end, tag, depth)
+
+
+def _any_value(data: bytes, pos: int, end: int, depth: int) -> AttrValue | None:
+    """Decode a primitive AnyValue (validating the whole value); arrays and maps give None."""
+    value: AttrValue | None = None
+    while pos < end:
+        tag, pos = _varint(data, pos, end)
+        fno = tag >> 3
+        wt = tag & 7
+        if fno == 1 and wt == 2:
+            n, pos = _length(data, pos, end)
+            value = _utf8(data, pos, pos + n)
+            pos += n
+        elif fno == 2 and wt == 0:
+            v, pos = _varint(data, pos, end)
+            value = v != 0
+        elif fno == 3 and wt == 0:
+            v, pos = _varint(data, pos, end)
+            value = v - (1 << 64) if v >= 1 << 63 else v
+        elif fno == 4 and wt == 1:
+            if end - pos < 8:
+                raise WireError(f"truncated fixed64 at byte {pos}")
+            value = struct.unpack_from("<d", data, pos)[0]
+            pos += 8
+        elif fno == 0:
+            raise WireError(f"field number 0 at byte {pos}")
+        elif wt == 2:
+            n, pos = _length(data, pos, end)
+            spec = SCHEMA[M_ANYVALUE].get(fno)
+            if spec is not None and spec[0] == K_MESSAGE:
+                check_message(data, pos, pos + n, spec[1], depth + 1)
+                value = None
+            elif spec is not None and spec[0] == K_STRING:
+                _utf8(data, pos, pos + n)
+            elif fno == 7:
+                value = None
+            pos += n
+        elif wt == 4:
+            raise WireError(f"unexpected end-group at byte {pos}")
+        else:
+            pos = _skip(data, pos, end, tag, depth)
+    return value
+
+
+def _attributes(
+    data: bytes, pos: int, end: int, keys: frozenset[str], out: dict[str, AttrValue] | None, depth: int
+) -> dict[str, AttrValue] | None:
+    """Validate one KeyValue; when its key is wanted, record its primitive value into `out`."""
+    key: str | None = None
+    vstart = -1
+    vend = -1
+    while pos < end:
+        tag, pos = _varint(data, pos, end)
+        fno = tag >> 3
+        if fno == 1 and tag & 7 == 2:
+            n, pos = _length(data, pos, end)
+            key = _utf8(data, pos, pos + n)
+            pos += n
+        elif fno == 2 and tag & 7 == 2:
+            n, pos = _length(data, pos, end)
+            vstart, vend = pos, pos + n
+            pos += n
+        elif fno == 0:
+            raise WireError(f"field number 0 at byte {pos}")
+        elif tag & 7 == 4:
+            raise WireError(f"unexpected end-group at byte {pos}")
+        else:
+            pos = _skip(data, pos, end, tag, depth)
+    if vstart >= 0:
+        value = _any_value(data, vstart, vend, depth + 1)
+        if key is not None and key in keys and value is not None:
+            if out is None:
+                out = {}
+            out[key] = value
+    return out
+
+
+def _resource_attrs(data: bytes, pos: int, end: int, keys: frozenset[str], depth: int) -> dict[str, AttrValue]:
+    attrs: dict[str, AttrValue] | None = {}
+    while pos < end:
+        tag, pos = _varint(data, pos, end)
+        fno = tag >> 3
+        if fno == 1 and tag & 7 == 2:
+            n, pos = _length(data, pos, end)
+            attrs = _attributes(data, pos, pos + n, keys, attrs, depth + 1)
+            pos += n
+        elif fno == 0:
+            raise WireError(f"field number 0 at byte {pos}")
+        elif tag & 7 == 2:
+            n, pos = _length(data, pos, end)
+            spec = SCHEMA[M_RESOURCE].get(fno)
+            if spec is not None and spec[0] == K_MESSAGE:
+                check_message(data, pos, pos + n, spec[1], depth + 1)
+            pos += n
+        elif tag & 7 == 4:
+            raise WireError(f"unexpected end-group at byte {pos}")
+        else:
+            pos = _skip(data, pos, end, tag, depth)
+    return attrs if attrs is not None else {}
+
+
+def _status_code(data: bytes, pos: int, end: int, depth: int) -> int:
+    code = 0
+    while pos < end:
+        tag, pos = _varint(data, pos, end)
+        fno = tag >> 3
+        if fno == 3 and tag & 7 == 0:
+            v, pos = _varint(data, pos, end)
+            code = v & 0xFFFFFFFF
+        elif fno == 2 and tag & 7 == 2:
+            n, pos = _length(data, pos, end)
+            _utf8(data, pos, pos + n)
+            pos += n
+        elif fno == 0:
+            raise WireError(f"field number 0 at byte {pos}")
+        elif tag & 7 == 4:
+            raise WireError(f"unexpected end-group at byte {pos}")
+        else:
+            pos = _skip(data, pos, end, tag, depth)
+    return code
+
+
+def read_span(data: bytes, pos: int, end: int, keys: frozenset[str], span: SpanFields) -> None:
+    """Fill `span` from the Span message at data[pos:end], validating all of it."""
+    depth = 3
+    has_trace_id = False
+    while pos < end:
+        tag, pos = _varint(data, pos, end)
+        fno = tag >> 3
+        wt = tag & 7
+        if wt == 2:
+            n, pos = _length(data, pos, end)
+            stop = pos + n
+            if fno == 9:
+                span.attrs = _attributes(data, pos, stop, keys, span.attrs, depth + 1)
+            elif fno == 1:
+                if n != 16:
+                    raise WireError(f"span trace_id has {n} bytes, want 16")
+                span.trace_id = data[pos:stop]
+                has_trace_id = True
+            elif fno == 2:
+                if n != 8:
+                    raise WireError(f"span span_id has {n} bytes, want 8")
+            elif fno == 4:
+                if n not in (0, 8):
+                    raise WireError(f"span parent_span_id has {n} bytes, want 8 or none")
+                span.is_root = n == 0
+            elif fno == 5:
+                span.name = _utf8(data, pos, stop)
+            elif fno == 3:
+                span.trace_state = _utf8(data, pos, stop)
+            elif fno == 15:
+                span.status = _status_code(data, pos, stop, depth + 1)
+            elif fno == 11:
+                check_message(data, pos, stop, M_EVENT, depth + 1)
+            elif fno == 13:
+                check_message(data, pos, stop, M_LINK, depth + 1)
+            elif fno == 0:
+                raise WireError(f"field number 0 at byte {pos}")
+            pos = stop
+        elif fno == 7 and wt == 1:
+            if end - pos < 8:
+                raise WireError(f"truncated fixed64 at byte {pos}")
+            span.start = _fixed64(data, pos)
+            pos += 8
+        elif fno == 8 and wt == 1:
+            if end - pos < 8:
+                raise WireError(f"truncated fixed64 at byte {pos}")
+            span.end = _fixed64(data, pos)
+            pos += 8
+        elif fno == 6 and wt == 0:
+            v, pos = _varint(data, pos, end)
+            span.kind = v & 0xFFFFFFFF
+        elif fno == 16 and wt == 5:
+            if end - pos < 4:
+                raise WireError(f"truncated fixed32 at byte {pos}")
+            span.flags = int.from_bytes(data[pos : pos + 4], "little")
+            pos += 4
+        elif fno == 0:
+            raise WireError(f"field number 0 at byte {pos}")
+        elif wt == 4:
+            raise WireError(f"unexpected end-group at byte {pos}")
+        else:
+            pos = _skip(data, pos, end, tag, depth)
+    if not has_trace_id:
+        raise WireError("span has no trace_id")
+
+
+def _scope_spans(
+    data: bytes, pos: int, end: int, resource: bytes, rattrs: dict[str, AttrValue],
+    keys: frozenset[str], out: list[SpanFields],
+) -> None:
+    header: list[bytes] = []
+    ranges: list[int] = []
+    while pos < end:
+        fstart = pos
+        tag, pos = _varint(data, pos, end)
+        fno = tag >> 3
+        if fno == 2 and tag & 7 == 2:
+            n, pos = _length(data, pos, end)
+            ranges.append(pos)
+            ranges.append(pos + n)
+            pos += n
+            continue
+        if fno == 0:
+            raise WireError(f"field number 0 at byte {pos}")
+        if tag & 7 == 2:
+            n, pos = _length(data, pos, end)
+            spec = SCHEMA[M_SCOPESPANS].get(fno)
+            if spec is not None and spec[0] == K_MESSAGE:
+                check_message(data, pos, pos + n, spec[1], 3)
+            elif spec is not None and spec[0] == K_STRING:
+                _utf8(data, pos, pos + n)
+            pos += n
+        elif tag & 7 == 4:
+            raise WireError(f"unexpected end-group at byte {pos}")
+        else:
+            pos = _skip(data, pos, end, tag, 2)
+        header.append(data[fstart:pos])
+    if not ranges:
+        return
+    group = Group(resource, b"".join(header), rattrs)
+    for i in range(0, len(ranges), 2):
+        start = ranges[i]
+        stop = ranges[i + 1]
+        span = SpanFields(data[start:stop], group)
+        read_span(data, start, stop, keys, span)
+        out.append(span)
+
+
+def _resource_spans(data: bytes, pos: int, end: int, keys: frozenset[str], out: list[SpanFields]) -> None:
+    header: list[bytes] = []
+    scopes: list[int] = []
+    rattrs: dict[str, AttrValue] = {}
+    while pos < end:
+        fstart = pos
+        tag, pos = _varint(data, pos, end)
+        fno = tag >> 3
+        if fno == 2 and tag & 7 == 2:
+            n, pos = _length(data, pos, end)
+            scopes.append(pos)
+            scopes.append(pos + n)
+            pos += n
+            continue
+        if fno == 0:
+            raise WireError(f"field number 0 at byte {pos}")
+        if fno == 1 and tag & 7 == 2:
+            n, pos = _length(data, pos, end)
+            rattrs.update(_resource_attrs(data, pos, pos + n, keys, 2))
+            pos += n
+        elif fno == 3 and tag & 7 == 2:
+            n, pos = _length(data, pos, end)
+            _utf8(data, pos, pos + n)
+            pos += n
+        elif tag & 7 == 4:
+            raise WireError(f"unexpected end-group at byte {pos}")
+        else:
+            pos = _skip(data, pos, end, tag, 1)
+        header.append(data[fstart:pos])
+    resource = b"".join(header)
+    for i in range(0, len(scopes), 2):
+        _scope_spans(data, scopes[i], scopes[i + 1], resource, rattrs, keys, out)
+
+
+def walk_request(data: bytes, keys: frozenset[str]) -> list[SpanFields]:
+    """Split an ExportTraceServiceRequest into its spans; raise WireError if protobuf would refuse it.
+
+    `keys` names the attributes whose primitive values are extracted (span and resource level).
+    """
+    out: list[SpanFields] = []
+    end = len(data)
+    pos = 0
+    while pos < end:
+        tag, pos = _varint(data, pos, end)
+        fno = tag >> 3
+        if fno == 1 and tag & 7 == 2:
+            n, pos = _length(data, pos, end)
+            _resource_spans(data, pos, pos + n, keys, out)
+            pos += n
+        elif fno == 0:
+            raise WireError(f"field number 0 at byte {pos}")
+        elif tag & 7 == 4:
+            raise WireError(f"unexpected end-group at byte {pos}")
+        else:
+            pos = _skip(data, pos, end, tag, 0)
+    return out
+
+
+def span_fields(data: bytes, group: Group, keys: frozenset[str]) -> SpanFields:
+    """Re-read a stored span (after a policy reload changed which attributes matter)."""
+    span = SpanFields(data, group)
+    read_span(data, 0, len(data), keys, span)
+    return span
+
+
+def resource_attrs(header: bytes, keys: frozenset[str]) -> dict[str, AttrValue]:
+    """Re-extract the wanted resource attributes from a Group's stored ResourceSpans fields."""
+    attrs: dict[str, AttrValue] = {}
+    pos = 0
+    end = len(header)
+    while pos < end:
+        tag, pos = _varint(header, pos, end)
+        if tag == 0x0A:
+            n, pos = _length(header, pos, end)
+            attrs.update(_resource_attrs(header, pos, pos + n, keys, 2))
+            pos += n
+        else:
+            pos = _skip(header, pos, end, tag, 1)
+    return attrs

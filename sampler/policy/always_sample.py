@@ -1,0 +1,20 @@
+"""`always_sample`: every trace is sampled."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from sampler.policy.base import Policy, Vote
+from sampler.summary import TraceSummary
+
+
+class AlwaysSampleConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AlwaysSample(Policy):
+    def __init__(self, name: str, config: AlwaysSampleConfig) -> None:
+        super().__init__(name)
+
+    def evaluate(self, trace: TraceSummary) -> Vote:
+        return Vote.SAMPLED

@@ -1,0 +1,73 @@
+"""Combines the votes of the loaded policies into one decision, as the Collector's processor does:
+a Dropped or InvertNotSampled vote vetoes; otherwise any Sampled or InvertSampled vote keeps;
+otherwise the trace is dropped. A policy that raises abstains (and is reported)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
+
+from sampler.otlp.wire import AttrValue
+from sampler.policy.base import Policy, Vote
+from sampler.summary import TraceSummary
+
+ALWAYS_KEYS = frozenset({"service.name"})
+
+
+class Verdict(NamedTuple):
+    keep: bool
+    policy: str | None  # the deciding policy: first keep vote in file order, or the vetoing one
+    sample_rate: float
+
+
+class Engine:
+    def __init__(
+        self,
+        policies: Sequence[Policy],
+        on_error: Callable[[Policy, Exception], None] | None = None,
+    ) -> None:
+        self.policies = list(policies)
+        self.on_error = on_error
+        self.predicates: list[Policy] = []
+        keys: set[str] = set(ALWAYS_KEYS)
+        for p in self.policies:
+            if p.keys:
+                p.bit = 1 << len(self.predicates)
+                self.predicates.append(p)
+                keys |= p.keys
+        self.keys = frozenset(keys)
+
+    def bits(self, attrs: Mapping[str, AttrValue], is_resource: bool) -> int:
+        """The predicate bits that one span's (or resource's) extracted attributes satisfy."""
+        out = 0
+        for p in self.predicates:
+            if p.matches(attrs, is_resource):
+                out |= p.bit
+        return out
+
+    def decide(self, trace: TraceSummary) -> Verdict:
+        sampled: Policy | None = None
+        invert_sampled: Policy | None = None
+        for p in self.policies:
+            try:
+                vote = p.evaluate(trace)
+            except Exception as exc:  # an evaluation error abstains, as upstream
+                if self.on_error is not None:
+                    self.on_error(p, exc)
+                continue
+            if vote is Vote.DROPPED or vote is Vote.INVERT_NOT_SAMPLED:
+                return Verdict(False, p.name if vote is Vote.DROPPED else None, 0.0)
+            if vote is Vote.SAMPLED and sampled is None:
+                sampled = p
+            elif vote is Vote.INVERT_SAMPLED and invert_sampled is None:
+                invert_sampled = p
+        keeper = _first(self.policies, sampled, invert_sampled)
+        if keeper is None:
+            return Verdict(False, None, 0.0)
+        return Verdict(True, keeper.name, keeper.sample_rate(trace))
+
+
+def _first(order: Sequence[Policy], a: Policy | None, b: Policy | None) -> Policy | None:
+    if a is None or b is None:
+        return a or b
+    return a if order.index(a) < order.index(b) else b

@@ -1,0 +1,43 @@
+"""`errors` (tailsampler's own): samples traces with any span whose status is ERROR, or whose HTTP
+response status is at least `http_status_min` (`http.response.status_code`, or the older
+`http.status_code`; integers, or strings of digits as some SDKs send them)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sampler.otlp.wire import AttrValue
+from sampler.policy.base import Policy, Vote
+from sampler.summary import STATUS_ERROR, TraceSummary
+
+HTTP_STATUS_KEYS = ("http.response.status_code", "http.status_code")
+
+
+class ErrorsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    http_status_min: int = Field(default=500, ge=100, le=999)
+
+
+class Errors(Policy):
+    keys = frozenset(HTTP_STATUS_KEYS)
+
+    def __init__(self, name: str, config: ErrorsConfig) -> None:
+        super().__init__(name)
+        self.minimum = config.http_status_min
+
+    def matches(self, attrs: Mapping[str, AttrValue], is_resource: bool) -> bool:
+        if is_resource:
+            return False
+        for key in HTTP_STATUS_KEYS:
+            value = attrs.get(key)
+            if isinstance(value, str) and value.isdigit():
+                value = int(value)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= self.minimum:
+                return True
+        return False
+
+    def evaluate(self, trace: TraceSummary) -> Vote:
+        hit = trace.status_mask & STATUS_ERROR or self.matched(trace)
+        return Vote.SAMPLED if hit else Vote.NOT_SAMPLED

@@ -1,0 +1,38 @@
+"""Trace-id hashing shared by every chance-based policy.
+
+Decisions that depend on chance use the trace id, never a random generator, so every instance and
+every replay decides the same trace the same way. This is the OpenTelemetry Collector's
+`probabilistic` hash: FNV-1a 64 over the salt followed by the 16 trace-id bytes, kept when
+hash <= floor((2^64 - 1) * percentage / 100).
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+DEFAULT_SALT = "default-hash-seed"
+_FNV_OFFSET = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+_MASK = 0xFFFFFFFFFFFFFFFF
+
+
+def fnv1a64(data: bytes) -> int:
+    h = _FNV_OFFSET
+    for b in data:
+        h = ((h ^ b) * _FNV_PRIME) & _MASK
+    return h
+
+
+def threshold(percentage: float) -> int:
+    """The largest hash kept at this percentage (exact arithmetic, clamped to [0, 100])."""
+    pct = Fraction(min(max(percentage, 0.0), 100.0))
+    return int(_MASK * pct / 100)
+
+
+def trace_hash(salt: bytes, trace_id: bytes) -> int:
+    return fnv1a64(salt + trace_id)
+
+
+def rate_for(percentage: float) -> float:
+    """Sample rate (1 / probability) of a percentage; 0% keeps nothing, so its rate is moot (0)."""
+    return 100.0 / percentage if percentage > 0 else 0.0

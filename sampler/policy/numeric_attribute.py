@@ -1,0 +1,51 @@
+"""`numeric_attribute`: samples traces where an integer span or resource attribute lies within
+[min_value, max_value] (inclusive; a missing bound is open). `invert_match` as in string_attribute."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sampler.otlp.wire import AttrValue
+from sampler.policy.base import Policy, Vote
+from sampler.summary import TraceSummary
+
+_INT64_MIN = -(1 << 63)
+_INT64_MAX = (1 << 63) - 1
+
+
+class NumericAttributeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key: str = Field(min_length=1)
+    min_value: int | None = None
+    max_value: int | None = None
+    invert_match: bool = False
+
+    @model_validator(mode="after")
+    def _bounds(self) -> NumericAttributeConfig:
+        if self.min_value is None and self.max_value is None:
+            raise ValueError("at least one of min_value or max_value must be set")
+        if self.min_value is not None and self.max_value is not None and self.min_value > self.max_value:
+            raise ValueError(f"min_value {self.min_value} is greater than max_value {self.max_value}")
+        return self
+
+
+class NumericAttribute(Policy):
+    def __init__(self, name: str, config: NumericAttributeConfig) -> None:
+        super().__init__(name)
+        self.key = config.key
+        self.keys = frozenset({config.key})
+        self.low = config.min_value if config.min_value is not None else _INT64_MIN
+        self.high = config.max_value if config.max_value is not None else _INT64_MAX
+        self.invert = config.invert_match
+
+    def matches(self, attrs: Mapping[str, AttrValue], is_resource: bool) -> bool:
+        value = attrs.get(self.key)
+        return isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
+
+    def evaluate(self, trace: TraceSummary) -> Vote:
+        hit = self.matched(trace)
+        if self.invert:
+            return Vote.INVERT_NOT_SAMPLED if hit else Vote.INVERT_SAMPLED
+        return Vote.SAMPLED if hit else Vote.NOT_SAMPLED

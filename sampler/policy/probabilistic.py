@@ -1,0 +1,31 @@
+"""`probabilistic`: samples a percentage of traces by trace-id hash, exactly as the Collector does,
+so tailsampler and a Collector with the same salt keep the same traces."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sampler.policy.base import Policy, Vote
+from sampler.policy.hashing import DEFAULT_SALT, rate_for, threshold, trace_hash
+from sampler.summary import TraceSummary
+
+
+class ProbabilisticConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hash_salt: str = DEFAULT_SALT
+    sampling_percentage: float = Field(ge=0, le=100)
+
+
+class Probabilistic(Policy):
+    def __init__(self, name: str, config: ProbabilisticConfig) -> None:
+        super().__init__(name)
+        self.salt = (config.hash_salt or DEFAULT_SALT).encode()
+        self.percentage = config.sampling_percentage
+        self.threshold = threshold(config.sampling_percentage)
+
+    def evaluate(self, trace: TraceSummary) -> Vote:
+        hit = self.percentage > 0 and trace_hash(self.salt, trace.trace_id) <= self.threshold
+        return Vote.SAMPLED if hit else Vote.NOT_SAMPLED
+
+    def sample_rate(self, trace: TraceSummary) -> float:
+        return rate_for(self.percentage)

@@ -1,0 +1,81 @@
+"""`route` (tailsampler's own): a keep percentage per route.
+
+The trace's route is `attribute` on its root span (falling back to `url.path`, then `http.target`,
+then the same keys on the root's resource). The first rule whose `match` fits applies (a glob where
+`*` matches anything, or with `regex: true` an unanchored regex); otherwise `default_percentage`.
+The keep decision is by trace-id hash (the probabilistic policy's), so every instance agrees.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sampler.policy.base import Policy, Vote
+from sampler.policy.hashing import DEFAULT_SALT, rate_for, threshold, trace_hash
+from sampler.summary import TraceSummary
+
+FALLBACK_KEYS = ("url.path", "http.target")
+
+
+class RouteRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    match: str = Field(min_length=1)
+    sample_percentage: float = Field(ge=0, le=100)
+    regex: bool = False
+
+    @model_validator(mode="after")
+    def _regex(self) -> RouteRule:
+        if self.regex:
+            try:
+                re.compile(self.match)
+            except re.error as exc:
+                raise ValueError(f"invalid regex {self.match!r}: {exc}") from None
+        return self
+
+
+class RouteConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    attribute: str = "http.route"
+    rules: list[RouteRule] = Field(default_factory=list)
+    default_percentage: float = Field(default=0, ge=0, le=100)
+    hash_salt: str = DEFAULT_SALT
+
+
+class Route(Policy):
+    def __init__(self, name: str, config: RouteConfig) -> None:
+        super().__init__(name)
+        self.lookup = (config.attribute, *(k for k in FALLBACK_KEYS if k != config.attribute))
+        self.keys = frozenset(self.lookup)
+        self.rules = [
+            (re.compile(r.match) if r.regex else re.compile(fnmatch.translate(r.match)), r.regex, r.sample_percentage)
+            for r in config.rules
+        ]
+        self.default = config.default_percentage
+        self.salt = config.hash_salt.encode()
+
+    def route_of(self, trace: TraceSummary) -> str | None:
+        for attrs in (trace.root_attrs, trace.root_resource_attrs):
+            for key in self.lookup:
+                value = attrs.get(key)
+                if isinstance(value, str):
+                    return value
+        return None
+
+    def percentage(self, trace: TraceSummary) -> float:
+        route = self.route_of(trace)
+        if route is not None:
+            for pattern, is_regex, pct in self.rules:
+                if (pattern.search(route) if is_regex else pattern.match(route)) is not None:
+                    return pct
+        return self.default
+
+    def evaluate(self, trace: TraceSummary) -> Vote:
+        pct = self.percentage(trace)
+        hit = pct > 0 and trace_hash(self.salt, trace.trace_id) <= threshold(pct)
+        return Vote.SAMPLED if hit else Vote.NOT_SAMPLED
+
+    def sample_rate(self, trace: TraceSummary) -> float:
+        return rate_for(self.percentage(trace))

@@ -1,0 +1,60 @@
+"""`string_attribute`: samples traces where a span or resource attribute equals (or, with
+`enabled_regex_matching`, contains a match of) one of `values`. Regexes are unanchored, as Go's
+`regexp.MatchString` upstream. With `invert_match`, a match votes InvertNotSampled (a veto) and its
+absence InvertSampled."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sampler.otlp.wire import AttrValue
+from sampler.policy.base import Policy, Vote
+from sampler.summary import TraceSummary
+
+
+class StringAttributeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key: str = Field(min_length=1)
+    values: list[str] = Field(min_length=1)
+    enabled_regex_matching: bool = False
+    cache_max_size: int = Field(default=0, ge=0)
+    invert_match: bool = False
+
+    @model_validator(mode="after")
+    def _regexes(self) -> StringAttributeConfig:
+        if self.enabled_regex_matching:
+            for v in self.values:
+                try:
+                    re.compile(v)
+                except re.error as exc:
+                    raise ValueError(f"invalid regex {v!r}: {exc}") from None
+        return self
+
+
+class StringAttribute(Policy):
+    def __init__(self, name: str, config: StringAttributeConfig) -> None:
+        super().__init__(name)
+        self.key = config.key
+        self.keys = frozenset({config.key})
+        self.invert = config.invert_match
+        self.values = frozenset(config.values)
+        self.pattern = (
+            re.compile("|".join(f"(?:{v})" for v in config.values)) if config.enabled_regex_matching else None
+        )
+
+    def matches(self, attrs: Mapping[str, AttrValue], is_resource: bool) -> bool:
+        value = attrs.get(self.key)
+        if not isinstance(value, str):
+            return False
+        if self.pattern is not None:
+            return self.pattern.search(value) is not None
+        return value in self.values
+
+    def evaluate(self, trace: TraceSummary) -> Vote:
+        hit = self.matched(trace)
+        if self.invert:
+            return Vote.INVERT_NOT_SAMPLED if hit else Vote.INVERT_SAMPLED
+        return Vote.SAMPLED if hit else Vote.NOT_SAMPLED
