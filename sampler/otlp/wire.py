@@ -136,6 +136,13 @@ def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
             raise WireError(f"varint longer than 10 bytes at byte {pos}")
 
 
+def _tag(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    tag, pos = _varint(data, pos, end)
+    if tag >> 3 == 0 or tag > 0xFFFFFFFF:
+        raise WireError(f"invalid field number at byte {pos}")
+    return tag, pos
+
+
 def _length(data: bytes, pos: int, end: int) -> tuple[int, int]:
     n, pos = _varint(data, pos, end)
     if n > end - pos:
@@ -180,9 +187,7 @@ def _skip_group(data: bytes, pos: int, end: int, field: int, depth: int) -> int:
     if depth > MAX_DEPTH:
         raise WireError("message nesting exceeds the recursion limit")
     while pos < end:
-        tag, pos = _varint(data, pos, end)
-        if tag >> 3 == 0:
-            raise WireError(f"field number 0 at byte {pos}")
+        tag, pos = _tag(data, pos, end)
         if tag & 7 == 4:
             if tag >> 3 != field:
                 raise WireError(f"mismatched end-group at byte {pos}")
@@ -197,10 +202,8 @@ def check_message(data: bytes, pos: int, end: int, msg: int, depth: int) -> None
         raise WireError("message nesting exceeds the recursion limit")
     fields = SCHEMA[msg]
     while pos < end:
-        tag, pos = _varint(data, pos, end)
+        tag, pos = _tag(data, pos, end)
         fno = tag >> 3
-        if fno == 0:
-            raise WireError(f"field number 0 at byte {pos}")
         if tag & 7 == 2:
             n, pos = _length(data, pos, end)
             spec = fields.get(fno)
@@ -220,7 +223,7 @@ def _any_value(data: bytes, pos: int, end: int, depth: int) -> AttrValue | None:
     """Decode a primitive AnyValue (validating the whole value); arrays and maps give None."""
     value: AttrValue | None = None
     while pos < end:
-        tag, pos = _varint(data, pos, end)
+        tag, pos = _tag(data, pos, end)
         fno = tag >> 3
         wt = tag & 7
         if fno == 1 and wt == 2:
@@ -238,8 +241,6 @@ def _any_value(data: bytes, pos: int, end: int, depth: int) -> AttrValue | None:
                 raise WireError(f"truncated fixed64 at byte {pos}")
             value = struct.unpack_from("<d", data, pos)[0]
             pos += 8
-        elif fno == 0:
-            raise WireError(f"field number 0 at byte {pos}")
         elif wt == 2:
             n, pos = _length(data, pos, end)
             spec = SCHEMA[M_ANYVALUE].get(fno)
@@ -266,7 +267,7 @@ def _attributes(
     vstart = -1
     vend = -1
     while pos < end:
-        tag, pos = _varint(data, pos, end)
+        tag, pos = _tag(data, pos, end)
         fno = tag >> 3
         if fno == 1 and tag & 7 == 2:
             n, pos = _length(data, pos, end)
@@ -276,8 +277,6 @@ def _attributes(
             n, pos = _length(data, pos, end)
             vstart, vend = pos, pos + n
             pos += n
-        elif fno == 0:
-            raise WireError(f"field number 0 at byte {pos}")
         elif tag & 7 == 4:
             raise WireError(f"unexpected end-group at byte {pos}")
         else:
@@ -294,14 +293,12 @@ def _attributes(
 def _resource_attrs(data: bytes, pos: int, end: int, keys: frozenset[str], depth: int) -> dict[str, AttrValue]:
     attrs: dict[str, AttrValue] | None = {}
     while pos < end:
-        tag, pos = _varint(data, pos, end)
+        tag, pos = _tag(data, pos, end)
         fno = tag >> 3
         if fno == 1 and tag & 7 == 2:
             n, pos = _length(data, pos, end)
             attrs = _attributes(data, pos, pos + n, keys, attrs, depth + 1)
             pos += n
-        elif fno == 0:
-            raise WireError(f"field number 0 at byte {pos}")
         elif tag & 7 == 2:
             n, pos = _length(data, pos, end)
             spec = SCHEMA[M_RESOURCE].get(fno)
@@ -318,7 +315,7 @@ def _resource_attrs(data: bytes, pos: int, end: int, keys: frozenset[str], depth
 def _status_code(data: bytes, pos: int, end: int, depth: int) -> int:
     code = 0
     while pos < end:
-        tag, pos = _varint(data, pos, end)
+        tag, pos = _tag(data, pos, end)
         fno = tag >> 3
         if fno == 3 and tag & 7 == 0:
             v, pos = _varint(data, pos, end)
@@ -327,8 +324,6 @@ def _status_code(data: bytes, pos: int, end: int, depth: int) -> int:
             n, pos = _length(data, pos, end)
             _utf8(data, pos, pos + n)
             pos += n
-        elif fno == 0:
-            raise WireError(f"field number 0 at byte {pos}")
         elif tag & 7 == 4:
             raise WireError(f"unexpected end-group at byte {pos}")
         else:
@@ -340,8 +335,9 @@ def read_span(data: bytes, pos: int, end: int, keys: frozenset[str], span: SpanF
     """Fill `span` from the Span message at data[pos:end], validating all of it."""
     depth = 3
     has_trace_id = False
+    has_span_id = False
     while pos < end:
-        tag, pos = _varint(data, pos, end)
+        tag, pos = _tag(data, pos, end)
         fno = tag >> 3
         wt = tag & 7
         if wt == 2:
@@ -357,6 +353,7 @@ def read_span(data: bytes, pos: int, end: int, keys: frozenset[str], span: SpanF
             elif fno == 2:
                 if n != 8:
                     raise WireError(f"span span_id has {n} bytes, want 8")
+                has_span_id = True
             elif fno == 4:
                 if n not in (0, 8):
                     raise WireError(f"span parent_span_id has {n} bytes, want 8 or none")
@@ -371,8 +368,6 @@ def read_span(data: bytes, pos: int, end: int, keys: frozenset[str], span: SpanF
                 check_message(data, pos, stop, M_EVENT, depth + 1)
             elif fno == 13:
                 check_message(data, pos, stop, M_LINK, depth + 1)
-            elif fno == 0:
-                raise WireError(f"field number 0 at byte {pos}")
             pos = stop
         elif fno == 7 and wt == 1:
             if end - pos < 8:
@@ -392,14 +387,14 @@ def read_span(data: bytes, pos: int, end: int, keys: frozenset[str], span: SpanF
                 raise WireError(f"truncated fixed32 at byte {pos}")
             span.flags = int.from_bytes(data[pos : pos + 4], "little")
             pos += 4
-        elif fno == 0:
-            raise WireError(f"field number 0 at byte {pos}")
         elif wt == 4:
             raise WireError(f"unexpected end-group at byte {pos}")
         else:
             pos = _skip(data, pos, end, tag, depth)
     if not has_trace_id:
         raise WireError("span has no trace_id")
+    if not has_span_id:
+        raise WireError("span has no span_id")
 
 
 def _scope_spans(
@@ -410,7 +405,7 @@ def _scope_spans(
     ranges: list[int] = []
     while pos < end:
         fstart = pos
-        tag, pos = _varint(data, pos, end)
+        tag, pos = _tag(data, pos, end)
         fno = tag >> 3
         if fno == 2 and tag & 7 == 2:
             n, pos = _length(data, pos, end)
@@ -418,8 +413,6 @@ def _scope_spans(
             ranges.append(pos + n)
             pos += n
             continue
-        if fno == 0:
-            raise WireError(f"field number 0 at byte {pos}")
         if tag & 7 == 2:
             n, pos = _length(data, pos, end)
             spec = SCHEMA[M_SCOPESPANS].get(fno)
@@ -450,7 +443,7 @@ def _resource_spans(data: bytes, pos: int, end: int, keys: frozenset[str], out: 
     rattrs: dict[str, AttrValue] = {}
     while pos < end:
         fstart = pos
-        tag, pos = _varint(data, pos, end)
+        tag, pos = _tag(data, pos, end)
         fno = tag >> 3
         if fno == 2 and tag & 7 == 2:
             n, pos = _length(data, pos, end)
@@ -458,8 +451,6 @@ def _resource_spans(data: bytes, pos: int, end: int, keys: frozenset[str], out: 
             scopes.append(pos + n)
             pos += n
             continue
-        if fno == 0:
-            raise WireError(f"field number 0 at byte {pos}")
         if fno == 1 and tag & 7 == 2:
             n, pos = _length(data, pos, end)
             rattrs.update(_resource_attrs(data, pos, pos + n, keys, 2))
@@ -487,14 +478,12 @@ def walk_request(data: bytes, keys: frozenset[str]) -> list[SpanFields]:
     end = len(data)
     pos = 0
     while pos < end:
-        tag, pos = _varint(data, pos, end)
+        tag, pos = _tag(data, pos, end)
         fno = tag >> 3
         if fno == 1 and tag & 7 == 2:
             n, pos = _length(data, pos, end)
             _resource_spans(data, pos, pos + n, keys, out)
             pos += n
-        elif fno == 0:
-            raise WireError(f"field number 0 at byte {pos}")
         elif tag & 7 == 4:
             raise WireError(f"unexpected end-group at byte {pos}")
         else:
@@ -515,7 +504,7 @@ def resource_attrs(header: bytes, keys: frozenset[str]) -> dict[str, AttrValue]:
     pos = 0
     end = len(header)
     while pos < end:
-        tag, pos = _varint(header, pos, end)
+        tag, pos = _tag(header, pos, end)
         if tag == 0x0A:
             n, pos = _length(header, pos, end)
             attrs.update(_resource_attrs(header, pos, pos + n, keys, 2))

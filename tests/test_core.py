@@ -1,0 +1,202 @@
+"""The sans-I/O core with a hand-advanced clock: timing, bounds, eviction, late spans, reloads,
+and the invariant that every span is forwarded at most once, or dropped, never both."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sampler.buffer import Buffer
+from sampler.core import Core, KeptTrace
+from sampler.decisions import DecisionCache
+from sampler.otlp.splice import POLICY_KEY, RATE_KEY
+from sampler.policy.engine import Engine, Verdict
+from sampler.policy.loader import load_policies
+from sampler.summary import TraceSummary
+from sampler.yamlfile import parse_yaml
+from tests.spans import S, parse, request, tid
+
+KEEP_MARKED = "policies: [{name: marked, type: string_attribute, string_attribute: {key: keep, values: ['yes']}}]"
+
+
+def engine(text: str = KEEP_MARKED) -> Engine:
+    return Engine(load_policies(parse_yaml(text, "test.yaml")).policies)
+
+
+class Harness:
+    def __init__(self, max_traces: int = 1000, max_bytes: int = 10**9, wait: float = 5.0, age: float = 60.0,
+                 policies: str = KEEP_MARKED) -> None:
+        self.kept: list[KeptTrace] = []
+        self.decided: list[tuple[bytes, bool, str]] = []
+        self.core = Core(Buffer(max_traces, max_bytes, wait, age), engine(policies), DecisionCache(1000, 1000),
+                         self.kept.append, on_decision=self._on_decision)
+
+    def _on_decision(self, summary: TraceSummary, verdict: Verdict, reason: str) -> None:
+        self.decided.append((summary.trace_id, verdict.keep, reason))
+
+    def send(self, now: float, *spans: S) -> None:
+        self.core.ingest(request(spans), "grpc", now)
+
+    def kept_span_ids(self) -> list[bytes]:
+        return [parse_span_id(data) for t in self.kept for data in t.spans]
+
+
+def parse_span_id(data: bytes) -> bytes:
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    return bytes(Span.FromString(data).span_id)
+
+
+def test_decided_when_quiet_for_decision_wait_not_before() -> None:
+    h = Harness(wait=5.0)
+    h.send(0.0, S(1, 1, attrs={"keep": "yes"}))
+    h.send(3.0, S(1, 2, parent=1))
+    assert h.core.sweep(7.99) == 0  # last span at 3.0: due at 8.0
+    assert h.core.sweep(8.0) == 1
+    assert h.decided == [(tid(1), True, "quiet")]
+    assert len(h.kept[0].spans) == 2
+
+
+def test_decided_at_max_trace_age_even_while_spans_keep_arriving() -> None:
+    h = Harness(wait=5.0, age=10.0)
+    for second in range(10):
+        h.send(float(second), S(1, second))
+        assert h.core.sweep(float(second)) == 0
+    h.send(10.0, S(1, 10))
+    assert h.core.sweep(10.0) == 1
+    assert h.decided == [(tid(1), False, "max_age")]
+
+
+def test_hitting_max_traces_decides_the_oldest_early() -> None:
+    h = Harness(max_traces=3)
+    for n in range(1, 4):
+        h.send(float(n), S(n, n, attrs={"keep": "yes"}))
+    h.send(3.5, S(1, 10))  # trace 1 is still the oldest by first arrival
+    h.send(4.0, S(4, 4))
+    assert h.decided == [(tid(1), True, "evicted")]
+    assert h.core.stats.evicted == 1
+    assert len(h.core.buffer) == 3
+    assert len(h.kept[0].spans) == 2  # decided on everything that had arrived
+
+
+def test_hitting_max_bytes_decides_oldest_until_under_bound() -> None:
+    one = len(parse(request([S(1, 1)])).resource_spans[0].scope_spans[0].spans[0].SerializeToString())
+    h = Harness(max_bytes=one * 2)
+    h.send(0.0, S(1, 1))
+    h.send(1.0, S(2, 2))
+    assert h.decided == []
+    h.send(2.0, S(3, 3))
+    assert [d[0] for d in h.decided] == [tid(1)]
+    assert h.core.buffer.nbytes <= one * 2
+
+
+def test_late_spans_follow_the_recorded_decision() -> None:
+    h = Harness(wait=1.0)
+    h.send(0.0, S(1, 1, attrs={"keep": "yes"}), S(2, 2))
+    h.core.sweep(2.0)
+    assert {d[0]: d[1] for d in h.decided} == {tid(1): True, tid(2): False}
+    h.send(3.0, S(1, 3, parent=1), S(2, 4, parent=2, attrs={"keep": "yes"}))
+    late = [t for t in h.kept if t.late]
+    assert len(late) == 1 and late[0].trace_id == tid(1) and late[0].policy == "marked"
+    assert h.core.stats.late_spans == {"keep": 1, "drop": 1}
+    assert len(h.core.buffer) == 0  # late spans do not start a new trace
+
+
+def test_a_malformed_request_changes_nothing() -> None:
+    h = Harness()
+    h.send(0.0, S(1, 1))
+    bad = request([S(2, 2)])[:-3]
+    try:
+        h.core.ingest(bad, "grpc", 1.0)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("truncated request accepted")
+    assert len(h.core.buffer) == 1 and h.core.stats.spans_received["grpc"] == 1
+
+
+def test_policy_reload_resummarises_buffered_traces() -> None:
+    h = Harness()
+    h.send(0.0, S(1, 1, attrs={"tier": "gold"}))
+    h.core.set_engine(engine("policies: [{name: gold, type: string_attribute, "
+                             "string_attribute: {key: tier, values: [gold]}}]"))
+    h.core.decide_all(1.0)
+    assert h.decided == [(tid(1), True, "shutdown")] and h.kept[0].policy == "gold"
+
+
+def test_resource_attributes_match_too() -> None:
+    h = Harness(policies="policies: [{name: ns, type: string_attribute, "
+                         "string_attribute: {key: k8s.namespace.name, values: [prod]}}]")
+    h.core.ingest(request([S(1, 1)], resource={"k8s.namespace.name": "prod"}), "grpc", 0.0)
+    h.core.ingest(request([S(2, 2)], resource={"k8s.namespace.name": "dev"}), "grpc", 0.0)
+    h.core.decide_all(1.0)
+    assert {d[0]: d[1] for d in h.decided} == {tid(1): True, tid(2): False}
+
+
+def test_kept_trace_splices_into_a_valid_annotated_request() -> None:
+    from sampler.exporters.base import encode_batch
+
+    h = Harness()
+    h.send(0.0, S(1, 1, attrs={"keep": "yes"}, service="a"), S(1, 2, parent=1, service="b"))
+    h.send(0.5, S(1, 3, parent=1, service="a"))
+    h.core.decide_all(1.0)
+    msg = parse(encode_batch(h.kept, annotate=True))
+    by_service = {}
+    for rs in msg.resource_spans:
+        service = rs.resource.attributes[0].value.string_value
+        for ss in rs.scope_spans:
+            assert ss.scope.name == "test"
+            by_service.setdefault(service, []).extend(ss.spans)
+    assert sorted(by_service) == ["a", "b"] and len(by_service["a"]) == 2
+    for spans in by_service.values():
+        for span in spans:
+            attrs = {a.key: a.value for a in span.attributes}
+            assert attrs[POLICY_KEY].string_value == "marked"
+            assert attrs[RATE_KEY].int_value == 1
+    plain = parse(encode_batch(h.kept, annotate=False))
+    assert all(POLICY_KEY not in {a.key for a in s.attributes}
+               for rs in plain.resource_spans for ss in rs.scope_spans for s in ss.spans)
+
+
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["send", "tick"]),
+        st.integers(1, 12),  # trace number
+        st.booleans(),  # marked keep
+        st.floats(0.0, 3.0),  # time step
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops, st.integers(1, 6), st.integers(1, 4))
+def test_bounds_hold_and_every_span_is_forwarded_once_or_dropped(
+    steps: list[tuple[str, int, bool, float]], max_traces: int, max_spans: int
+) -> None:
+    span_size = len(parse(request([S(1, 1, attrs={"keep": "yes"})])).resource_spans[0].scope_spans[0]
+                    .spans[0].SerializeToString())
+    h = Harness(max_traces=max_traces, max_bytes=span_size * max_spans * 2, wait=2.0, age=6.0)
+    now = 0.0
+    sent: list[tuple[int, int]] = []
+    for n, (op, trace, marked, step) in enumerate(steps):
+        now += step
+        if op == "send":
+            h.send(now, S(trace, n, attrs={"keep": "yes"} if marked else {}))
+            sent.append((trace, n))
+        else:
+            h.core.sweep(now)
+        assert len(h.core.buffer) <= max_traces
+        assert h.core.buffer.nbytes <= h.core.buffer.max_bytes
+        assert h.core.buffer.nbytes == sum(e.nbytes for e in h.core.buffer.entries())
+    h.core.decide_all(now)
+    decisions = {}
+    for trace_id, keep, _ in h.decided:
+        assert trace_id not in decisions, "a trace was decided twice"
+        decisions[trace_id] = keep
+    forwarded = h.kept_span_ids()
+    assert len(forwarded) == len(set(forwarded)), "a span was forwarded twice"
+    should_forward = {(n + 1).to_bytes(8, "big") for trace, n in sent if decisions[tid(trace)]}
+    assert set(forwarded) == should_forward  # kept traces' spans forwarded, all others dropped
+    late_dropped = h.core.stats.late_spans["drop"]
+    assert late_dropped <= len(sent) - len(forwarded)
