@@ -40,20 +40,19 @@ def _b64_to_hex(value: Any, key: str) -> str:
     return binascii.hexlify(base64.b64decode(value)).decode()
 
 
+def _dicts(obj: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """The mappings in obj[key] when it is a list; protobuf reports any other shape itself."""
+    items = obj.get(key)
+    return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
+
 def _walk_spans(doc: dict[str, Any], convert: Any) -> None:
-    for rs in doc.get("resourceSpans") or []:
-        if not isinstance(rs, dict):
-            continue
-        for ss in rs.get("scopeSpans") or []:
-            if not isinstance(ss, dict):
-                continue
-            for span in ss.get("spans") or []:
-                if not isinstance(span, dict):
-                    continue
+    for rs in _dicts(doc, "resourceSpans"):
+        for ss in _dicts(rs, "scopeSpans"):
+            for span in _dicts(ss, "spans"):
                 _ids(span, convert)
-                for link in span.get("links") or []:
-                    if isinstance(link, dict):
-                        _ids(link, convert)
+                for link in _dicts(span, "links"):
+                    _ids(link, convert)
 
 
 def json_to_protobuf(body: bytes | str) -> bytes:

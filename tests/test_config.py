@@ -1,0 +1,113 @@
+"""Config parsing: units, defaults, environment overrides, tail_sampling blocks, OTLP/JSON ids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sampler.config import env_overrides, load_config, parse_duration, parse_size
+from sampler.otlp.jsonconv import json_to_protobuf, protobuf_to_dict
+from sampler.otlp.wire import WireError
+from sampler.yamlfile import ConfigError
+from tests.spans import parse
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("500ms", 0.5), ("5s", 5.0), ("1m", 60.0), (3, 3.0), ("2.5", 2.5)])
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(("text", "size"), [("256MiB", 256 * 2**20), ("1GiB", 2**30), (1000, 1000), ("10KB", 10**4)])
+def test_sizes(text: object, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("bad", ["5 parsecs", "-1s", True])
+def test_bad_durations(bad: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+def test_env_overrides_win_over_the_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("exporter: {protocol: http, endpoint: 'http://a:4318'}\nbuffer: {max_traces: 10}\n")
+    env = {"TAILSAMPLER_EXPORTER__ENDPOINT": "http://b:4318", "TAILSAMPLER_BUFFER__DECISION_WAIT": "2s",
+           "TAILSAMPLER_RECEIVERS__OTLP__HTTP": "null", "TAILSAMPLER_POLICIES_FILE": "p.yaml",
+           "OTHER": "x"}
+    (tmp_path / "p.yaml").write_text("policies: [{name: a, type: always_sample}]\n")
+    loaded = load_config(cfg, env)
+    c = loaded.config
+    assert (c.exporter.protocol, c.exporter.endpoint) == ("http", "http://b:4318")
+    assert (c.buffer.decision_wait, c.buffer.max_traces) == (2.0, 10)
+    assert c.receivers.otlp.http is None and c.receivers.otlp.grpc is not None
+    assert loaded.policies_path == (tmp_path / "p.yaml").resolve()
+    assert env_overrides({"TAILSAMPLER_CONFIG": "/x"}) == {}
+
+
+def test_defaults_without_a_file() -> None:
+    loaded = load_config(None, {})
+    c = loaded.config
+    assert c.receivers.otlp.grpc is not None and c.receivers.otlp.grpc.endpoint == "0.0.0.0:4317"
+    assert c.admin.endpoint == "0.0.0.0:8888"
+    assert (c.buffer.decision_wait, c.buffer.max_traces, c.buffer.max_bytes) == (5.0, 100_000, 256 * 2**20)
+    assert [p.name for p in loaded.policies.policies] == ["errors", "slow", "baseline"]
+
+
+def test_shipped_default_policies_are_the_builtin_ones() -> None:
+    assert (ROOT / "policies" / "default.yaml").read_text() == (ROOT / "sampler" / "default_policies.yaml").read_text()
+
+
+def test_tail_sampling_block_fills_unset_buffer_keys(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(
+        "processors:\n  tail_sampling:\n    decision_wait: 3s\n    num_traces: 77\n"
+        "    policies: [{name: a, type: always_sample}]\n")
+    (tmp_path / "c.yaml").write_text("policies_file: p.yaml\nbuffer: {max_traces: 5}\n")
+    c = load_config(tmp_path / "c.yaml", {}).config
+    assert (c.buffer.decision_wait, c.buffer.max_traces) == (3.0, 5)  # the config's own key wins
+
+
+def test_config_problems_carry_lines(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("buffer:\n  max_traces: 10\n  max_bytes: lots\nexporter: {protocol: smoke}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "c.yaml", {})
+    got = {(p.line, p.field) for p in info.value.problems}
+    assert got == {(3, "buffer.max_bytes"), (4, "exporter.protocol")}
+
+
+SPEC_EXAMPLE = {  # shaped like the OTLP specification's trace example (hex ids, integer enums, string int64)
+    "resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "my.service"}}]},
+        "scopeSpans": [{
+            "scope": {"name": "my.library", "version": "1.0.0"},
+            "spans": [{
+                "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174",
+                "parentSpanId": "eee19b7ec3c1b173", "name": "I'm a server span",
+                "startTimeUnixNano": "1544712660000000000", "endTimeUnixNano": 1544712661000000000,
+                "kind": 2, "attributes": [{"key": "my.span.attr", "value": {"intValue": "42"}}],
+                "status": {"code": 2}, "unknownField": True,
+            }],
+        }],
+    }],
+}
+
+
+def test_otlp_json_ids_are_hex_both_ways() -> None:
+    data = json_to_protobuf(json.dumps(SPEC_EXAMPLE))
+    span = parse(data).resource_spans[0].scope_spans[0].spans[0]
+    assert span.trace_id.hex() == "5b8efff798038103d269b633813fc60c"
+    assert span.parent_span_id.hex() == "eee19b7ec3c1b173"
+    assert (span.kind, span.status.code, span.attributes[0].value.int_value) == (2, 2, 42)
+    back = protobuf_to_dict(data)["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    assert (back["traceId"], back["spanId"]) == ("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174")
+    assert back["kind"] == 2
+
+
+@pytest.mark.parametrize("body", ['{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz"}]}]}]}',
+                                  "not json", "[1, 2]", '{"resourceSpans": 5}'])
+def test_bad_otlp_json_is_a_clear_error(body: str) -> None:
+    with pytest.raises(WireError):
+        json_to_protobuf(body)
