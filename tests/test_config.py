@@ -111,3 +111,10 @@ def test_otlp_json_ids_are_hex_both_ways() -> None:
 def test_bad_otlp_json_is_a_clear_error(body: str) -> None:
     with pytest.raises(WireError):
         json_to_protobuf(body)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "policies").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_policy_sets_are_valid(path: Path) -> None:
+    from sampler.config import validate_file
+
+    assert validate_file(path) == []

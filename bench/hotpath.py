@@ -1,0 +1,126 @@
+"""Hot-path benchmark: realistic OTLP requests through the production code path (receive bytes ->
+buffer -> decide -> encode the export request; no sockets), beside the floor measured in the same
+run on the same payloads: protobuf's own ExportTraceServiceRequest.FromString (upb).
+
+    .venv/bin/python bench/hotpath.py [--requests N] [--repeat R] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import statistics
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
+
+from sampler.buffer import Buffer  # noqa: E402
+from sampler.config import default_policies_doc  # noqa: E402
+from sampler.core import Core, KeptTrace  # noqa: E402
+from sampler.decisions import DecisionCache  # noqa: E402
+from sampler.demo import build_template  # noqa: E402
+from sampler.exporters.base import encode_batch  # noqa: E402
+from sampler.policy.engine import Engine  # noqa: E402
+from sampler.policy.loader import load_policies  # noqa: E402
+
+
+def make_requests(n: int, seed: int = 1) -> tuple[list[bytes], int]:
+    """n requests of 512 spans (8-20 spans per trace over 3-5 services, 10-20 attributes per span,
+    ~2% error and ~5% slow traces), each with fresh trace ids."""
+    rng = random.Random(seed)
+    templates = [build_template(rng) for _ in range(8)]
+    requests = []
+    spans = 0
+    for i in range(n):
+        t = templates[i % len(templates)]
+        requests.append(t.stamp(rng))
+        spans += t.spans
+    return requests, spans
+
+
+def new_core(kept: list[KeptTrace]) -> Core:
+    engine = Engine(load_policies(default_policies_doc()).policies)
+    return Core(Buffer(10**7, 2**40, 0.5, 60.0), engine, DecisionCache(100_000, 1_000_000), kept.append)
+
+
+def run_hotpath(requests: list[bytes]) -> float:
+    """Seconds to ingest every request, decide every trace and encode the kept ones for export."""
+    kept: list[KeptTrace] = []
+    core = new_core(kept)
+    start = time.perf_counter()
+    now = 0.0
+    for data in requests:
+        core.ingest(data, "grpc", now)
+        now += 1.0
+        core.sweep(now)  # the previous request's traces are now quiet
+        if kept:
+            encode_batch(kept, annotate=True)
+            kept.clear()
+    core.decide_all(now)
+    if kept:
+        encode_batch(kept, annotate=True)
+    return time.perf_counter() - start
+
+
+def run_floor(requests: list[bytes]) -> float:
+    start = time.perf_counter()
+    for data in requests:
+        ExportTraceServiceRequest.FromString(data)
+    return time.perf_counter() - start
+
+
+def memory_per_span(requests: list[bytes], spans: int) -> tuple[float, float]:
+    """(bytes the buffer holds per span, serialized bytes per span) with every trace buffered."""
+    kept: list[KeptTrace] = []
+    core = new_core(kept)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for data in requests:
+        core.ingest(data, "grpc", 0.0)
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return held / spans, core.buffer.nbytes / spans
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    requests, spans = make_requests(args.requests)
+    hot = []
+    floor = []
+    for _ in range(args.repeat):
+        floor.append(spans / run_floor(requests))
+        hot.append(spans / run_hotpath(requests))
+    per_span, serialized = memory_per_span(requests, spans)
+    result = {
+        "spans_per_s": round(statistics.median(hot)),
+        "floor_spans_per_s": round(statistics.median(floor)),
+        "ratio": round(statistics.median(hot) / statistics.median(floor), 3),
+        "bytes_per_buffered_span": round(per_span, 1),
+        "serialized_bytes_per_span": round(serialized, 1),
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"hotpath: {args.requests} requests x 512 spans, median of {args.repeat} runs")
+    print(f"  tailsampler ingest+decide+encode  {result['spans_per_s']:>12,} spans/s")
+    print(f"  floor: upb FromString             {result['floor_spans_per_s']:>12,} spans/s")
+    print(f"  ratio                             {result['ratio']:>12}")
+    print(f"  buffered bytes per span           {result['bytes_per_buffered_span']:>12}")
+    print(f"  serialized bytes per span         {result['serialized_bytes_per_span']:>12}")
+
+
+if __name__ == "__main__":
+    main()
