@@ -12,23 +12,19 @@ import gc
 import json
 import random
 import statistics
-import sys
 import time
 import tracemalloc
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
-
-from sampler.buffer import Buffer  # noqa: E402
-from sampler.config import default_policies_doc  # noqa: E402
-from sampler.core import Core, KeptTrace  # noqa: E402
-from sampler.decisions import DecisionCache  # noqa: E402
-from sampler.demo import build_template  # noqa: E402
-from sampler.exporters.base import encode_batch  # noqa: E402
-from sampler.policy.engine import Engine  # noqa: E402
-from sampler.policy.loader import load_policies  # noqa: E402
+from sampler.buffer import Buffer
+from sampler.config import default_policies_doc
+from sampler.core import Core, KeptTrace
+from sampler.decisions import DecisionCache
+from sampler.demo import build_template
+from sampler.exporters.base import encode_batch
+from sampler.policy.engine import Engine
+from sampler.policy.loader import load_policies
 
 
 def make_requests(n: int, seed: int = 1) -> tuple[list[bytes], int]:

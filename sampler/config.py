@@ -159,7 +159,8 @@ _TOP_LEVEL_ENV_KEYS = frozenset({"policies_file", "shutdown_timeout", "log_level
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """`TAILSAMPLER_EXPORTER__ENDPOINT=x` -> {"exporter": {"endpoint": "x"}}; values are YAML scalars."""
+    """`TAILSAMPLER_EXPORTER__ENDPOINT=x` -> {"exporter": {"endpoint": "x"}}; `null`, `[...]` and
+    `{...}` values are YAML, everything else a string."""
     out: dict[str, Any] = {}
     for name, raw in environ.items():
         if not name.startswith(_ENV_PREFIX):
@@ -167,10 +168,15 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         parts = [p.lower() for p in name[len(_ENV_PREFIX) :].split("__")]
         if not all(parts) or (len(parts) == 1 and parts[0] not in _TOP_LEVEL_ENV_KEYS):
             continue
+        value: Any = raw
         try:
-            value = yaml.safe_load(raw) if raw else raw
+            parsed = yaml.safe_load(raw) if raw else None
         except yaml.YAMLError:
-            value = raw
+            parsed = raw
+        # Only null and YAML collections are taken as parsed; scalars stay strings (a token of
+        # digits must stay a string) and pydantic converts them where a number or bool is wanted.
+        if raw and (parsed is None or isinstance(parsed, list | dict)):
+            value = parsed
         node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else {}

@@ -205,6 +205,7 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The test's environment without any TAILSAMPLER_* variable (they would override the config)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAILSAMPLER_")}
     env["PYTHONUNBUFFERED"] = "1"
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     env.update(extra or {})
     return env
 

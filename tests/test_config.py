@@ -118,3 +118,12 @@ def test_shipped_policy_sets_are_valid(path: Path) -> None:
     from sampler.config import validate_file
 
     assert validate_file(path) == []
+
+
+def test_env_values_stay_strings_unless_null_or_collections() -> None:
+    env = {"TAILSAMPLER_EXPORTER__HEADERS": "{x-token: abc}", "TAILSAMPLER_BUFFER__MAX_TRACES": "12",
+           "TAILSAMPLER_ADMIN__ENDPOINT": "null"}
+    c = load_config(None, env).config
+    assert c.exporter.headers == {"x-token": "abc"} and c.buffer.max_traces == 12 and c.admin.endpoint is None
+    c = load_config(None, {"TAILSAMPLER_EXPORTER__HEADERS__AUTHORIZATION": "12345"}).config
+    assert c.exporter.headers == {"authorization": "12345"}

@@ -39,9 +39,12 @@ def _exporter(protocol: str, ts: Tailsampler) -> SpanExporter:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 
         return GrpcExporter(endpoint=ts.grpc_target, insecure=True, timeout=10)
+    import requests
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
-    return HttpExporter(endpoint=ts.http_url, timeout=10)
+    session = requests.Session()
+    session.trust_env = False  # loopback only: no proxy from the environment
+    return HttpExporter(endpoint=ts.http_url, timeout=10, session=session)
 
 
 def _providers(protocol: str, ts: Tailsampler) -> dict[str, TracerProvider]:

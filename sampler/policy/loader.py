@@ -93,7 +93,7 @@ def load_policies(doc: YamlDoc, base: Loc | None = None) -> PolicySet:
                 problems.append(doc.problem((*base, "policies", i, "name"), f"duplicate policy name {name!r}"))
             seen.setdefault(name, i)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(sorted(problems, key=lambda p: p.line))
     return PolicySet(policies, block.get("decision_wait"), block.get("num_traces"))
 
 
