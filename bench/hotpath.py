@@ -23,7 +23,6 @@ from sampler.core import Core, KeptTrace
 from sampler.decisions import DecisionCache
 from sampler.demo import build_template
 from sampler.exporters.base import encode_batch
-from sampler.policy.engine import Engine
 from sampler.policy.loader import load_policies
 
 
@@ -42,7 +41,7 @@ def make_requests(n: int, seed: int = 1) -> tuple[list[bytes], int]:
 
 
 def new_core(kept: list[KeptTrace]) -> Core:
-    engine = Engine(load_policies(default_policies_doc()).policies)
+    engine = load_policies(default_policies_doc()).engine()
     return Core(Buffer(10**7, 2**40, 0.5, 60.0), engine, DecisionCache(100_000, 1_000_000), kept.append)
 
 

@@ -21,7 +21,7 @@ from sampler.exporters import build_sender
 from sampler.exporters.base import Sender
 from sampler.exporters.queue import ExportQueue
 from sampler.metrics import Metrics
-from sampler.policy.engine import Engine, Verdict
+from sampler.policy.engine import Verdict
 from sampler.policy.loader import load_policies
 from sampler.receivers.grpc import GrpcReceiver
 from sampler.receivers.http import HttpReceiver
@@ -61,7 +61,7 @@ class App:
         buf = cfg.buffer
         self.core = Core(
             Buffer(buf.max_traces, buf.max_bytes, buf.decision_wait, buf.max_trace_age),
-            Engine(self.loaded.policies.policies),
+            self.loaded.policies.engine(),
             DecisionCache(buf.decision_cache_kept, buf.decision_cache_dropped),
             self._emit,
             on_decision=self._log_decision if log.isEnabledFor(logging.DEBUG) else None,
@@ -132,7 +132,7 @@ class App:
                 log.error("policy reload failed, keeping the last good policies: %s", problem)
             self.metrics.policy_reloads.labels("failure").inc()
             return False
-        self.core.set_engine(Engine(policy_set.policies))
+        self.core.set_engine(policy_set.engine())
         self.metrics.policy_reloads.labels("success").inc()
         log.info("policies reloaded from %s: %d policies", path, len(policy_set.policies))
         return True

@@ -67,6 +67,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return simulate(Path(args.policies), [Path(f) for f in args.files], args.format)
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from sampler.schema import render
+
+    sys.stdout.write(render(args.which))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from sampler.demo import run_demo
 
@@ -91,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--format", choices=("table", "jsonl"), default="table")
     simulate.add_argument("files", nargs="+", metavar="FILE")
     simulate.set_defaults(func=cmd_simulate)
+    schema = sub.add_parser("schema", help="print the JSON Schema of the config or policies file")
+    schema.add_argument("which", choices=("config", "policies"))
+    schema.set_defaults(func=cmd_schema)
     demo = sub.add_parser("demo", help="run the proxy against generated traffic and show what it keeps")
     demo.add_argument("--seconds", type=float, default=10.0, help="how long to send traffic (default 10)")
     demo.set_defaults(func=cmd_demo)

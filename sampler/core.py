@@ -123,6 +123,7 @@ class Core:
             entry = buffer.create(trace_id, now)
         engine = self.engine
         has_predicates = bool(engine.predicates)
+        has_span_predicates = bool(engine.span_predicates)
         summary = entry.summary
         added = 0
         for span in spans:
@@ -134,6 +135,8 @@ class Core:
                     bits = group.match_bits = engine.bits(group.attrs, True)
                 if span.attrs:
                     bits |= engine.bits(span.attrs, False)
+            if has_span_predicates:
+                bits |= engine.span_bits(span)
             summary.add(span, bits)
             entry.spans.append(span.data)
             entry.groups.append(span.group)
@@ -198,5 +201,6 @@ class Core:
                     group.attrs = resource_attrs(group.resource, engine.keys)
                     group.match_bits = engine.bits(group.attrs, True) if engine.predicates else 0
                 span = span_fields(data, group, engine.keys)
-                summary.add(span, group.match_bits | (engine.bits(span.attrs, False) if span.attrs else 0))
+                bits = group.match_bits | (engine.bits(span.attrs, False) if span.attrs else 0)
+                summary.add(span, bits | engine.span_bits(span))
             entry.summary = summary

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,27 +19,30 @@ from sampler.decisions import DecisionCache
 from sampler.otlp.jsonconv import dict_to_protobuf
 from sampler.otlp.wire import WireError
 from sampler.policy.base import Policy, Vote
-from sampler.policy.engine import Engine, Verdict
+from sampler.policy.engine import Verdict
 from sampler.policy.loader import load_policies
 from sampler.summary import TraceSummary
 from sampler.yamlfile import ConfigError, load_yaml
 
 _UNBOUNDED = 1 << 62
+PROGRESS_MIN_BYTES = 2 * 2**20
 _KEEP_VOTES = (Vote.SAMPLED, Vote.INVERT_SAMPLED)
 
 
-def read_documents(path: Path) -> Iterator[Any]:
-    """One OTLP/JSON document, or JSON Lines of them."""
+def read_documents(path: Path) -> Iterator[tuple[Any, int]]:
+    """One OTLP/JSON document, or JSON Lines of them; each with how far into the file it ends."""
     text = path.read_text(encoding="utf-8")
     try:
-        yield json.loads(text)
+        yield json.loads(text), len(text)
         return
     except ValueError:
         pass
-    for number, line in enumerate(text.splitlines(), 1):
+    reached = 0
+    for number, line in enumerate(text.splitlines(keepends=True), 1):
+        reached += len(line)
         if line.strip():
             try:
-                yield json.loads(line)
+                yield json.loads(line), reached
             except ValueError as exc:
                 raise WireError(f"line {number}: invalid JSON: {exc}") from None
 
@@ -71,13 +75,55 @@ class _Tally:
                       "policy": verdict.policy, "spans": summary.spans}
             self.out.write(json.dumps(record) + "\n")
 
+    def _pct(self, n: int) -> str:
+        return f"{100.0 * n / self.traces:5.1f}%" if self.traces else "    -"
+
     def table(self) -> None:
-        pct = 100.0 * self.kept / self.traces if self.traces else 0.0
         w = self.out.write
-        w(f"traces  {self.traces}\nspans   {self.spans}\nkept    {self.kept} ({pct:.1f}%)\n\n")
-        w(f"{'policy':<28} {'decided keep':>12} {'alone would keep':>17}\n")
+        w(f"traces  {self.traces}\nspans   {self.spans}\nkept    {self.kept} ({self._pct(self.kept).strip()})\n\n")
+        w(f"{'policy':<28} {'decided keep':>19} {'alone would keep':>19}\n")
         for p in self.policies:
-            w(f"{p.name:<28} {self.by_policy[p.name]:>12} {self.alone[p.name]:>17}\n")
+            decided = self.by_policy[p.name]
+            alone = self.alone[p.name]
+            w(f"{p.name:<28} {decided:>12} {self._pct(decided)} {alone:>12} {self._pct(alone)}\n")
+
+
+class _Progress:
+    """A progress line on stderr, for inputs large enough to make someone wait."""
+
+    def __init__(self, files: list[Path]) -> None:
+        sizes = {}
+        for f in files:
+            try:
+                sizes[f] = f.stat().st_size
+            except OSError:
+                sizes[f] = 0
+        self.sizes = sizes
+        self.total = sum(sizes.values())
+        self.done = 0
+        self.docs = 0
+        self.shown = False
+        self.active = self.total >= PROGRESS_MIN_BYTES
+        self.last = 0.0
+
+    def step(self, reached: int) -> None:
+        """One more document read, `reached` characters into the current file."""
+        self.docs += 1
+        if self.active and time.monotonic() - self.last >= 0.5:
+            self.last = time.monotonic()
+            self.shown = True
+            pct = min(100.0, 100.0 * (self.done + reached) / self.total)
+            bar = "#" * int(pct / 5)
+            print(f"\r[{bar:<20}] {pct:5.1f}% of {self.total / 2**20:.1f} MiB, {self.docs} documents",
+                  end="", file=sys.stderr, flush=True)
+
+    def file_done(self, path: Path) -> None:
+        self.done += self.sizes.get(path, 0)
+
+    def close(self) -> None:
+        if self.shown:
+            print(f"\r[{'#' * 20}] 100.0% of {self.total / 2**20:.1f} MiB, {self.docs} documents",
+                  file=sys.stderr, flush=True)
 
 
 def simulate(policies_path: Path, files: list[Path], fmt: str, out: TextIO | None = None) -> int:
@@ -93,15 +139,19 @@ def simulate(policies_path: Path, files: list[Path], fmt: str, out: TextIO | Non
     def ignore(trace: KeptTrace) -> None:
         return None
 
-    core = Core(Buffer(_UNBOUNDED, _UNBOUNDED, 0.0, 0.0), Engine(policy_set.policies),
+    core = Core(Buffer(_UNBOUNDED, _UNBOUNDED, 0.0, 0.0), policy_set.engine(),
                 DecisionCache(1, 2), ignore, on_decision=tally)
+    progress = _Progress(files)
     for path in files:
         try:
-            for doc in read_documents(path):
+            for doc, reached in read_documents(path):
                 core.ingest(dict_to_protobuf(doc), "file", 0.0)
+                progress.step(reached)
         except (OSError, UnicodeDecodeError, WireError) as exc:
             print(f"{path}: cannot read recorded traces: {exc}", file=sys.stderr)
             return 1
+        progress.file_done(path)
+    progress.close()
     core.decide_all(0.0)
     if fmt == "table":
         tally.table()

@@ -22,6 +22,7 @@ class TraceSummary:
         "matches",
         "max_end",
         "min_start",
+        "nbytes",
         "root_attrs",
         "root_name",
         "root_resource_attrs",
@@ -34,6 +35,7 @@ class TraceSummary:
     def __init__(self, trace_id: bytes) -> None:
         self.trace_id = trace_id
         self.spans = 0
+        self.nbytes = 0
         self.min_start = 0
         self.max_end = 0
         self.status_mask = 0
@@ -56,6 +58,7 @@ class TraceSummary:
             if span.end > self.max_end:
                 self.max_end = span.end
         self.spans += 1
+        self.nbytes += len(span.data)
         self.status_mask |= 1 << (span.status if span.status <= 2 else 0)
         self.matches |= bits
         if span.is_root:

@@ -237,7 +237,7 @@ def test_a_failing_policy_abstains() -> None:
     ("policies: [{name: a, type: string_attribute, string_attribute: {key: k, values: ['('], "
      "enabled_regex_matching: true}}]", "policies[0].string_attribute", "invalid regex"),
     ("policies: [{name: a, type: latency, latency: {threshold_ms: fast}}]", "policies[0].latency.threshold_ms", ""),
-    ("policies: [{name: a, type: rate_limiting}]", "policies[0].type", "not supported"),
+    ("policies: [{name: a, type: rate_limiting}]", "policies[0].rate_limiting.spans_per_second", "required"),
     ("policies: []", "policies", "non-empty"),
 ])
 def test_invalid_policies_name_the_field(text: str, field: str, reason: str) -> None:

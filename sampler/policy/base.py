@@ -8,9 +8,9 @@ vetoes, as upstream); a `drop` policy answers Dropped (a veto).
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from sampler.otlp.wire import AttrValue
+from sampler.otlp.wire import AttrValue, SpanFields
 from sampler.summary import TraceSummary
 
 
@@ -22,15 +22,22 @@ class Vote(enum.Enum):
     DROPPED = "dropped"
 
 
+KEEP_VOTES = (Vote.SAMPLED, Vote.INVERT_SAMPLED)
+
+
 class Policy:
     """A named rule over a trace summary.
 
-    A policy that looks at attributes declares the `keys` it reads and implements `matches`; the
-    engine then evaluates `matches` once per span (and once per resource) at ingest and folds the
-    answer into one bit of the trace summary, `self.bit`.
+    Per-span questions are answered at ingest, not at decision time, and folded into one bit of the
+    trace summary (`self.bit`, assigned by the engine):
+    - a policy that reads attributes declares the `keys` it reads and implements `matches`, which
+      the engine calls once per span (with the span's attributes) and once per resource;
+    - a policy that reads other span fields sets `span_level` and implements `matches_span`
+      (its `keys`, if any, are still extracted into `span.attrs` and `span.group.attrs`).
     """
 
     keys: frozenset[str] = frozenset()
+    span_level = False
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -40,8 +47,16 @@ class Policy:
         """Whether one span's (or one resource's) attributes satisfy this policy's predicate."""
         return False
 
+    def matches_span(self, span: SpanFields) -> bool:
+        """Whether one span satisfies this policy's predicate (span_level policies)."""
+        return False
+
     def matched(self, trace: TraceSummary) -> bool:
         return bool(self.bit) and bool(trace.matches & self.bit)
+
+    def children(self) -> Sequence[Policy]:
+        """Sub-policies (and, not, drop, composite); the engine assigns their bits too."""
+        return ()
 
     def evaluate(self, trace: TraceSummary) -> Vote:
         raise NotImplementedError

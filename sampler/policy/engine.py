@@ -1,13 +1,14 @@
 """Combines the votes of the loaded policies into one decision, as the Collector's processor does:
 a Dropped or InvertNotSampled vote vetoes; otherwise any Sampled or InvertSampled vote keeps;
-otherwise the trace is dropped. A policy that raises abstains (and is reported)."""
+otherwise the trace is dropped. A policy that raises abstains (and is reported). With
+`sample_on_first_match`, evaluation stops at the first Sampled vote, as upstream."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
-from sampler.otlp.wire import AttrValue
+from sampler.otlp.wire import AttrValue, SpanFields
 from sampler.policy.base import Policy, Vote
 from sampler.summary import TraceSummary
 
@@ -16,8 +17,14 @@ ALWAYS_KEYS = frozenset({"service.name"})
 
 class Verdict(NamedTuple):
     keep: bool
-    policy: str | None  # the deciding policy: first keep vote in file order, or the vetoing one
+    policy: str | None  # the deciding policy: first keep vote in file order, or the vetoing drop
     sample_rate: float
+
+
+def walk(policies: Sequence[Policy]) -> Iterator[Policy]:
+    for p in policies:
+        yield p
+        yield from walk(p.children())
 
 
 class Engine:
@@ -25,16 +32,21 @@ class Engine:
         self,
         policies: Sequence[Policy],
         on_error: Callable[[Policy, Exception], None] | None = None,
+        sample_on_first_match: bool = False,
     ) -> None:
         self.policies = list(policies)
         self.on_error = on_error
-        self.predicates: list[Policy] = []
+        self.sample_on_first_match = sample_on_first_match
+        self.predicates: list[Policy] = []  # attribute predicates
+        self.span_predicates: list[Policy] = []
         keys: set[str] = set(ALWAYS_KEYS)
-        for p in self.policies:
-            if p.keys:
-                p.bit = 1 << len(self.predicates)
-                self.predicates.append(p)
+        bit = 1
+        for p in walk(self.policies):
+            if p.keys or p.span_level:
+                p.bit = bit
+                bit <<= 1
                 keys |= p.keys
+                (self.span_predicates if p.span_level else self.predicates).append(p)
         self.keys = frozenset(keys)
 
     def bits(self, attrs: Mapping[str, AttrValue], is_resource: bool) -> int:
@@ -42,6 +54,13 @@ class Engine:
         out = 0
         for p in self.predicates:
             if p.matches(attrs, is_resource):
+                out |= p.bit
+        return out
+
+    def span_bits(self, span: SpanFields) -> int:
+        out = 0
+        for p in self.span_predicates:
+            if p.matches_span(span):
                 out |= p.bit
         return out
 
@@ -59,6 +78,8 @@ class Engine:
                 return Verdict(False, p.name if vote is Vote.DROPPED else None, 0.0)
             if vote is Vote.SAMPLED and sampled is None:
                 sampled = p
+                if self.sample_on_first_match:
+                    break
             elif vote is Vote.INVERT_SAMPLED and invert_sampled is None:
                 invert_sampled = p
         keeper = _first(self.policies, sampled, invert_sampled)

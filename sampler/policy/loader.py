@@ -7,6 +7,7 @@ first one, so that one `validate` run shows everything to fix.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,34 +16,57 @@ from pydantic import BaseModel, ValidationError
 
 from sampler.policy.always_sample import AlwaysSample, AlwaysSampleConfig
 from sampler.policy.base import Policy
+from sampler.policy.boolean_attribute import BooleanAttribute, BooleanAttributeConfig
+from sampler.policy.composite import Composite, CompositeConfig
+from sampler.policy.compound import And, AndConfig, Drop, DropConfig, Not, NotConfig
+from sampler.policy.engine import Engine
 from sampler.policy.errors import Errors, ErrorsConfig
 from sampler.policy.latency import Latency, LatencyConfig
 from sampler.policy.numeric_attribute import NumericAttribute, NumericAttributeConfig
+from sampler.policy.ottl import OttlCondition, OttlConditionConfig
 from sampler.policy.probabilistic import Probabilistic, ProbabilisticConfig
+from sampler.policy.rate_limiting import BytesLimiting, BytesLimitingConfig, RateLimiting, RateLimitingConfig
 from sampler.policy.route import Route, RouteConfig
+from sampler.policy.span_count import SpanCount, SpanCountConfig
 from sampler.policy.status_code import StatusCode, StatusCodeConfig
 from sampler.policy.string_attribute import StringAttribute, StringAttributeConfig
+from sampler.policy.trace_flags import TraceFlags, TraceFlagsConfig
+from sampler.policy.trace_state import TraceState, TraceStateConfig
 from sampler.yamlfile import ConfigError, Loc, Problem, YamlDoc
 
-PolicyFactory = Callable[[str, Any], Policy]
+Clock = Callable[[], float]
+Factory = Callable[[str, Any, Clock], Policy]
 
-TYPES: dict[str, tuple[type[BaseModel], PolicyFactory]] = {
-    "always_sample": (AlwaysSampleConfig, AlwaysSample),
-    "latency": (LatencyConfig, Latency),
-    "status_code": (StatusCodeConfig, StatusCode),
-    "probabilistic": (ProbabilisticConfig, Probabilistic),
-    "string_attribute": (StringAttributeConfig, StringAttribute),
-    "numeric_attribute": (NumericAttributeConfig, NumericAttribute),
-    "errors": (ErrorsConfig, Errors),
-    "route": (RouteConfig, Route),
+
+def _plain(cls: Callable[[str, Any], Policy]) -> Factory:
+    return lambda name, config, clock: cls(name, config)
+
+
+# Types that need no sub-policies ("shared" types upstream), with their config models.
+SIMPLE: dict[str, tuple[type[BaseModel], Factory]] = {
+    "always_sample": (AlwaysSampleConfig, _plain(AlwaysSample)),
+    "latency": (LatencyConfig, _plain(Latency)),
+    "status_code": (StatusCodeConfig, _plain(StatusCode)),
+    "probabilistic": (ProbabilisticConfig, _plain(Probabilistic)),
+    "string_attribute": (StringAttributeConfig, _plain(StringAttribute)),
+    "numeric_attribute": (NumericAttributeConfig, _plain(NumericAttribute)),
+    "boolean_attribute": (BooleanAttributeConfig, _plain(BooleanAttribute)),
+    "span_count": (SpanCountConfig, _plain(SpanCount)),
+    "trace_state": (TraceStateConfig, _plain(TraceState)),
+    "trace_flags": (TraceFlagsConfig, _plain(TraceFlags)),
+    "ottl_condition": (OttlConditionConfig, _plain(OttlCondition)),
+    "rate_limiting": (RateLimitingConfig, RateLimiting),
+    "bytes_limiting": (BytesLimitingConfig, BytesLimiting),
+    "errors": (ErrorsConfig, _plain(Errors)),
+    "route": (RouteConfig, _plain(Route)),
 }
-
-# Collector policy types that are recognised but not implemented yet: refused by name, so a
-# migrated config fails loudly instead of silently deciding differently.
-NOT_YET = frozenset({
-    "rate_limiting", "bytes_limiting", "span_count", "trace_state", "boolean_attribute", "trace_flags",
-    "and", "not", "drop", "composite", "ottl_condition",
-})
+COMPOUND: dict[str, type[BaseModel]] = {
+    "and": AndConfig, "not": NotConfig, "drop": DropConfig, "composite": CompositeConfig,
+}
+ALL_TYPES = frozenset(SIMPLE) | frozenset(COMPOUND)
+# Where each compound type may appear, as upstream: composite takes `and` sub-policies too.
+SUB_TYPES = {"and": frozenset(SIMPLE), "not": frozenset(SIMPLE), "drop": frozenset(SIMPLE),
+             "composite": frozenset(SIMPLE) | {"and"}}
 
 
 @dataclass
@@ -50,6 +74,10 @@ class PolicySet:
     policies: list[Policy]
     decision_wait: Any = None  # from a tail_sampling block: maps onto buffer.decision_wait
     num_traces: Any = None  # ...and onto buffer.max_traces
+    sample_on_first_match: bool = False
+
+    def engine(self) -> Engine:
+        return Engine(self.policies, sample_on_first_match=self.sample_on_first_match)
 
 
 def _locate(doc: YamlDoc) -> tuple[Any, Loc]:
@@ -68,8 +96,10 @@ def _locate(doc: YamlDoc) -> tuple[Any, Loc]:
     raise ConfigError([doc.problem((), "no `policies:` list, `tail_sampling:` block or processors.tail_sampling")])
 
 
-def load_policies(doc: YamlDoc, base: Loc | None = None) -> PolicySet:
-    """Build the policies of a YAML document (or of `doc.data` at `base` for inline policies)."""
+def load_policies(doc: YamlDoc, base: Loc | None = None, clock: Clock = time.monotonic) -> PolicySet:
+    """Build the policies of a YAML document (or of `doc.data` at `base` for inline policies).
+
+    `clock` drives the stateful policies (rate_limiting, bytes_limiting, composite)."""
     if base is None:
         block, base = _locate(doc)
     else:
@@ -83,47 +113,82 @@ def load_policies(doc: YamlDoc, base: Loc | None = None) -> PolicySet:
     items = block.get("policies")
     if not isinstance(items, list) or not items:
         raise ConfigError([doc.problem((*base, "policies"), "expected a non-empty list of policies")])
-    problems: list[Problem] = []
-    policies = [p for i, item in enumerate(items) if (p := _policy(doc, (*base, "policies", i), item, problems))]
-    seen: dict[str, int] = {}
-    for i, item in enumerate(items):
-        name = item.get("name") if isinstance(item, dict) else None
-        if isinstance(name, str) and name:
-            if name in seen:
-                problems.append(doc.problem((*base, "policies", i, "name"), f"duplicate policy name {name!r}"))
-            seen.setdefault(name, i)
-    if problems:
-        raise ConfigError(sorted(problems, key=lambda p: p.line))
-    return PolicySet(policies, block.get("decision_wait"), block.get("num_traces"))
+    builder = _Builder(doc, clock)
+    policies = builder.many((*base, "policies"), items, ALL_TYPES)
+    first_match = block.get("sample_on_first_match", False)
+    if not isinstance(first_match, bool):
+        builder.problems.append(doc.problem((*base, "sample_on_first_match"), "expected true or false"))
+    if builder.problems:
+        raise ConfigError(sorted(builder.problems, key=lambda p: p.line))
+    return PolicySet(policies, block.get("decision_wait"), block.get("num_traces"), bool(first_match))
 
 
-def _policy(doc: YamlDoc, loc: Loc, item: Any, problems: list[Problem]) -> Policy | None:
-    if not isinstance(item, dict):
-        problems.append(doc.problem(loc, "expected a mapping with name and type"))
-        return None
-    name = item.get("name")
-    if not isinstance(name, str) or not name.strip():
-        problems.append(doc.problem((*loc, "name"), "a policy needs a non-empty name"))
-    kind = item.get("type")
-    if kind in NOT_YET:
-        problems.append(doc.problem((*loc, "type"), f"policy type {kind!r} is not supported by this version"))
-        return None
-    if kind not in TYPES:
-        known = ", ".join(sorted(TYPES))
-        problems.append(doc.problem((*loc, "type"), f"unknown policy type {kind!r} (known: {known})"))
-        return None
-    for key in item:
-        if key not in ("name", "type", kind):
-            problems.append(doc.problem((*loc, str(key)), f"unexpected key for a {kind} policy"))
-    model, factory = TYPES[kind]
-    body = item.get(kind)
-    if body is None:
-        body = {}
-    try:
-        config = model.model_validate(body)
-    except ValidationError as exc:
-        problems.extend(doc.problems_from(exc, (*loc, kind)))
-        return None
-    if not isinstance(name, str) or not name.strip():
-        return None
-    return factory(name, config)
+class _Builder:
+    def __init__(self, doc: YamlDoc, clock: Clock) -> None:
+        self.doc = doc
+        self.clock = clock
+        self.problems: list[Problem] = []
+
+    def many(self, loc: Loc, items: Any, allowed: frozenset[str]) -> list[Policy]:
+        if not isinstance(items, list) or not items:
+            self.problems.append(self.doc.problem(loc, "expected a non-empty list of policies"))
+            return []
+        out = [p for i, item in enumerate(items) if (p := self.one((*loc, i), item, allowed))]
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            name = item.get("name") if isinstance(item, dict) else None
+            if isinstance(name, str) and name:
+                if name in seen:
+                    self.problems.append(self.doc.problem((*loc, i, "name"), f"duplicate policy name {name!r}"))
+                seen.add(name)
+        return out
+
+    def one(self, loc: Loc, item: Any, allowed: frozenset[str]) -> Policy | None:
+        doc = self.doc
+        if not isinstance(item, dict):
+            self.problems.append(doc.problem(loc, "expected a mapping with name and type"))
+            return None
+        name = item.get("name")
+        named = isinstance(name, str) and bool(name.strip())
+        if not named:
+            self.problems.append(doc.problem((*loc, "name"), "a policy needs a non-empty name"))
+        kind = item.get("type")
+        if kind not in ALL_TYPES:
+            known = ", ".join(sorted(ALL_TYPES))
+            self.problems.append(doc.problem((*loc, "type"), f"unknown policy type {kind!r} (known: {known})"))
+            return None
+        if kind not in allowed:
+            self.problems.append(doc.problem((*loc, "type"), f"a {kind} policy cannot be used here"))
+            return None
+        for key in item:
+            if key not in ("name", "type", kind):
+                self.problems.append(doc.problem((*loc, str(key)), f"unexpected key for a {kind} policy"))
+        body = item.get(kind)
+        if body is None:
+            body = {}
+        model = SIMPLE[kind][0] if kind in SIMPLE else COMPOUND[kind]
+        try:
+            config = model.model_validate(body)
+        except ValidationError as exc:
+            self.problems.extend(doc.problems_from(exc, (*loc, kind)))
+            return None
+        before = len(self.problems)
+        policy = self.build(str(name), kind, config, (*loc, kind))
+        if not named or len(self.problems) > before:
+            return None
+        return policy
+
+    def build(self, name: str, kind: str, config: Any, loc: Loc) -> Policy | None:
+        if kind in SIMPLE:
+            return SIMPLE[kind][1](name, config, self.clock)
+        subs = SUB_TYPES[kind]
+        if isinstance(config, AndConfig):
+            return And(name, self.many((*loc, "and_sub_policy"), config.and_sub_policy, subs))
+        if isinstance(config, DropConfig):
+            return Drop(name, self.many((*loc, "drop_sub_policy"), config.drop_sub_policy, subs))
+        if isinstance(config, NotConfig):
+            sub = self.one((*loc, "not_sub_policy"), config.not_sub_policy, subs)
+            return Not(name, sub) if sub is not None else None
+        assert isinstance(config, CompositeConfig)
+        parts = self.many((*loc, "composite_sub_policy"), config.composite_sub_policy, subs)
+        return Composite(name, config, parts, self.clock)

@@ -1,0 +1,38 @@
+"""`boolean_attribute`: samples traces where a boolean span or resource attribute equals `value`.
+`invert_match` as in string_attribute."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sampler.otlp.wire import AttrValue
+from sampler.policy.base import Policy, Vote
+from sampler.summary import TraceSummary
+
+
+class BooleanAttributeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key: str = Field(min_length=1)
+    value: bool
+    invert_match: bool = False
+
+
+class BooleanAttribute(Policy):
+    def __init__(self, name: str, config: BooleanAttributeConfig) -> None:
+        super().__init__(name)
+        self.key = config.key
+        self.keys = frozenset({config.key})
+        self.value = config.value
+        self.invert = config.invert_match
+
+    def matches(self, attrs: Mapping[str, AttrValue], is_resource: bool) -> bool:
+        value = attrs.get(self.key)
+        return isinstance(value, bool) and value == self.value
+
+    def evaluate(self, trace: TraceSummary) -> Vote:
+        hit = self.matched(trace)
+        if self.invert:
+            return Vote.INVERT_NOT_SAMPLED if hit else Vote.INVERT_SAMPLED
+        return Vote.SAMPLED if hit else Vote.NOT_SAMPLED
