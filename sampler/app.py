@@ -15,12 +15,13 @@ from pathlib import Path
 from sampler.admin import AdminServer
 from sampler.buffer import Buffer
 from sampler.config import Loaded, split_host_port
-from sampler.core import Core, KeptTrace
+from sampler.core import Backpressure, Core, KeptTrace
 from sampler.decisions import DecisionCache
 from sampler.exporters import build_sender
 from sampler.exporters.base import Sender
 from sampler.exporters.queue import ExportQueue
 from sampler.metrics import Metrics
+from sampler.policy.base import Policy
 from sampler.policy.engine import Verdict
 from sampler.policy.loader import load_policies
 from sampler.receivers.grpc import GrpcReceiver
@@ -30,6 +31,9 @@ from sampler.yamlfile import ConfigError, load_yaml
 
 log = logging.getLogger("tailsampler")
 RELOAD_POLL_SECONDS = 1.0
+# Above this share of exporter.queue_max_bytes, receivers push back instead of accepting spans
+# whose kept traces would have nowhere to go.
+QUEUE_HIGH_WATER = 0.9
 
 
 def _file_state(path: Path) -> tuple[int, int, int] | None:
@@ -41,6 +45,17 @@ def _file_state(path: Path) -> tuple[int, int, int] | None:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
+def keep_unchanged(old: list[Policy], new: list[Policy]) -> list[Policy]:
+    """The new policy list, reusing each old policy object whose name and definition are unchanged,
+    so that stateful policies (rate limits, composite budgets) keep their state across a reload."""
+    previous = {p.name: p for p in old}
+    out = []
+    for p in new:
+        o = previous.get(p.name)
+        out.append(o if o is not None and o.spec == p.spec else p)
+    return out
+
+
 class App:
     def __init__(self, loaded: Loaded, sender: Sender | None = None) -> None:
         self.loaded = loaded
@@ -50,6 +65,7 @@ class App:
         self.ports: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self._pushing_back: str | None = None  # the reason while receivers refuse, for one log line each way
 
     def _log_decision(self, summary: TraceSummary, verdict: Verdict, reason: str) -> None:
         log.debug("decided trace %s: %s by %s (%s, %d spans)", summary.trace_id.hex(),
@@ -60,7 +76,8 @@ class App:
         self.loop = asyncio.get_running_loop()
         buf = cfg.buffer
         self.core = Core(
-            Buffer(buf.max_traces, buf.max_bytes, buf.decision_wait, buf.max_trace_age),
+            Buffer(buf.max_traces, buf.max_bytes, buf.decision_wait, buf.max_trace_age,
+                   buf.max_spans_per_trace, buf.max_bytes_per_trace, buf.min_eviction_age),
             self.loaded.policies.engine(),
             DecisionCache(buf.decision_cache_kept, buf.decision_cache_dropped),
             self._emit,
@@ -102,7 +119,19 @@ class App:
         self.metrics.requests_refused.labels(protocol, reason).inc()
 
     def _ingest(self, data: bytes, protocol: str) -> int:
-        return self.core.ingest(data, protocol, self.loop.time())
+        try:
+            if self.queue.nbytes >= self.queue.max_bytes * QUEUE_HIGH_WATER:
+                raise Backpressure("export_queue_full")
+            n = self.core.ingest(data, protocol, self.loop.time())
+        except Backpressure as exc:
+            if self._pushing_back is None:
+                log.warning("pushing back on senders (%s): answering with retryable errors", exc.reason)
+            self._pushing_back = exc.reason
+            raise
+        if self._pushing_back is not None:
+            log.info("accepting spans again after pushing back (%s)", self._pushing_back)
+            self._pushing_back = None
+        return n
 
     def _emit(self, trace: KeptTrace) -> None:
         self.queue.put(trace)
@@ -132,6 +161,8 @@ class App:
                 log.error("policy reload failed, keeping the last good policies: %s", problem)
             self.metrics.policy_reloads.labels("failure").inc()
             return False
+        kept = keep_unchanged(self.core.engine.policies, policy_set.policies)
+        policy_set.policies = kept
         self.core.set_engine(policy_set.engine())
         self.metrics.policy_reloads.labels("success").inc()
         log.info("policies reloaded from %s: %d policies", path, len(policy_set.policies))

@@ -30,9 +30,15 @@ class TraceEntry:
 
 
 class Buffer:
-    def __init__(self, max_traces: int, max_bytes: int, decision_wait: float, max_trace_age: float) -> None:
+    def __init__(
+        self, max_traces: int, max_bytes: int, decision_wait: float, max_trace_age: float,
+        max_spans_per_trace: int = 1 << 62, max_bytes_per_trace: int = 1 << 62, min_eviction_age: float = 0.0,
+    ) -> None:
         self.max_traces = max_traces
         self.max_bytes = max_bytes
+        self.max_spans_per_trace = max_spans_per_trace
+        self.max_bytes_per_trace = max_bytes_per_trace
+        self.min_eviction_age = min_eviction_age
         self.decision_wait = decision_wait
         self.max_trace_age = max_trace_age
         self.by_last: OrderedDict[bytes, TraceEntry] = OrderedDict()
@@ -65,6 +71,13 @@ class Buffer:
 
     def over_bounds(self) -> bool:
         return len(self.by_first) > self.max_traces or self.nbytes > self.max_bytes
+
+    def would_evict_young(self, new_traces: int, new_bytes: int, now: float) -> bool:
+        """Whether admitting this much would force deciding a trace younger than min_eviction_age:
+        bounds are being hit faster than decisions free room, so the sender should retry later."""
+        if len(self.by_first) + new_traces <= self.max_traces and self.nbytes + new_bytes <= self.max_bytes:
+            return False
+        return bool(self.by_first) and self.oldest().first_seen + self.min_eviction_age > now
 
     def oldest(self) -> TraceEntry:
         return next(iter(self.by_first.values()))

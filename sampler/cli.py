@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sampler import __version__
+from sampler import __version__, logs
 from sampler.config import DEFAULT_CONFIG_ENV, load_config, validate_file
 from sampler.yamlfile import ConfigError
 
@@ -24,14 +23,6 @@ def _event_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from sampler.app import App
 
@@ -42,7 +33,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
-    _setup_logging("debug" if args.debug else loaded.config.log_level)
+    logs.setup("debug" if args.debug else loaded.config.log_level, args.log_format)
     _event_loop()
     asyncio.run(App(loaded).run_until_stopped())
     return 0
@@ -77,7 +68,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from sampler.demo import run_demo
 
-    _setup_logging("warning")
+    logs.setup("warning")
     _event_loop()
     return asyncio.run(run_demo(args.seconds))
 
@@ -89,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the proxy until SIGTERM/SIGINT")
     run.add_argument("--config", help=f"config file (default: ${DEFAULT_CONFIG_ENV}, else built-in defaults)")
     run.add_argument("--debug", action="store_true", help="log every decision with its policy")
+    run.add_argument("--log-format", choices=("text", "json"), default="text",
+                     help="json: one JSON object per log line")
     run.set_defaults(func=cmd_run)
     validate = sub.add_parser("validate", help="check config and/or policy files")
     validate.add_argument("paths", nargs="+", metavar="PATH")

@@ -95,6 +95,9 @@ class BufferConfig(_Model):
     max_trace_age: Duration = 60.0
     max_traces: int = Field(default=100_000, gt=0)
     max_bytes: Size = Field(default=256 * 2**20, gt=0)
+    max_spans_per_trace: int = Field(default=20_000, gt=0)  # beyond it the trace is decided early
+    max_bytes_per_trace: Size = Field(default=16 * 2**20, gt=0)  # ...likewise
+    min_eviction_age: Duration = 1.0  # evicting younger traces to make room means push back instead
     decision_cache_kept: int = Field(default=100_000, gt=0)  # trace ids remembered as kept
     decision_cache_dropped: int = Field(default=1_000_000, gt=0)  # ...and as dropped
     sweep_interval: Duration = 0.1
@@ -232,7 +235,8 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     if config.policies is not None:
         policy_set = load_policies(doc, ("policies",))
     elif config.policies_file is not None:
-        policies_path = (base_dir / config.policies_file).resolve()
+        # Absolute but not resolved: a ConfigMap mount swaps symlinks, and each poll must follow them anew.
+        policies_path = Path(os.path.abspath(base_dir / config.policies_file))
         policy_set = load_policies(load_yaml(policies_path))
     else:
         policy_set = load_policies(default_policies_doc())

@@ -34,6 +34,15 @@ class KeptTrace:
         self.late = summary is None
 
 
+class Backpressure(Exception):
+    """The request cannot be taken now (the buffer would have to decide traces too young, or the
+    export queue is full); the sender should retry later. `reason` labels the refusal metric."""
+
+    def __init__(self, reason: str = "buffer_full") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class Stats:
     """Plain counters; the metrics module exposes them at scrape time, so the hot path makes no
     metrics calls."""
@@ -42,6 +51,7 @@ class Stats:
         self.spans_received: Counter[str] = Counter()
         self.decided: Counter[tuple[str, str]] = Counter()  # (keep|drop, policy or "")
         self.evicted = 0
+        self.limited = 0  # traces decided early at max_spans_per_trace / max_bytes_per_trace
         self.late_spans: Counter[str] = Counter()  # keep|drop
         self.policy_errors: Counter[str] = Counter()
 
@@ -52,6 +62,7 @@ Emit = Callable[[KeptTrace], None]
 QUIET = "quiet"
 MAX_AGE = "max_age"
 EVICTED = "evicted"
+LIMITED = "trace_limit"
 SHUTDOWN = "shutdown"
 
 
@@ -90,10 +101,10 @@ class Core:
         return group
 
     def ingest(self, data: bytes, protocol: str, now: float) -> int:
-        """Take one ExportTraceServiceRequest; returns its span count. Raises WireError, having
-        changed nothing, when the request is malformed."""
+        """Take one ExportTraceServiceRequest; returns its span count. Raises WireError when the
+        request is malformed and Backpressure when the buffer cannot take it now, in both cases
+        having changed nothing."""
         spans = walk_request(data, self.engine.keys)
-        self.stats.spans_received[protocol] += len(spans)
         by_trace: dict[bytes, list[SpanFields]] = {}
         last: Group | None = None
         shared: Group | None = None
@@ -108,6 +119,12 @@ class Core:
                 by_trace[span.trace_id] = [span]
             else:
                 lst.append(span)
+        buffer = self.buffer
+        if buffer.min_eviction_age > 0:
+            new = sum(1 for t in by_trace if buffer.get(t) is None)
+            if buffer.would_evict_young(new, sum(len(s.data) for s in spans), now):
+                raise Backpressure
+        self.stats.spans_received[protocol] += len(spans)
         for trace_id, lst in by_trace.items():
             self._add(trace_id, lst, now)
         return len(spans)
@@ -142,6 +159,9 @@ class Core:
             entry.groups.append(span.group)
             added += len(span.data)
         buffer.touched(entry, now, added)
+        if summary.spans > buffer.max_spans_per_trace or entry.nbytes > buffer.max_bytes_per_trace:
+            self.stats.limited += 1
+            self._decide(entry, now, LIMITED)
         while buffer.over_bounds():
             self.stats.evicted += 1
             self._decide(buffer.oldest(), now, EVICTED)

@@ -50,6 +50,11 @@ class CoreCollector(Collector):
             "Traces decided early because max_traces or max_bytes was reached (oldest first).",
             stats.evicted,
         )
+        yield CounterMetricFamily(
+            "tailsampler_traces_limited",
+            "Traces decided early because they reached max_spans_per_trace or max_bytes_per_trace.",
+            stats.limited,
+        )
         late = CounterMetricFamily(
             "tailsampler_late_spans",
             "Spans that arrived after their trace was decided; they follow the recorded decision.",
@@ -100,6 +105,11 @@ class Metrics:
             buckets=LAG_BUCKETS, registry=self.registry,
         )
         self.requests_refused = Counter(
-            "tailsampler_requests_refused", "Requests refused by a receiver, by protocol and reason.",
+            "tailsampler_requests_refused",
+            "Requests refused by a receiver, by protocol and reason (malformed, too_large, "
+            "unsupported_media_type, unsupported_encoding, buffer_full, export_queue_full).",
             ["protocol", "reason"], registry=self.registry,
         )
+        for protocol in ("grpc", "http"):
+            for reason in ("malformed", "buffer_full", "export_queue_full"):
+                self.requests_refused.labels(protocol, reason)

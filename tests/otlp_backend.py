@@ -124,7 +124,7 @@ class ReceivedSpan:
 class OtlpBackend:
     """An OTLP/gRPC TraceService that records every span it receives (thread-safe)."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._spans: list[ReceivedSpan] = []
@@ -136,7 +136,7 @@ class OtlpBackend:
             response_serializer=ExportTraceServiceResponse.SerializeToString,
         )
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),))
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
         if self.port == 0:
             raise OSError("cannot listen on 127.0.0.1 for the test backend")
 

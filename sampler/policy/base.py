@@ -42,6 +42,7 @@ class Policy:
     def __init__(self, name: str) -> None:
         self.name = name
         self.bit = 0
+        self.spec: object = None  # the policy's definition as written (set by the loader), for reloads
 
     def matches(self, attrs: Mapping[str, AttrValue], is_resource: bool) -> bool:
         """Whether one span's (or one resource's) attributes satisfy this policy's predicate."""

@@ -174,8 +174,9 @@ class _Builder:
             return None
         before = len(self.problems)
         policy = self.build(str(name), kind, config, (*loc, kind))
-        if not named or len(self.problems) > before:
+        if policy is None or not named or len(self.problems) > before:
             return None
+        policy.spec = item
         return policy
 
     def build(self, name: str, kind: str, config: Any, loc: Loc) -> Policy | None:

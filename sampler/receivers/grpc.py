@@ -7,13 +7,24 @@ import logging
 from collections.abc import Callable
 
 import grpc
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from sampler.core import Backpressure
 from sampler.otlp.wire import WireError
 
 log = logging.getLogger("tailsampler.receiver.grpc")
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 
 Ingest = Callable[[bytes, str], int]
+RETRY_AFTER_SECONDS = 1
+
+
+def _retry_details(message: str) -> tuple[tuple[str, bytes], ...]:
+    """google.rpc.Status with RetryInfo, the detail OTLP clients read to know when to retry."""
+    status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=message)
+    status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=RETRY_AFTER_SECONDS)))
+    return (("grpc-status-details-bin", status.SerializeToString()),)
 
 
 class GrpcReceiver:
@@ -37,6 +48,10 @@ class GrpcReceiver:
         except WireError as exc:
             self.refused("malformed")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed OTLP trace request: {exc}")
+        except Backpressure as exc:
+            self.refused(exc.reason)
+            message = f"tailsampler is overloaded ({exc.reason}); retry later"
+            await context.abort(grpc.StatusCode.UNAVAILABLE, message, _retry_details(message))
         return b""  # an empty ExportTraceServiceResponse: full success
 
     async def start(self) -> int:

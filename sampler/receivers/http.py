@@ -14,6 +14,7 @@ from collections.abc import Callable
 from aiohttp import web
 from google.rpc import status_pb2
 
+from sampler.core import Backpressure
 from sampler.otlp.jsonconv import json_to_protobuf
 from sampler.otlp.wire import WireError
 
@@ -24,13 +25,18 @@ JSON = "application/json"
 Ingest = Callable[[bytes, str], int]
 
 
-def _error(status: int, message: str, content_type: str) -> web.Response:
+RETRY_AFTER_SECONDS = 1
+_CODES = {400: 3, 413: 8, 503: 14}  # INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE; else UNKNOWN
+
+
+def _error(status: int, message: str, content_type: str, headers: dict[str, str] | None = None) -> web.Response:
     """An OTLP error response: a google.rpc.Status in the request's own encoding."""
-    code = 3 if status == 400 else 8 if status == 413 else 2  # INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNKNOWN
+    code = _CODES.get(status, 2)
     if content_type == JSON:
-        return web.Response(status=status, text=json.dumps({"code": code, "message": message}), content_type=JSON)
+        text = json.dumps({"code": code, "message": message})
+        return web.Response(status=status, text=text, content_type=JSON, headers=headers)
     body = status_pb2.Status(code=code, message=message).SerializeToString()
-    return web.Response(status=status, body=body, content_type=PROTOBUF)
+    return web.Response(status=status, body=body, content_type=PROTOBUF, headers=headers)
 
 
 def inflate(body: bytes, limit: int) -> bytes:
@@ -88,6 +94,10 @@ class HttpReceiver:
         except WireError as exc:
             self.refused("malformed")
             return _error(400, f"malformed OTLP trace request: {exc}", ctype)
+        except Backpressure as exc:
+            self.refused(exc.reason)
+            return _error(503, f"tailsampler is overloaded ({exc.reason}); retry later", ctype,
+                          {"Retry-After": str(RETRY_AFTER_SECONDS)})
         if ctype == JSON:
             return web.Response(text="{}", content_type=JSON)
         return web.Response(body=b"", content_type=PROTOBUF)

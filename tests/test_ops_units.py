@@ -1,0 +1,97 @@
+"""Operations behaviour at unit level: per-trace limits, buffer backpressure, stateful policies kept
+across reloads, JSON log lines, and a dashboard that only queries metrics we export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import pytest
+
+from sampler.app import keep_unchanged
+from sampler.buffer import Buffer
+from sampler.core import Backpressure, Core, KeptTrace
+from sampler.decisions import DecisionCache
+from sampler.logs import JsonFormatter
+from sampler.metrics import Metrics
+from sampler.policy.loader import load_policies
+from sampler.policy.rate_limiting import RateLimiting
+from sampler.yamlfile import parse_yaml
+from tests.spans import S, request, tid
+
+ROOT = Path(__file__).resolve().parent.parent
+ALWAYS = "policies: [{name: all, type: always_sample}]"
+
+
+def core_with(buffer: Buffer, kept: list[KeptTrace] | None = None) -> Core:
+    out = kept if kept is not None else []
+    return Core(buffer, load_policies(parse_yaml(ALWAYS, "p.yaml")).engine(), DecisionCache(100, 100), out.append)
+
+
+def test_a_trace_beyond_max_spans_per_trace_is_decided_early_and_the_rest_follows() -> None:
+    kept: list[KeptTrace] = []
+    core = core_with(Buffer(100, 10**9, 5, 60, max_spans_per_trace=3), kept)
+    core.ingest(request([S(1, i) for i in range(2)] + [S(2, 100)]), "grpc", 0.0)
+    assert core.stats.limited == 0
+    core.ingest(request([S(1, i) for i in range(2, 5)]), "grpc", 1.0)
+    assert core.stats.limited == 1 and len(kept) == 1 and len(kept[0].spans) == 5
+    core.ingest(request([S(1, 9)]), "grpc", 2.0)  # a straggler follows the decision
+    assert core.stats.late_spans["keep"] == 1 and len(core.buffer) == 1  # only trace 2 is still held
+
+
+def test_a_trace_beyond_max_bytes_per_trace_is_decided_early() -> None:
+    core = core_with(Buffer(100, 10**9, 5, 60, max_bytes_per_trace=200))
+    core.ingest(request([S(1, i, attrs={"pad": "x" * 50}) for i in range(5)]), "grpc", 0.0)
+    assert core.stats.limited == 1 and len(core.buffer) == 0
+
+
+def test_buffer_pushes_back_instead_of_deciding_young_traces() -> None:
+    core = core_with(Buffer(2, 10**9, 5, 60, min_eviction_age=1.0))
+    core.ingest(request([S(1, 1), S(2, 2)]), "grpc", 0.0)
+    with pytest.raises(Backpressure):
+        core.ingest(request([S(3, 3)]), "grpc", 0.5)
+    assert len(core.buffer) == 2 and core.stats.spans_received["grpc"] == 2  # nothing changed
+    core.ingest(request([S(1, 5)]), "grpc", 0.6)  # spans of a held trace still fit
+    core.ingest(request([S(3, 3)]), "grpc", 1.5)  # trace 1 is old enough to be decided early now
+    assert core.stats.evicted == 1 and tid(3) in core.buffer.by_first
+
+
+def test_unchanged_stateful_policies_keep_their_state_across_a_reload() -> None:
+    text = ("policies: [{name: rl, type: rate_limiting, rate_limiting: {spans_per_second: 5}},"
+            " {name: all, type: always_sample}]")
+    old = load_policies(parse_yaml(text, "p.yaml")).policies
+    bucket = old[0]
+    assert isinstance(bucket, RateLimiting)
+    bucket.bucket.tokens = 1.0  # spent
+    same = keep_unchanged(old, load_policies(parse_yaml(text, "p.yaml")).policies)
+    assert same[0] is old[0] and same[1] is old[1]
+    changed = keep_unchanged(old, load_policies(parse_yaml(text.replace(": 5}", ": 6}"), "p.yaml")).policies)
+    assert changed[0] is not old[0] and changed[1] is old[1]
+
+
+def test_json_log_lines() -> None:
+    record = logging.LogRecord("tailsampler", logging.WARNING, __file__, 1, "pushing back (%s)", ("buffer_full",),
+                               None)
+    record.reason = "buffer_full"
+    line = json.loads(JsonFormatter().format(record))
+    assert line["level"] == "warning" and line["message"] == "pushing back (buffer_full)"
+    assert line["logger"] == "tailsampler" and line["reason"] == "buffer_full"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"])
+
+
+def test_dashboard_queries_only_exported_metrics() -> None:
+    dashboard = json.loads((ROOT / "dashboards" / "tailsampler.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"tailsampler_[a-z_]+", e)}
+    core = core_with(Buffer(10, 10**6, 5, 60))
+    core.ingest(request([S(1, 1)]), "grpc", 0.0)
+    core.decide_all(1.0)
+    metrics = Metrics(core)
+    metrics.decision_lag.observe(0.1)
+    names = {s.name for family in metrics.registry.collect() for s in family.samples}
+    assert used and used <= names, used - names
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for topic in ("ingest", "policy", "buffer", "early", "late", "export", "lag", "reload"):
+        assert topic in titles
