@@ -9,7 +9,9 @@ import functools
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from sampler.admin import AdminServer
@@ -20,7 +22,9 @@ from sampler.decisions import DecisionCache
 from sampler.exporters import build_sender
 from sampler.exporters.base import Sender
 from sampler.exporters.queue import ExportQueue
-from sampler.metrics import Metrics
+from sampler.metrics import Metrics, PeerCollector
+from sampler.otlp.wire import SpanFields
+from sampler.peers import Forwarder, Membership, watch_dns
 from sampler.policy.base import Policy
 from sampler.policy.engine import Verdict
 from sampler.policy.loader import load_policies
@@ -56,11 +60,21 @@ def keep_unchanged(old: list[Policy], new: list[Policy]) -> list[Policy]:
     return out
 
 
+@dataclass(frozen=True)
+class Worker:
+    """This process's place among `run --workers N` siblings on one host: they share the receiver
+    ports and shard traces between them through their own loopback peer ports."""
+
+    index: int
+    peers: tuple[str, ...]
+
+
 class App:
-    def __init__(self, loaded: Loaded, sender: Sender | None = None) -> None:
+    def __init__(self, loaded: Loaded, sender: Sender | None = None, worker: Worker | None = None) -> None:
         self.loaded = loaded
         self.config = loaded.config
         self._sender = sender
+        self.worker = worker
         self.ready = False
         self.ports: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -88,22 +102,31 @@ class App:
         sender = self._sender or build_sender(cfg.exporter)
         self.queue = ExportQueue(sender, self.metrics, cfg.exporter.queue_max_bytes,
                                  cfg.exporter.batch_max_spans, cfg.exporter.retry)
+        self._start_peers()
         self.receivers: list[GrpcReceiver | HttpReceiver] = []
         otlp = cfg.receivers.otlp
         limit = cfg.receivers.max_request_bytes
+        shared = self.worker is not None
         if otlp.grpc is not None:
             host, port = split_host_port(otlp.grpc.endpoint)
-            grpc_rx = GrpcReceiver(host, port, self._ingest, limit, self._refused("grpc"))
+            grpc_rx = GrpcReceiver(host, port, self._ingest, limit, self._refused("grpc"), reuse_port=shared)
             self.ports["grpc"] = await grpc_rx.start()
             self.receivers.append(grpc_rx)
         if otlp.http is not None:
             host, port = split_host_port(otlp.http.endpoint)
-            http_rx = HttpReceiver(host, port, self._ingest, limit, self._refused("http"))
+            http_rx = HttpReceiver(host, port, self._ingest, limit, self._refused("http"), reuse_port=shared)
             self.ports["http"] = await http_rx.start()
             self.receivers.append(http_rx)
+        if self.worker is not None:
+            host, port = split_host_port(self.worker.peers[self.worker.index])
+            peer_rx = GrpcReceiver(host, port, self._ingest, limit, self._refused("peer"))
+            self.ports["peer"] = await peer_rx.start()
+            self.receivers.append(peer_rx)
         self.admin: AdminServer | None = None
         if cfg.admin.endpoint is not None:
             host, port = split_host_port(cfg.admin.endpoint)
+            if self.worker is not None and self.worker.index > 0 and port:
+                port += self.worker.index  # each worker's metrics on its own port: admin port + index
             self.admin = AdminServer(host, port, self.metrics.registry, lambda: self.ready)
             self.ports["admin"] = await self.admin.start()
         self._tasks.append(asyncio.create_task(self._sweeper(), name="sweeper"))
@@ -111,6 +134,31 @@ class App:
             self._tasks.append(asyncio.create_task(self._watch(self.loaded.policies_path), name="policy-watch"))
         self.ready = True
         log.info("tailsampler ready: %d policies, exporter %s", len(self.core.engine.policies), cfg.exporter.protocol)
+
+    def _start_peers(self) -> None:
+        """Shard traces with the configured peers (or the sibling workers), if there are any."""
+        peers = self.config.peers
+        self.forwarder: Forwarder | None = None
+        if self.worker is not None:
+            membership = Membership(self.worker.peers[self.worker.index], self.worker.peers)
+        elif peers.enabled:
+            membership = Membership(peers.self_, peers.static)
+        else:
+            return
+        self.membership = membership
+        self.forwarder = Forwarder(membership, self._keep_here, max_elapsed=peers.forward_max_elapsed,
+                                   down_cooldown=peers.down_cooldown)
+        self.core.route = membership.route
+        self.core.forward = self.forwarder.forward
+        self.metrics.registry.register(PeerCollector(membership, self.forwarder))
+        if peers.dns is not None and self.worker is None:
+            dns = peers.dns
+            self._tasks.append(asyncio.create_task(watch_dns(membership, dns.name, dns.port, dns.interval),
+                                                   name="peer-dns"))
+        log.info("sharding traces among %d members (self %s)", len(membership.members), membership.self_addr)
+
+    def _keep_here(self, spans: list[SpanFields]) -> None:
+        self.core.ingest_spans(spans, self.loop.time())
 
     def _refused(self, protocol: str) -> Callable[[str], None]:
         return functools.partial(self._count_refused, protocol)
@@ -141,6 +189,8 @@ class App:
         while True:
             await asyncio.sleep(interval)
             self.core.sweep(self.loop.time())
+            if self.forwarder is not None:
+                self.membership.revive(time.monotonic())
 
     async def _watch(self, path: Path) -> None:
         state = _file_state(path)
@@ -180,6 +230,9 @@ class App:
                 await rx.stop(grace=1.0)
             else:
                 await rx.stop()
+        if self.forwarder is not None:  # what is still on its way to an owner comes back here if it must
+            await self.forwarder.flush(min(timeout, 10.0))
+            await self.forwarder.close()
         decided = self.core.decide_all(self.loop.time())
         log.info("shutdown: decided %d buffered traces, flushing exports (up to %.0fs)", decided, timeout)
         if not await self.queue.flush(timeout):

@@ -24,7 +24,8 @@ def _event_loop() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from sampler.app import App
+    from sampler.app import App, Worker
+    from sampler.workers import parse_worker_of, supervise
 
     path = args.config or os.environ.get(DEFAULT_CONFIG_ENV)
     try:
@@ -33,9 +34,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
+    if args.workers > 1:
+        if loaded.config.peers.enabled:
+            print("--workers and peers cannot be combined in this version", file=sys.stderr)
+            return 1
+        run_args = ["--log-format", args.log_format] + (["--config", path] if path else [])
+        return supervise(run_args + (["--debug"] if args.debug else []), args.workers)
+    worker = None
+    if args.worker_of:
+        index, peers = parse_worker_of(args.worker_of)
+        worker = Worker(index, peers)
     logs.setup("debug" if args.debug else loaded.config.log_level, args.log_format)
     _event_loop()
-    asyncio.run(App(loaded).run_until_stopped())
+    asyncio.run(App(loaded, worker=worker).run_until_stopped())
     return 0
 
 
@@ -82,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--debug", action="store_true", help="log every decision with its policy")
     run.add_argument("--log-format", choices=("text", "json"), default="text",
                      help="json: one JSON object per log line")
+    run.add_argument("--workers", type=int, default=1,
+                     help="run N processes sharing the receiver ports and sharding traces between them")
+    run.add_argument("--worker-of", help=argparse.SUPPRESS)  # set by the --workers supervisor
     run.set_defaults(func=cmd_run)
     validate = sub.add_parser("validate", help="check config and/or policy files")
     validate.add_argument("paths", nargs="+", metavar="PATH")

@@ -135,15 +135,24 @@ class PeersConfig(_Model):
     self_: str = Field(default="127.0.0.1:4317", alias="self")
     static: list[str] = Field(default_factory=list)
     dns: DnsPeers | None = None
+    forward_max_elapsed: Duration = 5.0  # retrying a peer this long, then its spans are kept here
+    down_cooldown: Duration = 30.0  # ...and it is left out of the hashing this long
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     @model_validator(mode="after")
-    def _supported(self) -> PeersConfig:
-        others = [p for p in self.static if p != self.self_]
-        if others or self.dns is not None:
-            raise ValueError("sharding across peers is not supported by this version; use one instance")
+    def _members(self) -> PeersConfig:
+        for member in (self.self_, *self.static):
+            split_host_port(member)
+        if self.static and self.dns is not None:
+            raise ValueError("use either a static member list or dns discovery, not both")
+        if self.static and self.self_ not in self.static:
+            raise ValueError(f"self ({self.self_}) must be one of the static members")
         return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.dns is not None or any(m != self.self_ for m in self.static)
 
 
 class Config(_Model):

@@ -84,6 +84,9 @@ class Core:
         self.stats = Stats()
         self._groups: dict[tuple[bytes, bytes], Group] = {}
         self.engine = engine
+        # Sharding (peers.py): the owner of a trace id when it is another instance, and where to send it.
+        self.route: Callable[[bytes], str | None] | None = None
+        self.forward: Callable[[str, list[SpanFields]], None] | None = None
         engine.on_error = self._policy_error
 
     def _policy_error(self, policy: object, exc: Exception) -> None:
@@ -103,7 +106,8 @@ class Core:
     def ingest(self, data: bytes, protocol: str, now: float) -> int:
         """Take one ExportTraceServiceRequest; returns its span count. Raises WireError when the
         request is malformed and Backpressure when the buffer cannot take it now, in both cases
-        having changed nothing."""
+        having changed nothing. Traces owned by another instance go to `forward`, except in requests
+        that were themselves forwarded (protocol "peer"), which are always kept here."""
         spans = walk_request(data, self.engine.keys)
         by_trace: dict[bytes, list[SpanFields]] = {}
         last: Group | None = None
@@ -119,15 +123,33 @@ class Core:
                 by_trace[span.trace_id] = [span]
             else:
                 lst.append(span)
+        remote: dict[str, list[SpanFields]] = {}
+        if self.route is not None and protocol != "peer":
+            for trace_id in list(by_trace):
+                owner = self.route(trace_id)
+                if owner is not None:
+                    remote.setdefault(owner, []).extend(by_trace.pop(trace_id))
         buffer = self.buffer
         if buffer.min_eviction_age > 0:
             new = sum(1 for t in by_trace if buffer.get(t) is None)
-            if buffer.would_evict_young(new, sum(len(s.data) for s in spans), now):
+            local_bytes = sum(len(s.data) for lst in by_trace.values() for s in lst)
+            if buffer.would_evict_young(new, local_bytes, now):
                 raise Backpressure
         self.stats.spans_received[protocol] += len(spans)
         for trace_id, lst in by_trace.items():
             self._add(trace_id, lst, now)
+        if remote and self.forward is not None:
+            for owner, owned in remote.items():
+                self.forward(owner, owned)
         return len(spans)
+
+    def ingest_spans(self, spans: list[SpanFields], now: float) -> None:
+        """Keep already-walked spans here (forwarding to their owner gave up): no routing."""
+        by_trace: dict[bytes, list[SpanFields]] = {}
+        for span in spans:
+            by_trace.setdefault(span.trace_id, []).append(span)
+        for trace_id, lst in by_trace.items():
+            self._add(trace_id, lst, now)
 
     def _add(self, trace_id: bytes, spans: list[SpanFields], now: float) -> None:
         buffer = self.buffer

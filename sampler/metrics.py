@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from sampler.core import Core
+from sampler.peers import Forwarder, Membership
 
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -28,7 +29,7 @@ class CoreCollector(Collector):
         received = CounterMetricFamily(
             "tailsampler_spans_received", "Spans accepted by the receivers.", labels=["protocol"]
         )
-        for protocol in ("grpc", "http"):
+        for protocol in ("grpc", "http", "peer"):  # peer: forwarded here by the sharding group
             received.add_metric([protocol], stats.spans_received[protocol])
         yield received
         decided = CounterMetricFamily(
@@ -70,6 +71,34 @@ class CoreCollector(Collector):
         for name, n in sorted(stats.policy_errors.items()):
             errors.add_metric([name], n)
         yield errors
+
+
+class PeerCollector(Collector):
+    """Sharding metrics, read at scrape time from the membership and the forwarder."""
+
+    def __init__(self, membership: Membership, forwarder: Forwarder) -> None:
+        self.membership = membership
+        self.forwarder = forwarder
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.forwarder.stats
+        yield GaugeMetricFamily("tailsampler_peer_members",
+                                "Members of the sharding group that traces are spread over, self included.",
+                                len(self.membership.alive))
+        yield CounterMetricFamily("tailsampler_peer_membership_changes", "Changes of the sharding member list.",
+                                  self.membership.changes)
+        yield CounterMetricFamily("tailsampler_spans_forwarded", "Spans forwarded to the instance owning their trace.",
+                                  stats.forwarded)
+        yield CounterMetricFamily("tailsampler_forward_failures", "Attempts to forward spans to a peer that failed.",
+                                  stats.failures)
+        fallback = CounterMetricFamily(
+            "tailsampler_spans_forward_fallback",
+            "Spans kept here instead of at their owner, by reason (owner_left, owner_unreachable, queue_full).",
+            labels=["reason"],
+        )
+        for reason, n in sorted(stats.fallback.items()):
+            fallback.add_metric([reason], n)
+        yield fallback
 
 
 class Metrics:

@@ -15,6 +15,8 @@ from sampler.otlp.wire import WireError
 
 log = logging.getLogger("tailsampler.receiver.grpc")
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+# Marks spans one instance forwarded to their owner, which must never forward them again.
+FORWARDED_HEADER = "tailsampler-forwarded"
 
 Ingest = Callable[[bytes, str], int]
 RETRY_AFTER_SECONDS = 1
@@ -29,22 +31,23 @@ def _retry_details(message: str) -> tuple[tuple[str, bytes], ...]:
 
 class GrpcReceiver:
     def __init__(self, host: str, port: int, ingest: Ingest, max_request_bytes: int,
-                 refused: Callable[[str], None]) -> None:
+                 refused: Callable[[str], None], reuse_port: bool = False) -> None:
         self.host = host
         self.port = port
         self.ingest = ingest
         self.refused = refused
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", max_request_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(reuse_port)),  # shared only by --workers processes
         ])
         handler = grpc.unary_unary_rpc_method_handler(self._export, request_deserializer=None,
                                                       response_serializer=None)
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),))
 
     async def _export(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        forwarded = any(key == FORWARDED_HEADER for key, _ in context.invocation_metadata() or ())
         try:
-            self.ingest(request, "grpc")
+            self.ingest(request, "peer" if forwarded else "grpc")
         except WireError as exc:
             self.refused("malformed")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed OTLP trace request: {exc}")

@@ -55,12 +55,13 @@ def inflate(body: bytes, limit: int) -> bytes:
 
 class HttpReceiver:
     def __init__(self, host: str, port: int, ingest: Ingest, max_request_bytes: int,
-                 refused: Callable[[str], None]) -> None:
+                 refused: Callable[[str], None], reuse_port: bool = False) -> None:
         self.host = host
         self.port = port
         self.ingest = ingest
         self.refused = refused
         self.limit = max_request_bytes
+        self.reuse_port = reuse_port
         self.app = web.Application(client_max_size=max_request_bytes)
         self.app.router.add_post("/v1/traces", self._traces)
         self.runner = web.AppRunner(self.app, access_log=None, auto_decompress=False)
@@ -104,7 +105,7 @@ class HttpReceiver:
 
     async def start(self) -> int:
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, self.port)
+        site = web.TCPSite(self.runner, self.host, self.port, reuse_port=self.reuse_port or None)
         await site.start()
         self.port = int(self.runner.addresses[0][1])
         log.info("OTLP/HTTP receiver listening on %s:%d", self.host, self.port)

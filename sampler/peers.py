@@ -1,0 +1,246 @@
+"""Sharding by trace id: membership, owner hashing, and forwarding spans to their owner.
+
+Every instance computes the same owner for a trace id from the same member list by rendezvous
+hashing (the member with the highest hash of member + trace id wins), so when a member joins or
+leaves only its own share of traces moves. Spans owned elsewhere are forwarded once, batched, over
+OTLP/gRPC to the owner's receiver with a `tailsampler-forwarded` header; an instance never forwards
+what it received that way, so two instances that briefly disagree on membership cannot loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import grpc
+
+from sampler.otlp.splice import encode_request
+from sampler.otlp.wire import SpanFields
+from sampler.receivers.grpc import FORWARDED_HEADER, SERVICE
+
+log = logging.getLogger("tailsampler.peers")
+METHOD = f"/{SERVICE}/Export"
+
+
+class Membership:
+    """The member list (host:port strings, self included) and the owner of each trace id.
+
+    A member that could not be reached within the forwarding bounds is taken out of the hashing
+    for a cooldown: every survivor notices the same failure, so they agree again on one owner per
+    trace instead of each keeping its own part of the dead member's traces.
+    """
+
+    def __init__(self, self_addr: str, members: Sequence[str]) -> None:
+        self.self_addr = self_addr
+        self.members: tuple[str, ...] = ()
+        self.down: dict[str, float] = {}  # member -> until when it is left out
+        self._keys: list[tuple[bytes, str]] = []
+        self.changes = 0
+        self.set(members)
+
+    @property
+    def alive(self) -> tuple[str, ...]:
+        return tuple(m for m in self.members if m not in self.down)
+
+    def _rehash(self, reason: str, before: tuple[str, ...]) -> None:
+        after = self.alive
+        if before:
+            self.changes += 1
+            log.info("peer membership changed (%s): %s -> %s", reason, ",".join(before), ",".join(after))
+        self._keys = [(m.encode(), m) for m in after]
+
+    def set(self, members: Sequence[str]) -> bool:
+        """Replace the member list (from configuration or discovery); True when it changed."""
+        new = tuple(sorted(set(members) | {self.self_addr}))
+        if new == self.members:
+            return False
+        before = self.alive
+        self.members = new
+        self.down = {m: t for m, t in self.down.items() if m in new}
+        self._rehash("discovery", before)
+        return True
+
+    def mark_down(self, member: str, until: float) -> None:
+        if member == self.self_addr or member in self.down:
+            return
+        before = self.alive
+        self.down[member] = until
+        self._rehash(f"{member} unreachable", before)
+
+    def revive(self, now: float) -> None:
+        """Give members whose cooldown is over another chance."""
+        back = [m for m, until in self.down.items() if until <= now]
+        if back:
+            before = self.alive
+            for m in back:
+                del self.down[m]
+            self._rehash("cooldown over", before)
+
+    def owner(self, trace_id: bytes) -> str:
+        best = ""
+        best_hash = -1
+        for key, member in self._keys:
+            h = int.from_bytes(hashlib.blake2b(key + trace_id, digest_size=8).digest(), "big")
+            if h > best_hash:
+                best, best_hash = member, h
+        return best
+
+    def route(self, trace_id: bytes) -> str | None:
+        """The owner's address, or None when this instance owns the trace."""
+        if len(self._keys) <= 1:
+            return None
+        owner = self.owner(trace_id)
+        return None if owner == self.self_addr else owner
+
+
+class PeerStats:
+    def __init__(self) -> None:
+        self.forwarded = 0  # spans delivered to their owner
+        self.failures = 0  # forward attempts that failed
+        self.fallback: dict[str, int] = {"owner_left": 0, "owner_unreachable": 0, "queue_full": 0}
+
+
+class Forwarder:
+    """Per-peer bounded queues of spans to forward, drained by one sender task per peer.
+
+    Forwarding is retried for up to `max_elapsed` seconds; after that, or at once when the owner has
+    left the membership or its queue is full, the spans are handed to `local` (ingested here): a
+    trace may then be decided in two places, but no span is lost. Every such case is counted.
+    """
+
+    def __init__(
+        self,
+        membership: Membership,
+        local: Callable[[list[SpanFields]], None],
+        max_bytes: int = 32 * 2**20,
+        max_elapsed: float = 5.0,
+        timeout: float = 5.0,
+        down_cooldown: float = 30.0,
+    ) -> None:
+        self.membership = membership
+        self.local = local
+        self.max_bytes = max_bytes
+        self.max_elapsed = max_elapsed
+        self.timeout = timeout
+        self.down_cooldown = down_cooldown
+        self.stats = PeerStats()
+        self.queues: dict[str, deque[list[SpanFields]]] = {}
+        self.sizes: dict[str, int] = {}
+        self.wakes: dict[str, asyncio.Event] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.channels: dict[str, grpc.aio.Channel] = {}
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.in_flight = 0
+
+    def forward(self, owner: str, spans: list[SpanFields]) -> None:
+        """Queue spans for `owner` (called by the core for every owner of a request's traces)."""
+        size = sum(len(s.data) for s in spans)
+        if self.sizes.get(owner, 0) + size > self.max_bytes:
+            self.stats.fallback["queue_full"] += len(spans)
+            self.local(spans)
+            return
+        if owner not in self.tasks:
+            self.queues[owner] = deque()
+            self.sizes[owner] = 0
+            self.wakes[owner] = asyncio.Event()
+            self.channels[owner] = grpc.aio.insecure_channel(owner, options=[("grpc.enable_http_proxy", 0)])
+            self.tasks[owner] = asyncio.create_task(self._drain(owner), name=f"forward-{owner}")
+        self.queues[owner].append(spans)
+        self.sizes[owner] += size
+        self.idle.clear()
+        self.wakes[owner].set()
+
+    def _pending(self) -> bool:
+        return self.in_flight > 0 or any(self.queues.values())
+
+    async def _drain(self, owner: str) -> None:
+        queue = self.queues[owner]
+        call = self.channels[owner].unary_unary(METHOD, request_serializer=None, response_deserializer=None)
+        while True:
+            while not queue:
+                if not self._pending():
+                    self.idle.set()
+                self.wakes[owner].clear()
+                await self.wakes[owner].wait()
+            batch: list[SpanFields] = []
+            while queue and len(batch) < 4096:
+                batch.extend(queue.popleft())
+            self.in_flight += 1
+            try:
+                await self._send(owner, call, batch)
+            finally:
+                self.in_flight -= 1
+                self.sizes[owner] -= sum(len(s.data) for s in batch)
+
+    async def _send(self, owner: str, call: grpc.aio.UnaryUnaryMultiCallable, batch: list[SpanFields]) -> None:
+        body = encode_request([([s.data for s in batch], [s.group for s in batch], b"")])
+        deadline = time.monotonic() + self.max_elapsed
+        delay = 0.05
+        while True:
+            if owner not in self.membership.alive:
+                self.stats.fallback["owner_left"] += len(batch)
+                self.local(batch)
+                return
+            try:
+                await call(body, timeout=self.timeout, metadata=((FORWARDED_HEADER, "1"),))
+            except grpc.aio.AioRpcError as exc:
+                self.stats.failures += 1
+                if time.monotonic() + delay > deadline:
+                    log.warning("forwarding %d spans to %s failed (%s); handling them here",
+                                len(batch), owner, exc.code().name)
+                    self.membership.mark_down(owner, time.monotonic() + self.down_cooldown)
+                    self.stats.fallback["owner_unreachable"] += len(batch)
+                    self.local(batch)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            self.stats.forwarded += len(batch)
+            return
+
+    async def flush(self, timeout: float) -> bool:
+        if not self._pending():
+            return True
+        try:
+            await asyncio.wait_for(self.idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        for owner, queue in self.queues.items():  # what could not be sent is kept here
+            while queue:
+                spans = queue.popleft()
+                self.stats.fallback["owner_unreachable"] += len(spans)
+                self.local(spans)
+            await self.channels[owner].close()
+
+
+async def resolve(name: str, port: int) -> list[str]:
+    """host:port of every address a (headless Service) DNS name resolves to."""
+    infos = await asyncio.get_running_loop().getaddrinfo(name, port, type=socket.SOCK_STREAM)
+    hosts = sorted({str(info[4][0]) for info in infos})
+    return [f"[{h}]:{port}" if ":" in h else f"{h}:{port}" for h in hosts]
+
+
+async def watch_dns(membership: Membership, name: str, port: int, interval: float) -> None:
+    """Re-resolve the member list every `interval`; a failed lookup keeps the last known members."""
+    while True:
+        try:
+            members = await resolve(name, port)
+        except OSError as exc:
+            log.warning("peer discovery: cannot resolve %s (%s); keeping %d members", name, exc,
+                        len(membership.members))
+        else:
+            if members:
+                membership.set(members)
+        await asyncio.sleep(interval)

@@ -1,0 +1,94 @@
+"""Owner hashing and routing without I/O: every instance agrees, members share the traces evenly,
+a leaving member moves only its own share, and forwarded spans are never forwarded again."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from sampler.buffer import Buffer
+from sampler.core import Core
+from sampler.decisions import DecisionCache
+from sampler.otlp.wire import SpanFields
+from sampler.peers import Membership
+from sampler.policy.loader import load_policies
+from sampler.yamlfile import parse_yaml
+from tests.spans import S, request, tid
+
+MEMBERS = ["10.0.0.1:4317", "10.0.0.2:4317", "10.0.0.3:4317"]
+IDS = [random.Random(n).randbytes(16) for n in range(3000)]
+
+
+def test_every_instance_computes_the_same_owner() -> None:
+    views = [Membership(me, MEMBERS) for me in MEMBERS]
+    for trace_id in IDS[:500]:
+        owners = {v.owner(trace_id) for v in views}
+        assert len(owners) == 1
+        owner = owners.pop()
+        for v in views:
+            assert v.route(trace_id) == (None if v.self_addr == owner else owner)
+
+
+def test_traces_are_spread_evenly() -> None:
+    m = Membership(MEMBERS[0], MEMBERS)
+    shares = Counter(m.owner(t) for t in IDS)
+    assert set(shares) == set(MEMBERS)
+    assert all(abs(n / len(IDS) - 1 / 3) < 0.04 for n in shares.values()), shares
+
+
+def test_a_leaving_member_moves_only_its_own_share() -> None:
+    m = Membership(MEMBERS[0], MEMBERS)
+    before = {t: m.owner(t) for t in IDS}
+    assert m.set(MEMBERS[:2])
+    after = {t: m.owner(t) for t in IDS}
+    moved = [t for t in IDS if before[t] != after[t]]
+    assert moved and all(before[t] == MEMBERS[2] for t in moved)
+    assert m.changes == 1
+    assert not m.set(MEMBERS[:2])  # no change, no count
+
+
+def test_an_unreachable_member_is_left_out_for_its_cooldown() -> None:
+    m = Membership(MEMBERS[0], MEMBERS)
+    m.mark_down(MEMBERS[2], until=100.0)
+    assert MEMBERS[2] not in {m.owner(t) for t in IDS[:300]}
+    m.revive(now=99.0)
+    assert m.alive == tuple(MEMBERS[:2])
+    m.revive(now=100.0)
+    assert m.alive == tuple(MEMBERS) and m.changes == 2
+    m.mark_down(MEMBERS[0], until=1e9)  # never self
+    assert MEMBERS[0] in m.alive
+
+
+def test_a_single_member_owns_everything() -> None:
+    m = Membership("127.0.0.1:4317", [])
+    assert all(m.route(t) is None for t in IDS[:50])
+
+
+def make_core() -> tuple[Core, dict[str, list[SpanFields]]]:
+    forwarded: dict[str, list[SpanFields]] = {}
+    policies = load_policies(parse_yaml("policies: [{name: all, type: always_sample}]", "p.yaml"))
+    core = Core(Buffer(100, 10**9, 5, 60), policies.engine(), DecisionCache(10, 10), lambda t: None)
+    m = Membership(MEMBERS[0], MEMBERS)
+    core.route = m.route
+    core.forward = lambda owner, spans: forwarded.setdefault(owner, []).extend(spans)
+    return core, forwarded
+
+
+def test_the_core_keeps_its_own_traces_and_forwards_the_rest_once() -> None:
+    core, forwarded = make_core()
+    m = Membership(MEMBERS[0], MEMBERS)
+    data = request([S(n, n * 10 + i) for n in range(1, 31) for i in range(2)])
+    core.ingest(data, "grpc", 0.0)
+    mine = {tid(n) for n in range(1, 31) if m.owner(tid(n)) == MEMBERS[0]}
+    assert set(core.buffer.by_first) == mine
+    for owner, spans in forwarded.items():
+        assert owner != MEMBERS[0]
+        assert {s.trace_id for s in spans} == {tid(n) for n in range(1, 31) if m.owner(tid(n)) == owner}
+    assert sum(len(v) for v in forwarded.values()) + 2 * len(mine) == 60
+
+
+def test_spans_that_were_forwarded_here_are_never_forwarded_again() -> None:
+    core, forwarded = make_core()
+    core.ingest(request([S(n, n) for n in range(1, 31)]), "peer", 0.0)
+    assert forwarded == {} and len(core.buffer) == 30
+    assert core.stats.spans_received["peer"] == 30
