@@ -16,6 +16,17 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
+# A C compiler lets the build compile the OTLP wire walker with mypyc (setup.py); the runtime stage then
+# installs a wheel for this very base image. Without one the build falls back to pure Python.
+# Debian's toolchain packages are not version-pinned: the base image pins the distribution.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+
+# --build-arg TAILSAMPLER_NO_COMPILE=1 builds a pure-Python wheel (faster, same behaviour).
+ARG TAILSAMPLER_NO_COMPILE=0
+
 WORKDIR /src
 COPY . .
 RUN pip wheel --no-cache-dir --no-deps -w /dist .

@@ -1,17 +1,34 @@
-"""Static checks of the container image recipe and the Helm chart.
+"""The container image recipe and the Helm chart's files.
 
-No network, no Docker daemon and no helm binary needed: hadolint lints the Dockerfile, the rest parses
-files. Rendering the chart's templates belongs to a separate test.
+No network, no Docker daemon and no helm binary needed: hadolint lints the Dockerfile, the static checks
+parse files, and the image's behaviour is exercised without Docker: the build context (what
+.dockerignore lets through) is turned into a wheel as the builder stage does, the wheel is installed into
+a fresh virtual environment, the files the Dockerfile copies to /etc/tailsampler are validated there, and
+the ENTRYPOINT runs until /readyz answers, takes a trace, and exits 0 on SIGTERM.
+Rendering the chart's templates is tests/test_helm.py.
 """
 
 from __future__ import annotations
 
 import copy
 import fnmatch
+import importlib.metadata
 import json
+import os
+import re
 import shutil
+import signal
+import socket
+import stat
 import subprocess
 import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +192,282 @@ def test_image_config_matches_contract() -> None:
     destinations = {parts[-1]: parts[-2] for parts in copies}
     assert destinations.get("/etc/tailsampler/config.yaml") == "docker/config.yaml"
     assert "/etc/tailsampler/policies.yaml" in destinations
+
+
+# --- what the image does, exercised without Docker -------------------------------------------------
+
+
+def _dockerignore_rules() -> list[tuple[str, bool]]:
+    """(pattern, anywhere): `**/x` patterns match at any depth, the others from the context root."""
+    rules = []
+    for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            assert not line.startswith("!"), "exceptions are not modelled by this test"
+            pattern = line.lstrip("/")
+            rules.append((pattern.removeprefix("**/"), pattern.startswith("**/")))
+    return rules
+
+
+def _copy_build_context(dest: Path) -> None:
+    """`COPY . .` in the builder stage: the repository minus what .dockerignore excludes."""
+    rules = _dockerignore_rules()
+
+    def ignored(rel: str) -> bool:
+        name = rel.rsplit("/", 1)[-1]
+        return any(fnmatch.fnmatch(name if anywhere else rel, pattern) for pattern, anywhere in rules)
+
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        base = Path(dirpath).relative_to(ROOT).as_posix()
+        prefix = "" if base == "." else base + "/"
+        dirnames[:] = [d for d in dirnames if not ignored(prefix + d)]
+        for filename in filenames:
+            rel = prefix + filename
+            if not ignored(rel):
+                target = dest / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(Path(dirpath) / filename, target)
+
+
+def _final_stage_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for keyword, args in _final_stage():
+        if keyword == "ENV":
+            for pair in args.split():
+                key, sep, value = pair.partition("=")
+                assert sep, f"use ENV KEY=VALUE, got {args!r}"
+                env[key] = value
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _http_status(url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> int:
+    request = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _set_writable(root: Path, writable: bool) -> None:
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode
+        path.chmod(mode | stat.S_IWUSR if writable else mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+@dataclass
+class Installed:
+    wheel: Path
+    venv: Path
+    site_packages: Path
+    image_root: Path  # stands in for the image's /
+    env: dict[str, str]  # environment for running programs of the fresh venv
+
+    def bin(self, name: str) -> Path:
+        return self.venv / "bin" / name
+
+    def image_path(self, path: str) -> Path:
+        return self.image_root / path.lstrip("/")
+
+
+def _offline_build_possible() -> str | None:
+    """pyproject's `license = "Apache-2.0"` (PEP 639) needs setuptools>=77 to build without isolation."""
+    try:
+        version = importlib.metadata.version("setuptools")
+    except importlib.metadata.PackageNotFoundError:
+        return "setuptools is not installed in the test environment"
+    major = int(re.match(r"\d+", version).group())  # type: ignore[union-attr]
+    if major < 77:
+        return f"building the wheel offline needs setuptools>=77 in the test environment (found {version})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+    if sys.platform == "win32":
+        pytest.skip("the image is Linux")
+    reason = _offline_build_possible()
+    if reason:
+        pytest.skip(reason)
+    tmp = tmp_path_factory.mktemp("image")
+    base_env = {
+        **os.environ,
+        "TAILSAMPLER_NO_COMPILE": "1",
+        "PIP_NO_INDEX": "1",  # nothing may come from the network
+        "PIP_NO_CACHE_DIR": "1",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "TMPDIR": str(tmp),
+    }
+    base_env.pop("PYTHONPATH", None)
+
+    # Builder stage: COPY . . and pip wheel --no-deps.
+    context = tmp / "src"
+    _copy_build_context(context)
+    assert (context / "pyproject.toml").is_file() and (context / "sampler" / "__init__.py").is_file()
+    assert not (context / "tests").exists() and not (context / ".venv").exists()
+    wheelhouse = tmp / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheelhouse), "."],
+        cwd=context, env=base_env, check=True, capture_output=True, timeout=180,
+    )
+    wheels = sorted(wheelhouse.glob("tailsampler-*.whl"))
+    assert len(wheels) == 1, wheels
+
+    # Runtime stage: pip install the wheel, into a fresh virtual environment here.
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q", "--no-deps",
+         str(wheels[0])],
+        env={**base_env, "PYTHONDONTWRITEBYTECODE": "1"}, check=True, capture_output=True, timeout=180,
+    )
+    site_packages = Path(
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True, capture_output=True, text=True, timeout=60,
+        ).stdout.strip()
+    )
+    # The runtime dependencies come from the test environment (the image gets them from PyPI). A .pth
+    # file appends them after the fresh venv's own site-packages, so `sampler` is only found in the wheel.
+    deps = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
+    (site_packages / "zz_test_dependencies.pth").write_text("\n".join(deps) + "\n", encoding="utf-8")
+
+    # The files the final stage copies into the image.
+    image_root = tmp / "image-root"
+    for keyword, args in _final_stage():
+        if keyword == "COPY" and "--from=" not in args:
+            *sources, destination = args.split()
+            assert len(sources) == 1 and not destination.endswith("/"), args
+            target = image_root / destination.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ROOT / sources[0], target)
+
+    run_env = {
+        key: value for key, value in base_env.items() if not key.startswith(("TAILSAMPLER_", "PIP_", "PYTHON"))
+    }
+    run_env.update(_final_stage_env())
+    run_env["HOME"] = "/nonexistent"  # the image's user has no home directory
+    run_env["PATH"] = f"{venv / 'bin'}{os.pathsep}{run_env.get('PATH', '')}"
+    yield Installed(wheels[0], venv, site_packages, image_root, run_env)
+    _set_writable(tmp, True)  # let pytest clean up
+
+
+def test_wheel_holds_package_data_and_console_script(installed: Installed) -> None:
+    with zipfile.ZipFile(installed.wheel) as wheel:
+        names = set(wheel.namelist())
+        entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+        scripts = wheel.read(entry_points).decode()
+    assert {"sampler/__init__.py", "sampler/cli.py", "sampler/default_policies.yaml", "sampler/py.typed"} <= names
+    assert not [n for n in names if n.startswith(("tests/", "bench/", "helm/", "docker/"))]
+    assert re.search(r"^tailsampler\s*=\s*sampler\.cli:main$", scripts, re.MULTILINE), scripts
+    # TAILSAMPLER_NO_COMPILE=1 gives pure Python; no extension built on the host leaked in through the context.
+    assert installed.wheel.name.endswith("-py3-none-any.whl"), installed.wheel.name
+    assert not [n for n in names if n.endswith((".so", ".pyd"))]
+
+
+def test_fresh_venv_runs_the_installed_package(installed: Installed) -> None:
+    probe = (
+        "import importlib.resources, json, sampler, sampler.cli\n"
+        "text = importlib.resources.files('sampler').joinpath('default_policies.yaml').read_text()\n"
+        "print(json.dumps({'file': sampler.__file__, 'policies': 'policies:' in text}))\n"
+    )
+    out = subprocess.run(
+        [str(installed.bin("python")), "-c", probe],
+        cwd=installed.image_root, env=installed.env, check=True, capture_output=True, text=True, timeout=60,
+    ).stdout
+    found = json.loads(out)
+    assert Path(found["file"]).is_relative_to(installed.site_packages), found
+    assert found["policies"] is True
+    # pip compiled the bytecode at install time, so imports never write to a read-only root filesystem.
+    assert list((installed.site_packages / "sampler" / "__pycache__").glob("cli.*.pyc"))
+    version = subprocess.run(
+        [str(installed.bin("tailsampler")), "--version"],
+        env=installed.env, check=True, capture_output=True, text=True, timeout=60,
+    )
+    assert version.stdout.startswith("tailsampler ")
+
+
+def test_image_config_validates(installed: Installed) -> None:
+    config = installed.image_path("/etc/tailsampler/config.yaml")
+    policies = installed.image_path("/etc/tailsampler/policies.yaml")
+    proc = subprocess.run(
+        [str(installed.bin("tailsampler")), "validate", str(config), str(policies)],
+        env=installed.env, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines() == [f"{config}: ok", f"{policies}: ok"]
+
+
+def test_entrypoint_serves_and_exits_cleanly_on_sigterm(installed: Installed) -> None:
+    entrypoint = json.loads(next(args for keyword, args in reversed(_final_stage()) if keyword == "ENTRYPOINT"))
+    argv = [str(installed.bin(entrypoint[0]))] + [
+        str(installed.image_path(arg)) if arg.startswith("/etc/") else arg for arg in entrypoint[1:]
+    ]
+    grpc_port, http_port, admin_port = _free_port(), _free_port(), _free_port()
+    env = {
+        **installed.env,
+        "TAILSAMPLER_RECEIVERS__OTLP__GRPC__ENDPOINT": f"127.0.0.1:{grpc_port}",
+        "TAILSAMPLER_RECEIVERS__OTLP__HTTP__ENDPOINT": f"127.0.0.1:{http_port}",
+        "TAILSAMPLER_ADMIN__ENDPOINT": f"127.0.0.1:{admin_port}",
+    }
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1"
+    # Read-only root filesystem: nothing the image installed or copied may be written to.
+    _set_writable(installed.venv, False)
+    _set_writable(installed.image_root, False)
+    proc = subprocess.Popen(
+        argv, cwd=installed.image_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, f"exited early with {proc.returncode}: {proc.communicate()[1]}"
+            assert time.monotonic() < deadline, "/readyz did not answer 200 within 30 s"
+            try:
+                if _http_status(f"http://127.0.0.1:{admin_port}/readyz") == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        assert _http_status(f"http://127.0.0.1:{admin_port}/healthz") == 200
+        trace_id = "5b8efff798038103d269b633813fc60c"
+        body = {
+            "resourceSpans": [{
+                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "checkout"}}]},
+                "scopeSpans": [{"spans": [{
+                    "traceId": trace_id, "spanId": "eee19b7ec3c1b174", "name": "POST /pay", "kind": 2,
+                    "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": "1700000000200000000",
+                    "status": {"code": 2},
+                }]}],
+            }]
+        }
+        status = _http_status(
+            f"http://127.0.0.1:{http_port}/v1/traces",
+            json.dumps(body).encode(),
+            {"Content-Type": "application/json"},
+        )
+        assert status == 200
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+        _set_writable(installed.venv, True)
+        _set_writable(installed.image_root, True)
+    assert proc.returncode == 0, stderr
+    # SIGTERM decided the buffered trace; the image's stdout exporter printed it as kept by `errors`.
+    kept = [line for line in stdout.splitlines() if trace_id in line]
+    assert len(kept) == 1 and "policy=errors" in kept[0], stdout
 
 
 # --- Helm chart --------------------------------------------------------------------------------------

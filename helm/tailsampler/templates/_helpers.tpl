@@ -47,7 +47,7 @@ helm.sh/chart: {{ include "tailsampler.chart" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 {{- end }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
-app.kubernetes.io/component: {{ .Values.mode }}
+app.kubernetes.io/component: {{ ternary "sidecar" .Values.mode (.Values.sidecar.enabled | default false) }}
 {{- end }}
 
 {{/* Selector labels. */}}
@@ -81,6 +81,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/*
 Files
 */}}
+
+{{/*
+Where the ConfigMap is mounted, as a directory. The container's --config points at config.yaml in it, and
+config.policies_file (policies.yaml) is resolved relative to it.
+*/}}
+{{- define "tailsampler.configDir" -}}
+/etc/tailsampler
+{{- end }}
 
 {{/* config.yaml: .Values.config, plus peer discovery through the headless Service when peers.enabled. */}}
 {{- define "tailsampler.configYaml" -}}
@@ -149,6 +157,15 @@ The tailsampler container, as one item of a `containers:` list. Takes a dict:
 - name: tailsampler
   image: {{ include "tailsampler.imageFrom" (dict "image" $v.image "appVersion" .appVersion) | quote }}
   imagePullPolicy: {{ $v.image.pullPolicy | default "IfNotPresent" }}
+  # The image's ENTRYPOINT, spelled out so that the config path and the mount below visibly agree.
+  command:
+    - tailsampler
+    - run
+    - --config
+    - {{ printf "%s/config.yaml" (include "tailsampler.configDir" .) }}
+    {{- range $v.extraArgs }}
+    - {{ . | quote }}
+    {{- end }}
   ports:
     {{- range $name, $port := $v.ports }}
     {{- if $port.enabled }}
@@ -196,7 +213,7 @@ The tailsampler container, as one item of a `containers:` list. Takes a dict:
     # The whole ConfigMap as a directory: the kubelet swaps its ..data symlink on updates, which
     # tailsampler's hot reload picks up. Mounting single keys would never update.
     - name: tailsampler-config
-      mountPath: /etc/tailsampler
+      mountPath: {{ include "tailsampler.configDir" . }}
       readOnly: true
     - name: tailsampler-tmp
       mountPath: /tmp
@@ -271,21 +288,27 @@ spec:
 {{/*
 Sidecar
 =======
-To run tailsampler next to your app in the same pod, add this chart as a dependency of your chart
-(its values then live under `tailsampler:`; the dependency's ConfigMap holds config.yaml and
-policies.yaml) and include, in your pod spec:
+To run tailsampler next to your app in the same pod, add this chart as a dependency of your chart, named
+`tailsampler` (no alias), and set `tailsampler.sidecar.enabled: true` in your values: the dependency then
+renders only the ConfigMap holding config.yaml and policies.yaml (no workload, Services, ServiceAccount,
+PodDisruptionBudget or ServiceMonitor). In your pod template include:
 
-  containers:
-    - name: my-app
-      env:
-        - name: OTEL_EXPORTER_OTLP_ENDPOINT
-          value: http://localhost:4318
-    {{- include "tailsampler.sidecar" . | nindent 4 }}
-  volumes:
-    {{- include "tailsampler.sidecarVolumes" . | nindent 4 }}
+  metadata:
+    annotations:
+      checksum/tailsampler-config: {{ include "tailsampler.sidecarChecksum" . }}
+  spec:
+    containers:
+      - name: my-app
+        env:
+          - name: OTEL_EXPORTER_OTLP_ENDPOINT
+            value: http://localhost:4317
+      {{- include "tailsampler.sidecar" . | nindent 6 }}
+    volumes:
+      {{- include "tailsampler.sidecarVolumes" . | nindent 6 }}
 
-Both accept the root context of this chart or of a parent chart. The sidecar has no peers: it only
-sees its own pod's spans.
+All three accept the root context of this chart or of a parent chart. The sidecar container's port names
+(otlp-grpc, otlp-http, admin) and volume names (tailsampler-config, tailsampler-tmp) must not clash with
+your own. A sidecar has no peers: it only sees its own pod's spans.
 */}}
 
 {{/* Resolves {values, fullname, appVersion} from this chart's or a parent chart's root context, as YAML. */}}
@@ -312,6 +335,15 @@ sees its own pod's spans.
 {{- define "tailsampler.sidecar" -}}
 {{- $ctx := include "tailsampler.sidecarContext" . | fromYaml }}
 {{- include "tailsampler.container" (dict "values" $ctx.values "fullname" $ctx.fullname "appVersion" $ctx.appVersion "peers" false "hostPorts" false) }}
+{{- end }}
+
+{{/*
+checksum/config value for a pod that runs the sidecar: it changes when config.yaml changes (and when the
+policies change, with hotReload false), so that `helm upgrade` rolls those pods too.
+*/}}
+{{- define "tailsampler.sidecarChecksum" -}}
+{{- $ctx := include "tailsampler.sidecarContext" . | fromYaml }}
+{{- include "tailsampler.configChecksum" (dict "Values" $ctx.values "Release" .Release "Chart" (dict "Name" "tailsampler")) }}
 {{- end }}
 
 {{/* The volumes the sidecar mounts, as `volumes:` list items. */}}
