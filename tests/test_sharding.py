@@ -92,3 +92,27 @@ def test_spans_that_were_forwarded_here_are_never_forwarded_again() -> None:
     core.ingest(request([S(n, n) for n in range(1, 31)]), "peer", 0.0)
     assert forwarded == {} and len(core.buffer) == 30
     assert core.stats.spans_received["peer"] == 30
+
+
+def test_dns_discovery_resolves_the_name_and_updates_membership() -> None:
+    import asyncio
+    import contextlib
+
+    from sampler.peers import resolve, watch_dns
+
+    async def main() -> Membership:
+        assert "127.0.0.1:4317" in await resolve("localhost", 4317)
+        m = Membership("10.9.9.9:4317", [])
+        task = asyncio.create_task(watch_dns(m, "localhost", 4317, 0.05))
+        for _ in range(100):
+            if len(m.members) > 1:
+                break
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return m
+
+    m = asyncio.run(main())
+    assert "127.0.0.1:4317" in m.members and "10.9.9.9:4317" in m.members  # self is always a member
+    assert m.changes == 1
