@@ -9,12 +9,14 @@ import functools
 import logging
 import os
 import signal
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sampler.admin import AdminServer
+from sampler.auth import Authenticator
 from sampler.buffer import Buffer
 from sampler.config import Loaded, split_host_port
 from sampler.core import Backpressure, Core, KeptTrace
@@ -31,6 +33,7 @@ from sampler.policy.loader import load_policies
 from sampler.receivers.grpc import GrpcReceiver
 from sampler.receivers.http import HttpReceiver
 from sampler.summary import TraceSummary
+from sampler.tls import Files, grpc_channel_credentials, reload_server_context, server_context
 from sampler.yamlfile import ConfigError, load_yaml
 
 log = logging.getLogger("tailsampler")
@@ -47,6 +50,10 @@ def _file_state(path: Path) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+class StartupError(Exception):
+    """The configuration is valid but something it names cannot be used (a missing certificate...)."""
 
 
 def keep_unchanged(old: list[Policy], new: list[Policy]) -> list[Policy]:
@@ -102,6 +109,7 @@ class App:
         sender = self._sender or build_sender(cfg.exporter)
         self.queue = ExportQueue(sender, self.metrics, cfg.exporter.queue_max_bytes,
                                  cfg.exporter.batch_max_spans, cfg.exporter.retry)
+        self._secure()
         self._start_peers()
         self.receivers: list[GrpcReceiver | HttpReceiver] = []
         otlp = cfg.receivers.otlp
@@ -109,17 +117,19 @@ class App:
         shared = self.worker is not None
         if otlp.grpc is not None:
             host, port = split_host_port(otlp.grpc.endpoint)
-            grpc_rx = GrpcReceiver(host, port, self._ingest, limit, self._refused("grpc"), reuse_port=shared)
+            grpc_rx = GrpcReceiver(host, port, self._ingest, limit, self._refused("grpc"), reuse_port=shared,
+                                   tls=otlp.grpc.tls, auth=self.auth)
             self.ports["grpc"] = await grpc_rx.start()
             self.receivers.append(grpc_rx)
         if otlp.http is not None:
             host, port = split_host_port(otlp.http.endpoint)
-            http_rx = HttpReceiver(host, port, self._ingest, limit, self._refused("http"), reuse_port=shared)
+            http_rx = HttpReceiver(host, port, self._ingest, limit, self._refused("http"), reuse_port=shared,
+                                   tls=self.http_tls, auth=self.auth)
             self.ports["http"] = await http_rx.start()
             self.receivers.append(http_rx)
         if self.worker is not None:
             host, port = split_host_port(self.worker.peers[self.worker.index])
-            peer_rx = GrpcReceiver(host, port, self._ingest, limit, self._refused("peer"))
+            peer_rx = GrpcReceiver(host, port, self._ingest, limit, self._refused("peer"), auth=self.auth)
             self.ports["peer"] = await peer_rx.start()
             self.receivers.append(peer_rx)
         self.admin: AdminServer | None = None
@@ -135,6 +145,39 @@ class App:
         self.ready = True
         log.info("tailsampler ready: %d policies, exporter %s", len(self.core.engine.policies), cfg.exporter.protocol)
 
+    def _secure(self) -> None:
+        """Bearer tokens and receiver TLS; bad files stop the start with a clear StartupError."""
+        cfg = self.config.receivers
+        try:
+            self.auth = Authenticator(cfg.auth) if cfg.auth is not None else None
+            http = cfg.otlp.http
+            self.http_tls = server_context(http.tls) if http is not None and http.tls is not None else None
+            grpc_tls = cfg.otlp.grpc.tls if cfg.otlp.grpc is not None else None
+            if grpc_tls is not None:
+                server_context(grpc_tls)  # fail now, not at the first handshake
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            raise StartupError(f"receivers: {exc}") from None
+        self.http_tls_files = Files(http.tls.cert_file, http.tls.key_file, http.tls.client_ca_file) \
+            if self.http_tls is not None and http is not None and http.tls is not None else None
+        if self.auth is not None or self.http_tls_files is not None:
+            self._tasks.append(asyncio.create_task(self._refresh_secrets(), name="secrets"))
+
+    async def _refresh_secrets(self) -> None:
+        """Token files and the HTTP receiver's certificate are re-read when they change (the gRPC
+        receiver re-reads its own at the next handshake)."""
+        http = self.config.receivers.otlp.http
+        while True:
+            await asyncio.sleep(RELOAD_POLL_SECONDS)
+            if self.auth is not None:
+                self.auth.refresh()
+            if self.http_tls is not None and self.http_tls_files is not None and self.http_tls_files.changed():
+                assert http is not None and http.tls is not None
+                try:
+                    reload_server_context(self.http_tls, http.tls)
+                    log.info("OTLP/HTTP receiver certificate reloaded")
+                except (OSError, ssl.SSLError) as exc:
+                    log.error("OTLP/HTTP receiver certificate not reloaded, keeping the previous one: %s", exc)
+
     def _start_peers(self) -> None:
         """Shard traces with the configured peers (or the sibling workers), if there are any."""
         peers = self.config.peers
@@ -146,8 +189,11 @@ class App:
         else:
             return
         self.membership = membership
-        self.forwarder = Forwarder(membership, self._keep_here, max_elapsed=peers.forward_max_elapsed,
-                                   down_cooldown=peers.down_cooldown)
+        self.forwarder = Forwarder(
+            membership, self._keep_here, max_elapsed=peers.forward_max_elapsed, down_cooldown=peers.down_cooldown,
+            credentials=grpc_channel_credentials(peers.tls) if peers.tls is not None else None,
+            authorization=self.auth.header if self.auth is not None else None,
+        )
         self.core.route = membership.route
         self.core.forward = self.forwarder.forward
         self.metrics.registry.register(PeerCollector(membership, self.forwarder))

@@ -24,7 +24,7 @@ def _event_loop() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from sampler.app import App, Worker
+    from sampler.app import App, StartupError, Worker
     from sampler.workers import parse_worker_of, supervise
 
     path = args.config or os.environ.get(DEFAULT_CONFIG_ENV)
@@ -46,7 +46,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         worker = Worker(index, peers)
     logs.setup("debug" if args.debug else loaded.config.log_level, args.log_format)
     _event_loop()
-    asyncio.run(App(loaded, worker=worker).run_until_stopped())
+    try:
+        asyncio.run(App(loaded, worker=worker).run_until_stopped())
+    except (StartupError, OSError) as exc:
+        print(f"tailsampler: cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -64,8 +64,47 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class TlsServer(_Model):
+    """Receiver TLS; with client_ca_file, clients must present a certificate it signed (mutual TLS).
+    The files are re-read when they change (certificate rotation without a restart)."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+
+
+class TlsClient(_Model):
+    """TLS for connections tailsampler makes (exporter, peers): the CA that signs the server's
+    certificate (default: the system's), and a client certificate for mutual TLS."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsClient:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class Auth(_Model):
+    """Bearer-token authentication on the receivers: `Authorization: Bearer <token>` must carry one of
+    the tokens (each non-empty line of the file, or the environment variable's value)."""
+
+    bearer_token_file: str | None = None
+    bearer_token_env: str | None = None
+
+    @model_validator(mode="after")
+    def _source(self) -> Auth:
+        if self.bearer_token_file is None and self.bearer_token_env is None:
+            raise ValueError("set bearer_token_file or bearer_token_env")
+        return self
+
+
 class Listen(_Model):
     endpoint: str
+    tls: TlsServer | None = None
 
     @model_validator(mode="after")
     def _host_port(self) -> Listen:
@@ -87,6 +126,7 @@ class OtlpReceivers(_Model):
 
 class Receivers(_Model):
     otlp: OtlpReceivers = OtlpReceivers()
+    auth: Auth | None = None
     max_request_bytes: Size = Field(default=16 * 2**20, gt=0)  # after decompression
 
 
@@ -119,6 +159,7 @@ class ExporterConfig(_Model):
     queue_max_bytes: Size = Field(default=64 * 2**20, gt=0)
     batch_max_spans: int = Field(default=4096, gt=0)
     annotate: bool = True  # add tailsampling.policy / tailsampling.sample_rate to kept spans
+    tls: TlsClient = TlsClient()  # for https:// endpoints
 
 
 class AdminConfig(_Model):
@@ -135,6 +176,7 @@ class PeersConfig(_Model):
     self_: str = Field(default="127.0.0.1:4317", alias="self")
     static: list[str] = Field(default_factory=list)
     dns: DnsPeers | None = None
+    tls: TlsClient | None = None  # when the peers' gRPC receivers use TLS
     forward_max_elapsed: Duration = 5.0  # retrying a peer this long, then its spans are kept here
     down_cooldown: Duration = 30.0  # ...and it is left out of the hashing this long
 

@@ -140,5 +140,5 @@ class Metrics:
             ["protocol", "reason"], registry=self.registry,
         )
         for protocol in ("grpc", "http"):
-            for reason in ("malformed", "buffer_full", "export_queue_full"):
+            for reason in ("malformed", "unauthenticated", "buffer_full", "export_queue_full"):
                 self.requests_refused.labels(protocol, reason)

@@ -121,7 +121,13 @@ class Forwarder:
         max_elapsed: float = 5.0,
         timeout: float = 5.0,
         down_cooldown: float = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        authorization: str | None = None,
     ) -> None:
+        self.credentials = credentials
+        self.metadata: tuple[tuple[str, str], ...] = ((FORWARDED_HEADER, "1"),)
+        if authorization is not None:  # peers share the receivers' bearer tokens
+            self.metadata += (("authorization", authorization),)
         self.membership = membership
         self.local = local
         self.max_bytes = max_bytes
@@ -149,7 +155,11 @@ class Forwarder:
             self.queues[owner] = deque()
             self.sizes[owner] = 0
             self.wakes[owner] = asyncio.Event()
-            self.channels[owner] = grpc.aio.insecure_channel(owner, options=[("grpc.enable_http_proxy", 0)])
+            options = [("grpc.enable_http_proxy", 0)]
+            self.channels[owner] = (
+                grpc.aio.secure_channel(owner, self.credentials, options=options) if self.credentials is not None
+                else grpc.aio.insecure_channel(owner, options=options)
+            )
             self.tasks[owner] = asyncio.create_task(self._drain(owner), name=f"forward-{owner}")
         self.queues[owner].append(spans)
         self.sizes[owner] += size
@@ -188,7 +198,7 @@ class Forwarder:
                 self.local(batch)
                 return
             try:
-                await call(body, timeout=self.timeout, metadata=((FORWARDED_HEADER, "1"),))
+                await call(body, timeout=self.timeout, metadata=self.metadata)
             except grpc.aio.AioRpcError as exc:
                 self.stats.failures += 1
                 if time.monotonic() + delay > deadline:

@@ -12,9 +12,11 @@ from sampler.exporters.stdout import StdoutSender
 
 def build_sender(config: ExporterConfig) -> Sender:
     if config.protocol == "grpc":
-        return GrpcSender(config.endpoint, config.headers, config.compression, config.timeout, config.annotate)
+        return GrpcSender(config.endpoint, config.headers, config.compression, config.timeout, config.annotate,
+                          config.tls)
     if config.protocol == "http":
-        return HttpSender(config.endpoint, config.headers, config.compression, config.timeout, config.annotate)
+        return HttpSender(config.endpoint, config.headers, config.compression, config.timeout, config.annotate,
+                          config.tls)
     if config.protocol == "file":
         return FileSender(config.endpoint, config.annotate)
     return StdoutSender()

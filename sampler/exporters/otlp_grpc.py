@@ -7,8 +7,10 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
+from sampler.config import TlsClient
 from sampler.core import KeptTrace
 from sampler.exporters.base import PermanentError, RetryableError, encode_batch, split_endpoint
+from sampler.tls import Files, grpc_channel_credentials
 
 METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 RETRYABLE = frozenset({
@@ -32,23 +34,34 @@ def retry_delay(error: grpc.aio.AioRpcError) -> float | None:
 
 class GrpcSender:
     def __init__(
-        self, endpoint: str, headers: dict[str, str], compression: str, timeout: float, annotate: bool
+        self, endpoint: str, headers: dict[str, str], compression: str, timeout: float, annotate: bool,
+        tls: TlsClient | None = None,
     ) -> None:
-        target, tls, _ = split_endpoint(endpoint)
-        options = [("grpc.max_send_message_length", 64 * 2**20), ("grpc.max_receive_message_length", 4 * 2**20)]
-        if tls:
-            self.channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
-        else:
-            self.channel = grpc.aio.insecure_channel(target, options=options)
-        self.call = self.channel.unary_unary(
-            METHOD, request_serializer=None, response_deserializer=ExportTraceServiceResponse.FromString
-        )
+        self.target, secure, _ = split_endpoint(endpoint)
+        self.tls = tls or TlsClient() if secure else None
+        self.files = Files(*(self.tls.ca_file, self.tls.cert_file, self.tls.key_file) if self.tls else ())
+        self._connect()
         self.metadata = tuple((k.lower(), v) for k, v in headers.items())
         self.compression = grpc.Compression.Gzip if compression == "gzip" else grpc.Compression.NoCompression
         self.timeout = timeout
         self.annotate = annotate
 
+    def _connect(self) -> None:
+        options = [("grpc.max_send_message_length", 64 * 2**20), ("grpc.max_receive_message_length", 4 * 2**20)]
+        if self.tls is not None:
+            creds = grpc_channel_credentials(self.tls)
+            self.channel = grpc.aio.secure_channel(self.target, creds, options=options)
+        else:
+            self.channel = grpc.aio.insecure_channel(self.target, options=options)
+        self.call = self.channel.unary_unary(
+            METHOD, request_serializer=None, response_deserializer=ExportTraceServiceResponse.FromString
+        )
+
     async def send(self, batch: list[KeptTrace]) -> int:
+        if self.files.changed():  # a rotated CA or client certificate: reconnect with it
+            old = self.channel
+            self._connect()
+            await old.close(grace=None)
         body = encode_batch(batch, self.annotate)
         try:
             response = await self.call(

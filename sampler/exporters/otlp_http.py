@@ -7,8 +7,10 @@ import gzip
 import aiohttp
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
+from sampler.config import TlsClient
 from sampler.core import KeptTrace
 from sampler.exporters.base import PermanentError, RetryableError, encode_batch, split_endpoint
+from sampler.tls import Files, client_context
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 
@@ -30,9 +32,12 @@ def retry_after(value: str | None) -> float | None:
 
 class HttpSender:
     def __init__(
-        self, endpoint: str, headers: dict[str, str], compression: str, timeout: float, annotate: bool
+        self, endpoint: str, headers: dict[str, str], compression: str, timeout: float, annotate: bool,
+        tls: TlsClient | None = None,
     ) -> None:
         self.url = http_url(endpoint)
+        self.tls = tls or TlsClient() if self.url.startswith("https://") else None
+        self.files = Files(*(self.tls.ca_file, self.tls.cert_file, self.tls.key_file) if self.tls else ())
         self.headers = {**headers, "Content-Type": "application/x-protobuf"}
         if compression == "gzip":
             self.headers["Content-Encoding"] = "gzip"
@@ -45,8 +50,13 @@ class HttpSender:
         body = encode_batch(batch, self.annotate)
         if self.gzip:
             body = gzip.compress(body, compresslevel=1)
+        if self.session is not None and self.files.changed():  # rotated certificates: new connections
+            await self.session.close()
+            self.session = None
         if self.session is None:
-            self.session = aiohttp.ClientSession(timeout=self.timeout)
+            ssl_ctx = client_context(self.tls) if self.tls is not None else None
+            connector = aiohttp.TCPConnector(ssl=ssl_ctx) if ssl_ctx is not None else None
+            self.session = aiohttp.ClientSession(timeout=self.timeout, connector=connector)
         try:
             async with self.session.post(self.url, data=body, headers=self.headers) as resp:
                 payload = await resp.read()

@@ -10,8 +10,11 @@ import grpc
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from sampler.auth import Authenticator
+from sampler.config import TlsServer
 from sampler.core import Backpressure
 from sampler.otlp.wire import WireError
+from sampler.tls import grpc_server_credentials
 
 log = logging.getLogger("tailsampler.receiver.grpc")
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
@@ -31,11 +34,14 @@ def _retry_details(message: str) -> tuple[tuple[str, bytes], ...]:
 
 class GrpcReceiver:
     def __init__(self, host: str, port: int, ingest: Ingest, max_request_bytes: int,
-                 refused: Callable[[str], None], reuse_port: bool = False) -> None:
+                 refused: Callable[[str], None], reuse_port: bool = False, tls: TlsServer | None = None,
+                 auth: Authenticator | None = None) -> None:
         self.host = host
         self.port = port
         self.ingest = ingest
         self.refused = refused
+        self.tls = tls
+        self.auth = auth
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", max_request_bytes),
             ("grpc.so_reuseport", int(reuse_port)),  # shared only by --workers processes
@@ -45,7 +51,13 @@ class GrpcReceiver:
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),))
 
     async def _export(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        forwarded = any(key == FORWARDED_HEADER for key, _ in context.invocation_metadata() or ())
+        metadata = context.invocation_metadata() or ()
+        if self.auth is not None:
+            given = next((v for k, v in metadata if k == "authorization"), None)
+            if not self.auth.check(given if isinstance(given, str) else None):
+                self.refused("unauthenticated")
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+        forwarded = any(key == FORWARDED_HEADER for key, _ in metadata)
         try:
             self.ingest(request, "peer" if forwarded else "grpc")
         except WireError as exc:
@@ -58,7 +70,11 @@ class GrpcReceiver:
         return b""  # an empty ExportTraceServiceResponse: full success
 
     async def start(self) -> int:
-        self.port = self.server.add_insecure_port(f"{self.host}:{self.port}")
+        address = f"{self.host}:{self.port}"
+        if self.tls is not None:
+            self.port = self.server.add_secure_port(address, grpc_server_credentials(self.tls))
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen for OTLP/gRPC on {self.host}")
         await self.server.start()

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import zlib
 from collections.abc import Callable
 
 from aiohttp import web
 from google.rpc import status_pb2
 
+from sampler.auth import Authenticator
 from sampler.core import Backpressure
 from sampler.otlp.jsonconv import json_to_protobuf
 from sampler.otlp.wire import WireError
@@ -26,7 +28,7 @@ Ingest = Callable[[bytes, str], int]
 
 
 RETRY_AFTER_SECONDS = 1
-_CODES = {400: 3, 413: 8, 503: 14}  # INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE; else UNKNOWN
+_CODES = {400: 3, 401: 16, 413: 8, 503: 14}  # INVALID_ARGUMENT, UNAUTHENTICATED, RESOURCE_EXHAUSTED, UNAVAILABLE
 
 
 def _error(status: int, message: str, content_type: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -55,11 +57,14 @@ def inflate(body: bytes, limit: int) -> bytes:
 
 class HttpReceiver:
     def __init__(self, host: str, port: int, ingest: Ingest, max_request_bytes: int,
-                 refused: Callable[[str], None], reuse_port: bool = False) -> None:
+                 refused: Callable[[str], None], reuse_port: bool = False, tls: ssl.SSLContext | None = None,
+                 auth: Authenticator | None = None) -> None:
         self.host = host
         self.port = port
         self.ingest = ingest
         self.refused = refused
+        self.tls = tls
+        self.auth = auth
         self.limit = max_request_bytes
         self.reuse_port = reuse_port
         self.app = web.Application(client_max_size=max_request_bytes)
@@ -68,6 +73,10 @@ class HttpReceiver:
 
     async def _traces(self, request: web.Request) -> web.Response:
         ctype = request.content_type
+        if self.auth is not None and not self.auth.check(request.headers.get("Authorization")):
+            self.refused("unauthenticated")
+            return _error(401, "missing or invalid bearer token", ctype if ctype == JSON else PROTOBUF,
+                          {"WWW-Authenticate": "Bearer"})
         if ctype not in (PROTOBUF, JSON):
             self.refused("unsupported_media_type")
             return _error(415, f"unsupported Content-Type {ctype!r}; use {PROTOBUF} or {JSON}", PROTOBUF)
@@ -105,7 +114,8 @@ class HttpReceiver:
 
     async def start(self) -> int:
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, self.port, reuse_port=self.reuse_port or None)
+        site = web.TCPSite(self.runner, self.host, self.port, reuse_port=self.reuse_port or None,
+                           ssl_context=self.tls)
         await site.start()
         self.port = int(self.runner.addresses[0][1])
         log.info("OTLP/HTTP receiver listening on %s:%d", self.host, self.port)
