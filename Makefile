@@ -4,9 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-e2e bench-plot wheel clean
 
-$(STAMP): pyproject.toml
+# The wire walker is compiled with mypyc by the package build (setup.py); an editable install puts
+# the extension beside its source, so editing the source must rebuild it.
+$(STAMP): pyproject.toml setup.py sampler/otlp/wire.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
@@ -25,5 +27,15 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python bench/hotpath.py
 
+bench-e2e: $(STAMP)
+	$(BIN)/python bench/e2e.py
+
+bench-plot: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python bench/e2e.py --plot bench/plots
+
+wheel: $(STAMP)
+	$(BIN)/python -m pip wheel --no-deps . -w dist
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info sampler/otlp/*.so

@@ -8,21 +8,38 @@ It must refuse exactly what protobuf (upb) refuses: truncation, bad lengths, inv
 invalid UTF-8 in string fields, anywhere in the request, so that one bad span can never reach a
 backend inside an otherwise good batch. Which fields are strings and which are messages is taken
 from the generated descriptors, so the walker agrees with the installed proto definitions.
+
+The package build compiles this module with mypyc (see setup.py); the same source runs
+interpreted when no compiled module is installed. `COMPILED` says which one is loaded. The code is
+written for the compiler: typed locals, native classes, the common one-byte tag/length/varint read
+inline in the hot loops (the out-of-line helpers handle the rest and raise the errors), and,
+compiled, strings that nobody reads are checked in place (an ASCII scan, falling back to a real
+decode only for non-ASCII bytes) rather than decoded into objects. Interpreted, byte loops are
+slower than `bytes.decode`, so the interpreted module keeps decoding.
 """
 
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING, Final
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-# Field kinds in the validation schema.
-K_OTHER = 0
-K_STRING = 1
-K_MESSAGE = 2
+if TYPE_CHECKING:
+    # Byte positions are native 64-bit integers when compiled (mypyc); only annotations use the
+    # name, so the interpreted module needs no mypy_extensions at run time.
+    from mypy_extensions import i64
 
-MAX_DEPTH = 100  # upb's default recursion limit
+# True when this module is the mypyc-compiled extension, False when it runs from its .py source.
+COMPILED: Final = not __file__.endswith(".py")
+
+# Field kinds in the validation schema.
+K_OTHER: Final = 0
+K_STRING: Final = 1
+K_MESSAGE: Final = 2
+
+MAX_DEPTH: Final = 100  # upb's default recursion limit
 
 AttrValue = str | int | float | bool
 
@@ -31,42 +48,50 @@ class WireError(ValueError):
     """The request is not a valid ExportTraceServiceRequest; the message says where and why."""
 
 
-def _build_schema() -> tuple[list[dict[int, tuple[int, int]]], dict[str, int]]:
-    schema: list[dict[int, tuple[int, int]]] = []
+def _build_schema() -> tuple[list[dict[int, int]], list[dict[int, int]], dict[str, int]]:
+    """Per message type (by index): field number -> kind, and field number -> message index."""
+    kinds: list[dict[int, int]] = []
+    subs: list[dict[int, int]] = []
     index: dict[str, int] = {}
 
     def add(desc: Descriptor) -> int:
         if desc.full_name in index:
             return index[desc.full_name]
-        idx = len(schema)
+        idx = len(kinds)
         index[desc.full_name] = idx
-        fields: dict[int, tuple[int, int]] = {}
-        schema.append(fields)
+        fkinds: dict[int, int] = {}
+        fsubs: dict[int, int] = {}
+        kinds.append(fkinds)
+        subs.append(fsubs)
         for f in desc.fields:
             if f.type == FieldDescriptor.TYPE_STRING:
-                fields[f.number] = (K_STRING, -1)
+                fkinds[f.number] = K_STRING
             elif f.type == FieldDescriptor.TYPE_MESSAGE:
-                fields[f.number] = (K_MESSAGE, -1)
+                fkinds[f.number] = K_MESSAGE
+                fsubs[f.number] = -1
         for f in desc.fields:
             if f.message_type is not None:
-                fields[f.number] = (K_MESSAGE, add(f.message_type))
+                fkinds[f.number] = K_MESSAGE
+                fsubs[f.number] = add(f.message_type)
         return idx
 
     add(trace_service_pb2.ExportTraceServiceRequest.DESCRIPTOR)
-    return schema, index
+    return kinds, subs, index
 
 
-SCHEMA, _INDEX = _build_schema()
-M_RESOURCE = _INDEX["opentelemetry.proto.resource.v1.Resource"]
-M_SCOPE = _INDEX["opentelemetry.proto.common.v1.InstrumentationScope"]
-M_KEYVALUE = _INDEX["opentelemetry.proto.common.v1.KeyValue"]
-M_ANYVALUE = _INDEX["opentelemetry.proto.common.v1.AnyValue"]
-M_EVENT = _INDEX["opentelemetry.proto.trace.v1.Span.Event"]
-M_LINK = _INDEX["opentelemetry.proto.trace.v1.Span.Link"]
-M_STATUS = _INDEX["opentelemetry.proto.trace.v1.Status"]
-M_SPAN = _INDEX["opentelemetry.proto.trace.v1.Span"]
-M_SCOPESPANS = _INDEX["opentelemetry.proto.trace.v1.ScopeSpans"]
-M_RESOURCESPANS = _INDEX["opentelemetry.proto.trace.v1.ResourceSpans"]
+KINDS, SUBS, _INDEX = _build_schema()
+M_RESOURCE: Final = _INDEX["opentelemetry.proto.resource.v1.Resource"]
+M_SCOPE: Final = _INDEX["opentelemetry.proto.common.v1.InstrumentationScope"]
+M_KEYVALUE: Final = _INDEX["opentelemetry.proto.common.v1.KeyValue"]
+M_ANYVALUE: Final = _INDEX["opentelemetry.proto.common.v1.AnyValue"]
+M_EVENT: Final = _INDEX["opentelemetry.proto.trace.v1.Span.Event"]
+M_LINK: Final = _INDEX["opentelemetry.proto.trace.v1.Span.Link"]
+M_STATUS: Final = _INDEX["opentelemetry.proto.trace.v1.Status"]
+M_SPAN: Final = _INDEX["opentelemetry.proto.trace.v1.Span"]
+M_SCOPESPANS: Final = _INDEX["opentelemetry.proto.trace.v1.ScopeSpans"]
+M_RESOURCESPANS: Final = _INDEX["opentelemetry.proto.trace.v1.ResourceSpans"]
+ANYVALUE_KINDS: Final = KINDS[M_ANYVALUE]
+ANYVALUE_SUBS: Final = SUBS[M_ANYVALUE]
 
 
 class Group:
@@ -120,7 +145,64 @@ class SpanFields:
         self.attrs: dict[str, AttrValue] | None = None
 
 
-def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+class _Keys:
+    """The wanted attribute keys, also as UTF-8 bytes grouped by length, so that a key in the
+    request can be compared in place (compiled) instead of being decoded first."""
+
+    def __init__(self, keys: frozenset[str]) -> None:
+        self.keys = keys
+        self.names = {k.encode("utf-8"): k for k in keys}
+        encoded = list(self.names)
+        self.max_len = max((len(k) for k in encoded), default=-1)
+        self.by_len: list[list[bytes]] = [[] for _ in range(self.max_len + 1)]
+        # Bit n set: some wanted key is n bytes long (bit 62: 62 or more); most keys are ruled out by length.
+        self.len_mask: i64 = 0
+        for k in sorted(encoded):
+            self.by_len[len(k)].append(k)
+            self.len_mask |= 1 << min(len(k), 62)
+
+    def wanted(self, data: bytes, start: i64, stop: i64) -> str | None:
+        """The wanted key equal to data[start:stop], if any (the bytes are valid UTF-8)."""
+        n: i64 = stop - start
+        if n > self.max_len:
+            return None
+        for k in self.by_len[n]:
+            i: i64 = 0
+            while i < n and data[start + i] == k[i]:
+                i += 1
+            if i == n:
+                return self.names[k]
+        return None
+
+
+_KEYS_CACHE: dict[frozenset[str], _Keys] = {}
+
+
+def _keys(keys: frozenset[str]) -> _Keys:
+    kx = _KEYS_CACHE.get(keys)
+    if kx is None:
+        if len(_KEYS_CACHE) >= 64:
+            _KEYS_CACHE.clear()
+        kx = _KEYS_CACHE[keys] = _Keys(keys)
+    return kx
+
+
+def _varint(data: bytes, pos: i64, end: i64) -> tuple[int, i64]:
+    if pos < end:
+        b = data[pos]
+        if b < 0x80:
+            return b, pos + 1
+    if COMPILED:  # up to nine bytes (63 bits) in a native integer; the general loop does the rest
+        r: i64 = 0
+        sh: i64 = 0
+        p: i64 = pos
+        while p < end and sh < 63:
+            bb: i64 = data[p]
+            p += 1
+            r |= (bb & 0x7F) << sh
+            if bb < 0x80:
+                return r, p
+            sh += 7
     result = 0
     shift = 0
     while True:
@@ -130,38 +212,62 @@ def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
         pos += 1
         result |= (b & 0x7F) << shift
         if b < 0x80:
-            return result & 0xFFFFFFFFFFFFFFFF, pos
+            if shift >= 63:  # only a tenth byte can set bits past 64
+                result &= 0xFFFFFFFFFFFFFFFF
+            return result, pos
         shift += 7
         if shift >= 70:
             raise WireError(f"varint longer than 10 bytes at byte {pos}")
 
 
-def _tag(data: bytes, pos: int, end: int) -> tuple[int, int]:
+def _tag(data: bytes, pos: i64, end: i64) -> tuple[int, i64]:
     tag, pos = _varint(data, pos, end)
     if tag >> 3 == 0 or tag > 0xFFFFFFFF:
         raise WireError(f"invalid field number at byte {pos}")
     return tag, pos
 
 
-def _length(data: bytes, pos: int, end: int) -> tuple[int, int]:
+def _length(data: bytes, pos: i64, end: i64) -> tuple[i64, i64]:
     n, pos = _varint(data, pos, end)
     if n > end - pos:
         raise WireError(f"length {n} at byte {pos} runs past the end of its message")
     return n, pos
 
 
-def _utf8(data: bytes, start: int, stop: int) -> str:
+def _utf8(data: bytes, start: i64, stop: i64) -> str:
     try:
         return data[start:stop].decode("utf-8")
     except UnicodeDecodeError as exc:
         raise WireError(f"invalid UTF-8 in a string field at byte {start + exc.start}") from None
 
 
-def _fixed64(data: bytes, pos: int) -> int:
+def _check_utf8(data: bytes, start: i64, stop: i64) -> None:
+    """Validate a string field nobody reads: in place when compiled (almost every string is
+    ASCII), by decoding it otherwise or when it has non-ASCII bytes."""
+    if COMPILED:
+        i: i64 = start
+        while i < stop:
+            if data[i] >= 0x80:
+                _utf8(data, start, stop)
+                return
+            i += 1
+        return
+    _utf8(data, start, stop)
+
+
+def _fixed64(data: bytes, pos: i64) -> int:
+    if COMPILED and data[pos + 7] < 0x80:  # fits a signed 64-bit integer: assemble it natively
+        v: i64 = 0
+        k: i64 = pos + 7
+        while k >= pos:
+            byte: i64 = data[k]
+            v = v << 8 | byte
+            k -= 1
+        return v
     return int.from_bytes(data[pos : pos + 8], "little")
 
 
-def _skip(data: bytes, pos: int, end: int, tag: int, depth: int) -> int:
+def _skip(data: bytes, pos: i64, end: i64, tag: int, depth: int) -> i64:
     """Skip one field's value whose tag was just read; validate strings and messages it contains
     if the field is known (unknown fields only need valid framing)."""
     wt = tag & 7
@@ -183,7 +289,7 @@ def _skip(data: bytes, pos: int, end: int, tag: int, depth: int) -> int:
     raise WireError(f"invalid wire type {wt} at byte {pos}")
 
 
-def _skip_group(data: bytes, pos: int, end: int, field: int, depth: int) -> int:
+def _skip_group(data: bytes, pos: i64, end: i64, field: int, depth: int) -> i64:
     if depth > MAX_DEPTH:
         raise WireError("message nesting exceeds the recursion limit")
     while pos < end:
@@ -196,22 +302,20 @@ def _skip_group(data: bytes, pos: int, end: int, field: int, depth: int) -> int:
     raise WireError("unterminated group")
 
 
-def check_message(data: bytes, pos: int, end: int, msg: int, depth: int) -> None:
+def check_message(data: bytes, pos: i64, end: i64, msg: int, depth: int) -> None:
     """Validate a message of schema type `msg` occupying data[pos:end]."""
     if depth > MAX_DEPTH:
         raise WireError("message nesting exceeds the recursion limit")
-    fields = SCHEMA[msg]
+    kinds = KINDS[msg]
     while pos < end:
         tag, pos = _tag(data, pos, end)
-        fno = tag >> 3
         if tag & 7 == 2:
             n, pos = _length(data, pos, end)
-            spec = fields.get(fno)
-            if spec is not None:
-                if spec[0] == K_STRING:
-                    _utf8(data, pos, pos + n)
-                elif spec[0] == K_MESSAGE:
-                    check_message(data, pos, pos + n, spec[1], depth + 1)
+            kind = kinds.get(tag >> 3, K_OTHER)
+            if kind == K_STRING:
+                _check_utf8(data, pos, pos + n)
+            elif kind == K_MESSAGE:
+                check_message(data, pos, pos + n, SUBS[msg][tag >> 3], depth + 1)
             pos += n
         elif tag & 7 == 4:
             raise WireError(f"unexpected end-group at byte {pos}")
@@ -219,91 +323,155 @@ def check_message(data: bytes, pos: int, end: int, msg: int, depth: int) -> None
             pos = _skip(data, pos, end, tag, depth)
 
 
-def _any_value(data: bytes, pos: int, end: int, depth: int) -> AttrValue | None:
-    """Decode a primitive AnyValue (validating the whole value); arrays and maps give None."""
+def _any_value(data: bytes, pos: i64, end: i64, depth: int, want: bool) -> AttrValue | None:
+    """Decode a primitive AnyValue (validating the whole value); arrays and maps give None.
+    When the value is not `want`ed it is only validated, and the result is None."""
     value: AttrValue | None = None
     while pos < end:
-        tag, pos = _tag(data, pos, end)
-        fno = tag >> 3
-        wt = tag & 7
-        if fno == 1 and wt == 2:
-            n, pos = _length(data, pos, end)
-            value = _utf8(data, pos, pos + n)
+        b = data[pos]
+        if 8 <= b < 0x80:
+            tag = b
+            pos += 1
+        else:
+            tag, pos = _tag(data, pos, end)
+        if tag == 0x0A:  # string_value
+            n: i64 = data[pos] if pos < end else 0x80
+            if n < 0x80 and n < end - pos:
+                pos += 1
+            else:
+                n, pos = _length(data, pos, end)
+            if want:
+                value = _utf8(data, pos, pos + n)
+            else:
+                _check_utf8(data, pos, pos + n)
             pos += n
-        elif fno == 2 and wt == 0:
-            v, pos = _varint(data, pos, end)
+        elif tag == 0x10:  # bool_value
+            v = data[pos] if pos < end else 0x80
+            if v < 0x80:
+                pos += 1
+            else:
+                v, pos = _varint(data, pos, end)
             value = v != 0
-        elif fno == 3 and wt == 0:
-            v, pos = _varint(data, pos, end)
-            value = v - (1 << 64) if v >= 1 << 63 else v
-        elif fno == 4 and wt == 1:
+        elif tag == 0x18:  # int_value
+            v = data[pos] if pos < end else 0x80
+            if v < 0x80:
+                pos += 1
+                value = v
+            else:
+                v, pos = _varint(data, pos, end)
+                value = v - (1 << 64) if v >= 1 << 63 else v
+        elif tag == 0x21:  # double_value
             if end - pos < 8:
                 raise WireError(f"truncated fixed64 at byte {pos}")
-            value = struct.unpack_from("<d", data, pos)[0]
+            if want:
+                value = struct.unpack_from("<d", data, pos)[0]
             pos += 8
-        elif wt == 2:
+        elif tag & 7 == 2:
             n, pos = _length(data, pos, end)
-            spec = SCHEMA[M_ANYVALUE].get(fno)
-            if spec is not None and spec[0] == K_MESSAGE:
-                check_message(data, pos, pos + n, spec[1], depth + 1)
+            fno = tag >> 3
+            kind = ANYVALUE_KINDS.get(fno, K_OTHER)
+            if kind == K_MESSAGE:
+                check_message(data, pos, pos + n, ANYVALUE_SUBS[fno], depth + 1)
                 value = None
-            elif spec is not None and spec[0] == K_STRING:
-                _utf8(data, pos, pos + n)
+            elif kind == K_STRING:
+                _check_utf8(data, pos, pos + n)
             elif fno == 7:
                 value = None
             pos += n
-        elif wt == 4:
+        elif tag & 7 == 4:
             raise WireError(f"unexpected end-group at byte {pos}")
         else:
             pos = _skip(data, pos, end, tag, depth)
-    return value
+    return value if want else None
 
 
 def _attributes(
-    data: bytes, pos: int, end: int, keys: frozenset[str], out: dict[str, AttrValue] | None, depth: int
+    data: bytes, pos: i64, end: i64, kx: _Keys, out: dict[str, AttrValue] | None, depth: int
 ) -> dict[str, AttrValue] | None:
     """Validate one KeyValue; when its key is wanted, record its primitive value into `out`."""
     key: str | None = None
-    vstart = -1
-    vend = -1
+    kstart: i64 = -1
+    kstop: i64 = -1
+    vstart: i64 = -1
+    vend: i64 = -1
+    # Compiled: whether the last value field is plainly valid (a one-byte-framed ASCII string, or a
+    # one-byte int or bool), so that an unwanted value needs no further look.
+    simple = False
     while pos < end:
-        tag, pos = _tag(data, pos, end)
-        fno = tag >> 3
-        if fno == 1 and tag & 7 == 2:
-            n, pos = _length(data, pos, end)
-            key = _utf8(data, pos, pos + n)
-            pos += n
-        elif fno == 2 and tag & 7 == 2:
-            n, pos = _length(data, pos, end)
-            vstart, vend = pos, pos + n
-            pos += n
+        b = data[pos]
+        if 8 <= b < 0x80:
+            tag = b
+            pos += 1
+        else:
+            tag, pos = _tag(data, pos, end)
+        if tag == 0x0A or tag == 0x12:
+            n: i64 = data[pos] if pos < end else 0x80
+            if n < 0x80 and n < end - pos:
+                pos += 1
+            else:
+                n, pos = _length(data, pos, end)
+            stop: i64 = pos + n
+            if tag == 0x0A:
+                if COMPILED:
+                    i: i64 = pos
+                    while i < stop and data[i] < 0x80:
+                        i += 1
+                    if i < stop:
+                        _utf8(data, pos, stop)
+                else:
+                    key = _utf8(data, pos, stop)
+                kstart = pos
+                kstop = stop
+            else:
+                vstart = pos
+                vend = stop
+                simple = False
+                if COMPILED and n >= 2:
+                    t0 = data[pos]
+                    l0 = data[pos + 1]
+                    if t0 == 0x0A and l0 == n - 2:
+                        i = pos + 2
+                        while i < stop and data[i] < 0x80:
+                            i += 1
+                        simple = i == stop
+                    elif (t0 == 0x18 or t0 == 0x10) and n == 2 and l0 < 0x80:
+                        simple = True
+            pos = stop
         elif tag & 7 == 4:
             raise WireError(f"unexpected end-group at byte {pos}")
         else:
             pos = _skip(data, pos, end, tag, depth)
     if vstart >= 0:
-        value = _any_value(data, vstart, vend, depth + 1)
-        if key is not None and key in keys and value is not None:
-            if out is None:
-                out = {}
-            out[key] = value
+        # Compiled, the key was only checked in place; interpreted, it was decoded.
+        if COMPILED:
+            if kstart >= 0 and (kx.len_mask >> min(kstop - kstart, 62)) & 1:
+                key = kx.wanted(data, kstart, kstop)
+            want = key is not None
+        else:
+            want = key is not None and key in kx.keys
+        if want or not simple:
+            value = _any_value(data, vstart, vend, depth + 1, want)
+            if want and value is not None:
+                if out is None:
+                    out = {}
+                assert key is not None
+                out[key] = value
     return out
 
 
-def _resource_attrs(data: bytes, pos: int, end: int, keys: frozenset[str], depth: int) -> dict[str, AttrValue]:
+def _resource_attrs(data: bytes, pos: i64, end: i64, kx: _Keys, depth: int) -> dict[str, AttrValue]:
     attrs: dict[str, AttrValue] | None = {}
     while pos < end:
         tag, pos = _tag(data, pos, end)
         fno = tag >> 3
         if fno == 1 and tag & 7 == 2:
             n, pos = _length(data, pos, end)
-            attrs = _attributes(data, pos, pos + n, keys, attrs, depth + 1)
+            attrs = _attributes(data, pos, pos + n, kx, attrs, depth + 1)
             pos += n
         elif tag & 7 == 2:
             n, pos = _length(data, pos, end)
-            spec = SCHEMA[M_RESOURCE].get(fno)
-            if spec is not None and spec[0] == K_MESSAGE:
-                check_message(data, pos, pos + n, spec[1], depth + 1)
+            if KINDS[M_RESOURCE].get(fno, K_OTHER) == K_MESSAGE:
+                check_message(data, pos, pos + n, SUBS[M_RESOURCE][fno], depth + 1)
             pos += n
         elif tag & 7 == 4:
             raise WireError(f"unexpected end-group at byte {pos}")
@@ -312,7 +480,7 @@ def _resource_attrs(data: bytes, pos: int, end: int, keys: frozenset[str], depth
     return attrs if attrs is not None else {}
 
 
-def _status_code(data: bytes, pos: int, end: int, depth: int) -> int:
+def _status_code(data: bytes, pos: i64, end: i64, depth: int) -> int:
     code = 0
     while pos < end:
         tag, pos = _tag(data, pos, end)
@@ -322,7 +490,7 @@ def _status_code(data: bytes, pos: int, end: int, depth: int) -> int:
             code = v & 0xFFFFFFFF
         elif fno == 2 and tag & 7 == 2:
             n, pos = _length(data, pos, end)
-            _utf8(data, pos, pos + n)
+            _check_utf8(data, pos, pos + n)
             pos += n
         elif tag & 7 == 4:
             raise WireError(f"unexpected end-group at byte {pos}")
@@ -331,20 +499,28 @@ def _status_code(data: bytes, pos: int, end: int, depth: int) -> int:
     return code
 
 
-def read_span(data: bytes, pos: int, end: int, keys: frozenset[str], span: SpanFields) -> None:
-    """Fill `span` from the Span message at data[pos:end], validating all of it."""
+def _read_span(data: bytes, pos: i64, end: i64, kx: _Keys, span: SpanFields) -> None:
     depth = 3
     has_trace_id = False
     has_span_id = False
     while pos < end:
-        tag, pos = _tag(data, pos, end)
-        fno = tag >> 3
+        b = data[pos]
+        if 8 <= b < 0x80:
+            tag = b
+            pos += 1
+        else:
+            tag, pos = _tag(data, pos, end)
         wt = tag & 7
         if wt == 2:
-            n, pos = _length(data, pos, end)
+            n: i64 = data[pos] if pos < end else 0x80
+            if n < 0x80 and n < end - pos:
+                pos += 1
+            else:
+                n, pos = _length(data, pos, end)
             stop = pos + n
+            fno = tag >> 3
             if fno == 9:
-                span.attrs = _attributes(data, pos, stop, keys, span.attrs, depth + 1)
+                span.attrs = _attributes(data, pos, stop, kx, span.attrs, depth + 1)
             elif fno == 1:
                 if n != 16:
                     raise WireError(f"span trace_id has {n} bytes, want 16")
@@ -355,7 +531,7 @@ def read_span(data: bytes, pos: int, end: int, keys: frozenset[str], span: SpanF
                     raise WireError(f"span span_id has {n} bytes, want 8")
                 has_span_id = True
             elif fno == 4:
-                if n not in (0, 8):
+                if n != 0 and n != 8:
                     raise WireError(f"span parent_span_id has {n} bytes, want 8 or none")
                 span.is_root = n == 0
             elif fno == 5:
@@ -369,20 +545,24 @@ def read_span(data: bytes, pos: int, end: int, keys: frozenset[str], span: SpanF
             elif fno == 13:
                 check_message(data, pos, stop, M_LINK, depth + 1)
             pos = stop
-        elif fno == 7 and wt == 1:
+        elif tag == 0x39:  # start_time_unix_nano, fixed64
             if end - pos < 8:
                 raise WireError(f"truncated fixed64 at byte {pos}")
             span.start = _fixed64(data, pos)
             pos += 8
-        elif fno == 8 and wt == 1:
+        elif tag == 0x41:  # end_time_unix_nano, fixed64
             if end - pos < 8:
                 raise WireError(f"truncated fixed64 at byte {pos}")
             span.end = _fixed64(data, pos)
             pos += 8
-        elif fno == 6 and wt == 0:
-            v, pos = _varint(data, pos, end)
+        elif tag == 0x30:  # kind, varint
+            v = data[pos] if pos < end else 0x80
+            if v < 0x80:
+                pos += 1
+            else:
+                v, pos = _varint(data, pos, end)
             span.kind = v & 0xFFFFFFFF
-        elif fno == 16 and wt == 5:
+        elif tag == 0x85:  # flags (field 16), fixed32
             if end - pos < 4:
                 raise WireError(f"truncated fixed32 at byte {pos}")
             span.flags = int.from_bytes(data[pos : pos + 4], "little")
@@ -397,12 +577,17 @@ def read_span(data: bytes, pos: int, end: int, keys: frozenset[str], span: SpanF
         raise WireError("span has no span_id")
 
 
+def read_span(data: bytes, pos: int, end: int, keys: frozenset[str], span: SpanFields) -> None:
+    """Fill `span` from the Span message at data[pos:end], validating all of it."""
+    _read_span(data, pos, end, _keys(keys), span)
+
+
 def _scope_spans(
-    data: bytes, pos: int, end: int, resource: bytes, rattrs: dict[str, AttrValue],
-    keys: frozenset[str], out: list[SpanFields],
+    data: bytes, pos: i64, end: i64, resource: bytes, rattrs: dict[str, AttrValue],
+    kx: _Keys, out: list[SpanFields],
 ) -> None:
     header: list[bytes] = []
-    ranges: list[int] = []
+    ranges: list[i64] = []
     while pos < end:
         fstart = pos
         tag, pos = _tag(data, pos, end)
@@ -415,11 +600,11 @@ def _scope_spans(
             continue
         if tag & 7 == 2:
             n, pos = _length(data, pos, end)
-            spec = SCHEMA[M_SCOPESPANS].get(fno)
-            if spec is not None and spec[0] == K_MESSAGE:
-                check_message(data, pos, pos + n, spec[1], 3)
-            elif spec is not None and spec[0] == K_STRING:
-                _utf8(data, pos, pos + n)
+            kind = KINDS[M_SCOPESPANS].get(fno, K_OTHER)
+            if kind == K_MESSAGE:
+                check_message(data, pos, pos + n, SUBS[M_SCOPESPANS][fno], 3)
+            elif kind == K_STRING:
+                _check_utf8(data, pos, pos + n)
             pos += n
         elif tag & 7 == 4:
             raise WireError(f"unexpected end-group at byte {pos}")
@@ -429,17 +614,20 @@ def _scope_spans(
     if not ranges:
         return
     group = Group(resource, b"".join(header), rattrs)
-    for i in range(0, len(ranges), 2):
+    i = 0
+    nranges = len(ranges)
+    while i < nranges:
         start = ranges[i]
         stop = ranges[i + 1]
         span = SpanFields(data[start:stop], group)
-        read_span(data, start, stop, keys, span)
+        _read_span(data, start, stop, kx, span)
         out.append(span)
+        i += 2
 
 
-def _resource_spans(data: bytes, pos: int, end: int, keys: frozenset[str], out: list[SpanFields]) -> None:
+def _resource_spans(data: bytes, pos: i64, end: i64, kx: _Keys, out: list[SpanFields]) -> None:
     header: list[bytes] = []
-    scopes: list[int] = []
+    scopes: list[i64] = []
     rattrs: dict[str, AttrValue] = {}
     while pos < end:
         fstart = pos
@@ -453,11 +641,11 @@ def _resource_spans(data: bytes, pos: int, end: int, keys: frozenset[str], out: 
             continue
         if fno == 1 and tag & 7 == 2:
             n, pos = _length(data, pos, end)
-            rattrs.update(_resource_attrs(data, pos, pos + n, keys, 2))
+            rattrs.update(_resource_attrs(data, pos, pos + n, kx, 2))
             pos += n
         elif fno == 3 and tag & 7 == 2:
             n, pos = _length(data, pos, end)
-            _utf8(data, pos, pos + n)
+            _check_utf8(data, pos, pos + n)
             pos += n
         elif tag & 7 == 4:
             raise WireError(f"unexpected end-group at byte {pos}")
@@ -466,7 +654,7 @@ def _resource_spans(data: bytes, pos: int, end: int, keys: frozenset[str], out: 
         header.append(data[fstart:pos])
     resource = b"".join(header)
     for i in range(0, len(scopes), 2):
-        _scope_spans(data, scopes[i], scopes[i + 1], resource, rattrs, keys, out)
+        _scope_spans(data, scopes[i], scopes[i + 1], resource, rattrs, kx, out)
 
 
 def walk_request(data: bytes, keys: frozenset[str]) -> list[SpanFields]:
@@ -474,15 +662,16 @@ def walk_request(data: bytes, keys: frozenset[str]) -> list[SpanFields]:
 
     `keys` names the attributes whose primitive values are extracted (span and resource level).
     """
+    kx = _keys(keys)
     out: list[SpanFields] = []
-    end = len(data)
-    pos = 0
+    end: i64 = len(data)
+    pos: i64 = 0
     while pos < end:
         tag, pos = _tag(data, pos, end)
         fno = tag >> 3
         if fno == 1 and tag & 7 == 2:
             n, pos = _length(data, pos, end)
-            _resource_spans(data, pos, pos + n, keys, out)
+            _resource_spans(data, pos, pos + n, kx, out)
             pos += n
         elif tag & 7 == 4:
             raise WireError(f"unexpected end-group at byte {pos}")
@@ -494,20 +683,21 @@ def walk_request(data: bytes, keys: frozenset[str]) -> list[SpanFields]:
 def span_fields(data: bytes, group: Group, keys: frozenset[str]) -> SpanFields:
     """Re-read a stored span (after a policy reload changed which attributes matter)."""
     span = SpanFields(data, group)
-    read_span(data, 0, len(data), keys, span)
+    _read_span(data, 0, len(data), _keys(keys), span)
     return span
 
 
 def resource_attrs(header: bytes, keys: frozenset[str]) -> dict[str, AttrValue]:
     """Re-extract the wanted resource attributes from a Group's stored ResourceSpans fields."""
+    kx = _keys(keys)
     attrs: dict[str, AttrValue] = {}
-    pos = 0
-    end = len(header)
+    pos: i64 = 0
+    end: i64 = len(header)
     while pos < end:
         tag, pos = _tag(header, pos, end)
         if tag == 0x0A:
             n, pos = _length(header, pos, end)
-            attrs.update(_resource_attrs(header, pos, pos + n, keys, 2))
+            attrs.update(_resource_attrs(header, pos, pos + n, kx, 2))
             pos += n
         else:
             pos = _skip(header, pos, end, tag, 1)
