@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 
 # The wire walker is compiled with mypyc by the package build (setup.py); an editable install puts
 # the extension beside its source, so editing the source must rebuild it.
-$(STAMP): pyproject.toml setup.py sampler/otlp/wire.py
+$(STAMP): pyproject.toml setup.py sampler/otlp/wire.py sampler/summary.py sampler/buffer.py sampler/core.py sampler/policy/hashing.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

@@ -15,7 +15,14 @@ import sys
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-COMPILED_MODULES = ["sampler/otlp/wire.py"]
+# The receive path: the wire walker, and the per-span / per-trace work of the core around it.
+COMPILED_MODULES = [
+    "sampler/otlp/wire.py",
+    "sampler/summary.py",
+    "sampler/buffer.py",
+    "sampler/core.py",
+    "sampler/policy/hashing.py",
+]
 
 
 def _warn(message: str) -> None:

@@ -41,6 +41,7 @@ RELOAD_POLL_SECONDS = 1.0
 # Above this share of exporter.queue_max_bytes, receivers push back instead of accepting spans
 # whose kept traces would have nowhere to go.
 QUEUE_HIGH_WATER = 0.9
+SWEEP_CHUNK = 256  # traces decided between two chances for the receivers to run
 
 
 def _file_state(path: Path) -> tuple[int, int, int] | None:
@@ -234,7 +235,11 @@ class App:
         interval = self.config.buffer.sweep_interval
         while True:
             await asyncio.sleep(interval)
-            self.core.sweep(self.loop.time())
+            now = self.loop.time()
+            # Decide in chunks, letting receivers run in between: a large batch of due traces must
+            # not hold the event loop (and every Export call waiting on it) for its whole duration.
+            while self.core.sweep(now, SWEEP_CHUNK) == SWEEP_CHUNK:
+                await asyncio.sleep(0)
             if self.forwarder is not None:
                 self.membership.revive(time.monotonic())
 

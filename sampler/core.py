@@ -209,14 +209,15 @@ class Core:
         if verdict.keep:
             self.emit(KeptTrace(summary.trace_id, entry.spans, entry.groups, verdict, summary))
 
-    def sweep(self, now: float) -> int:
-        """Decide every trace that has gone quiet or grown too old; returns how many."""
+    def sweep(self, now: float, limit: int = 1 << 62) -> int:
+        """Decide traces that have gone quiet or grown too old, at most `limit` of them (callers
+        that must stay responsive sweep in chunks); returns how many were decided."""
         n = 0
         buffer = self.buffer
-        while (entry := buffer.next_quiet(now)) is not None:
+        while n < limit and (entry := buffer.next_quiet(now)) is not None:
             self._decide(entry, now, QUIET)
             n += 1
-        while (entry := buffer.next_aged(now)) is not None:
+        while n < limit and (entry := buffer.next_aged(now)) is not None:
             self._decide(entry, now, MAX_AGE)
             n += 1
         return n

@@ -40,6 +40,7 @@ K_STRING: Final = 1
 K_MESSAGE: Final = 2
 
 MAX_DEPTH: Final = 100  # upb's default recursion limit
+_MAX_LENGTH: Final = 1 << 62  # no message is longer; bigger lengths are refused before narrowing
 
 AttrValue = str | int | float | bool
 
@@ -229,7 +230,8 @@ def _tag(data: bytes, pos: i64, end: i64) -> tuple[int, i64]:
 
 def _length(data: bytes, pos: i64, end: i64) -> tuple[i64, i64]:
     n, pos = _varint(data, pos, end)
-    if n > end - pos:
+    # Compared as a Python int first: narrowing a 64-bit length to i64 (compiled) would overflow.
+    if n > _MAX_LENGTH or n > end - pos:
         raise WireError(f"length {n} at byte {pos} runs past the end of its message")
     return n, pos
 

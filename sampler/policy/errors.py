@@ -32,9 +32,12 @@ class Errors(Policy):
             return False
         for key in HTTP_STATUS_KEYS:
             value = attrs.get(key)
-            if isinstance(value, str) and value.isdigit():
-                value = int(value)
-            if isinstance(value, int) and not isinstance(value, bool) and value >= self.minimum:
+            if value is None:
+                continue
+            if type(value) is int:  # the common case, checked first: this runs for every span
+                if value >= self.minimum:
+                    return True
+            elif isinstance(value, str) and value.isdigit() and int(value) >= self.minimum:
                 return True
         return False
 

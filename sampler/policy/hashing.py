@@ -9,6 +9,10 @@ hash <= floor((2^64 - 1) * percentage / 100).
 from __future__ import annotations
 
 from fractions import Fraction
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mypy_extensions import i64  # native 64-bit integers when compiled with mypyc
 
 DEFAULT_SALT = "default-hash-seed"
 _FNV_OFFSET = 0xCBF29CE484222325
@@ -17,10 +21,17 @@ _MASK = 0xFFFFFFFFFFFFFFFF
 
 
 def fnv1a64(data: bytes) -> int:
-    h = _FNV_OFFSET
+    """FNV-1a 64, computed on two 32-bit halves so that no intermediate exceeds 2^42: native
+    integer arithmetic when compiled. The prime is 2^40 + 0x1b3, so h * prime mod 2^64 is
+    h * 0x1b3 + (low half << 40), the high half's shift falling off the top."""
+    lo: i64 = _FNV_OFFSET & 0xFFFFFFFF
+    hi: i64 = _FNV_OFFSET >> 32
     for b in data:
-        h = ((h ^ b) * _FNV_PRIME) & _MASK
-    return h
+        lo ^= b
+        t: i64 = lo * 0x1B3
+        hi = (hi * 0x1B3 + (t >> 32) + (lo << 8)) & 0xFFFFFFFF
+        lo = t & 0xFFFFFFFF
+    return (int(hi) << 32) | int(lo)
 
 
 def threshold(percentage: float) -> int:
