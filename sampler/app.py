@@ -110,6 +110,8 @@ class App:
         sender = self._sender or build_sender(cfg.exporter)
         self.queue = ExportQueue(sender, self.metrics, cfg.exporter.queue_max_bytes,
                                  cfg.exporter.batch_max_spans, cfg.exporter.retry)
+        queue = self.queue
+        self.metrics.export_queue_bytes.set_function(lambda: queue.nbytes)
         self._secure()
         self._start_peers()
         self.receivers: list[GrpcReceiver | HttpReceiver] = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -132,6 +132,11 @@ class Metrics:
             "tailsampler_decision_lag_seconds",
             "How late a trace was decided: decision time minus due time (quiet or max age).",
             buckets=LAG_BUCKETS, registry=self.registry,
+        )
+        self.export_queue_bytes = Gauge(
+            "tailsampler_export_queue_bytes",
+            "Span bytes of kept traces waiting for (or in) export; bounded by exporter.queue_max_bytes.",
+            registry=self.registry,
         )
         self.requests_refused = Counter(
             "tailsampler_requests_refused",

@@ -155,7 +155,8 @@ class Forwarder:
             self.queues[owner] = deque()
             self.sizes[owner] = 0
             self.wakes[owner] = asyncio.Event()
-            options = [("grpc.enable_http_proxy", 0)]
+            options = [("grpc.enable_http_proxy", 0), ("grpc.initial_reconnect_backoff_ms", 100),
+                       ("grpc.min_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
             self.channels[owner] = (
                 grpc.aio.secure_channel(owner, self.credentials, options=options) if self.credentials is not None
                 else grpc.aio.insecure_channel(owner, options=options)

@@ -129,6 +129,7 @@ class OtlpBackend:
         self._cond = threading.Condition(self._lock)
         self._spans: list[ReceivedSpan] = []
         self.requests = 0
+        self.delay = 0.0  # seconds each Export waits before answering (a slow backend); settable any time
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=[("grpc.so_reuseport", 0)])
         handler = grpc.unary_unary_rpc_method_handler(
             self._export,
@@ -145,6 +146,8 @@ class OtlpBackend:
         return f"http://127.0.0.1:{self.port}"
 
     def _export(self, request: ExportTraceServiceRequest, context: grpc.ServicerContext) -> ExportTraceServiceResponse:
+        if self.delay > 0:
+            time.sleep(self.delay)
         received: list[ReceivedSpan] = []
         for rs in request.resource_spans:
             resource = {kv.key: any_value(kv.value) for kv in rs.resource.attributes}

@@ -181,3 +181,21 @@ def test_attribute_values_of_every_type() -> None:
     (span,) = walk_request(data, keys)
     assert span.attrs == {"s": "x", "i": 7, "d": 2.5, "b": False, "neg": -3}
     assert kv("a", 1).value.int_value == 1  # the helper builds what it says
+
+
+
+def test_a_repeated_value_field_is_validated_in_every_occurrence() -> None:
+    from sampler.otlp.splice import field
+    from tests.spans import span_message
+
+    # KeyValue{key "k", value {string: invalid UTF-8}, value {string "ok"}}: protobuf merges repeated
+    # occurrences of a message field, so the first one must be valid too.
+    kv = b"\x0a\x01k" + b"\x12\x04\x0a\x02\xff\xfe" + b"\x12\x04\x0a\x02ok"
+    span = span_message(S(1, 1)).SerializeToString() + field(0x4A, kv)  # Span.attributes
+    bad = field(0x0A, field(0x12, field(0x12, span)))  # request > resource_spans > scope_spans > spans
+    with pytest.raises(DecodeError):
+        ExportTraceServiceRequest.FromString(bad)
+    with pytest.raises(WireError, match="UTF-8"):
+        walk_request(bad, KEYS)
+    good = field(0x0A, field(0x12, field(0x12, span.replace(b"\xff\xfe", b"no"))))
+    assert len(walk_request(good, KEYS)) == 1 and ExportTraceServiceRequest.FromString(good)

@@ -13,7 +13,7 @@ from sampler.exporters.stdout import StdoutSender
 def build_sender(config: ExporterConfig) -> Sender:
     if config.protocol == "grpc":
         return GrpcSender(config.endpoint, config.headers, config.compression, config.timeout, config.annotate,
-                          config.tls)
+                          config.tls, max_backoff=config.retry.max_interval)
     if config.protocol == "http":
         return HttpSender(config.endpoint, config.headers, config.compression, config.timeout, config.annotate,
                           config.tls)

@@ -35,8 +35,9 @@ def retry_delay(error: grpc.aio.AioRpcError) -> float | None:
 class GrpcSender:
     def __init__(
         self, endpoint: str, headers: dict[str, str], compression: str, timeout: float, annotate: bool,
-        tls: TlsClient | None = None,
+        tls: TlsClient | None = None, max_backoff: float = 10.0,
     ) -> None:
+        self.max_backoff_ms = max(100, int(max_backoff * 1000))
         self.target, secure, _ = split_endpoint(endpoint)
         self.tls = tls or TlsClient() if secure else None
         self.files = Files(*(self.tls.ca_file, self.tls.cert_file, self.tls.key_file) if self.tls else ())
@@ -47,7 +48,13 @@ class GrpcSender:
         self.annotate = annotate
 
     def _connect(self) -> None:
-        options = [("grpc.max_send_message_length", 64 * 2**20), ("grpc.max_receive_message_length", 4 * 2**20)]
+        options = [
+            ("grpc.max_send_message_length", 64 * 2**20), ("grpc.max_receive_message_length", 4 * 2**20),
+            # gRPC's own reconnect backoff grows to 120 s by default: a recovered backend would then wait
+            # for the channel long after our retries (retry.max_interval) have started asking again.
+            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", self.max_backoff_ms),
+        ]
         if self.tls is not None:
             creds = grpc_channel_credentials(self.tls)
             self.channel = grpc.aio.secure_channel(self.target, creds, options=options)

@@ -425,6 +425,8 @@ def _attributes(
                 kstart = pos
                 kstop = stop
             else:
+                if vstart >= 0:  # a repeated value field (protobuf merges them): the earlier one must be valid too
+                    check_message(data, vstart, vend, M_ANYVALUE, depth + 1)
                 vstart = pos
                 vend = stop
                 simple = False
