@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench bench-e2e bench-plot wheel clean
+.PHONY: demo test lint bench bench-e2e bench-plot wheel fuzz clean
 
 # The wire walker is compiled with mypyc by the package build (setup.py); an editable install puts
 # the extension beside its source, so editing the source must rebuild it.
@@ -39,3 +39,7 @@ wheel: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info sampler/otlp/*.so
+
+# A long fuzz run (make test runs the same tests briefly); well over an hour at this size.
+fuzz: $(STAMP)
+	TAILSAMPLER_FUZZ_EXAMPLES=$${TAILSAMPLER_FUZZ_EXAMPLES:-20000} $(BIN)/pytest tests/test_fuzz.py -p no:cacheprovider -q --timeout 0

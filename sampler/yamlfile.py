@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,13 +32,20 @@ class ConfigError(Exception):
         self.problems = list(problems)
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_./@-]+$")
+
+
 def format_loc(loc: Iterable[str | int]) -> str:
+    """`policies[2].latency.threshold_ms`; keys that are not plain words are quoted, so a problem
+    always stays on one line."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
+        elif _PLAIN_KEY.match(part):
             out += ("." if out else "") + part
+        else:
+            out += f"[{part!r}]"
     return out or "(document)"
 
 
@@ -71,7 +79,16 @@ class YamlDoc:
         return out
 
 
+MAX_NODES = 200_000  # far beyond any real config; aliases can make a few lines name billions
+
+
+class _TooLarge(Exception):
+    pass
+
+
 def _index(node: yaml.Node, loc: Loc, lines: dict[Loc, int]) -> None:
+    if len(lines) > MAX_NODES:
+        raise _TooLarge
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             child = (*loc, str(key.value))
@@ -88,16 +105,22 @@ def parse_yaml(text: str, path: str) -> YamlDoc:
     """Parse one YAML document; a syntax error becomes a ConfigError with its line."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        lines: dict[Loc, int] = {}
+        if node is not None:
+            _index(node, (), lines)  # before constructing: it refuses alias bombs cheaply
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = mark.line + 1 if mark is not None else 1
         raise ConfigError([Problem(path, line, "(document)", f"invalid YAML: {exc.problem}")]) from None
     except yaml.YAMLError as exc:
-        raise ConfigError([Problem(path, 1, "(document)", f"invalid YAML: {exc}")]) from None
-    lines: dict[Loc, int] = {}
-    if node is not None:
-        _index(node, (), lines)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError([Problem(path, 1, "(document)", f"invalid YAML: {first}")]) from None
+    except RecursionError:
+        raise ConfigError([Problem(path, 1, "(document)", "invalid YAML: nested too deeply")]) from None
+    except _TooLarge:
+        reason = f"document too large: more than {MAX_NODES} values (aliases expanded)"
+        raise ConfigError([Problem(path, 1, "(document)", reason)]) from None
     return YamlDoc(path, data, lines)
 
 

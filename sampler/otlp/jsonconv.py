@@ -55,12 +55,19 @@ def _walk_spans(doc: dict[str, Any], convert: Any) -> None:
                     _ids(link, convert)
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def json_to_protobuf(body: bytes | str) -> bytes:
     """Serialized ExportTraceServiceRequest from an OTLP/JSON document; WireError when invalid."""
     try:
-        doc = json.loads(body)
+        # Python's json accepts NaN and Infinity, which JSON (and so OTLP/JSON) does not.
+        doc = json.loads(body, parse_constant=_no_constants)
     except (ValueError, UnicodeDecodeError) as exc:
         raise WireError(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise WireError("invalid JSON: nested too deeply") from None
     return dict_to_protobuf(doc)
 
 
@@ -70,8 +77,10 @@ def dict_to_protobuf(doc: Any) -> bytes:
     _walk_spans(doc, _hex_to_b64)
     try:
         msg = json_format.ParseDict(doc, ExportTraceServiceRequest(), ignore_unknown_fields=True)
-    except json_format.ParseError as exc:
+    except (json_format.ParseError, ValueError, OverflowError, TypeError) as exc:
         raise WireError(f"invalid OTLP/JSON: {exc}") from None
+    except RecursionError:
+        raise WireError("invalid OTLP/JSON: nested too deeply") from None
     data: bytes = msg.SerializeToString()
     return data
 

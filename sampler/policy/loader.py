@@ -192,4 +192,6 @@ class _Builder:
             return Not(name, sub) if sub is not None else None
         assert isinstance(config, CompositeConfig)
         parts = self.many((*loc, "composite_sub_policy"), config.composite_sub_policy, subs)
+        if not parts:  # every sub-policy was invalid: already reported
+            return None
         return Composite(name, config, parts, self.clock)

@@ -26,6 +26,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from sampler.otlp.wire import AttrValue, SpanFields
 from sampler.policy.base import Policy, Vote
+from sampler.policy.regex import compile_pattern
 from sampler.summary import TraceSummary
 
 ENUMS = {
@@ -187,8 +188,8 @@ class _Parser:
             raise OttlError(f"IsMatch needs a string literal pattern, found {tok!r}")
         pattern_text = _unquote(self.take())
         try:
-            pattern = re.compile(pattern_text)
-        except re.error as exc:
+            pattern = compile_pattern(pattern_text)
+        except ValueError as exc:
             raise OttlError(f"invalid regex {pattern_text!r} in IsMatch: {exc}") from None
         self.take(")")
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sampler.policy.base import Policy, Vote
 from sampler.policy.hashing import DEFAULT_SALT, rate_for, threshold, trace_hash
+from sampler.policy.regex import compile_pattern
 from sampler.summary import TraceSummary
 
 FALLBACK_KEYS = ("url.path", "http.target")
@@ -30,8 +31,8 @@ class RouteRule(BaseModel):
     def _regex(self) -> RouteRule:
         if self.regex:
             try:
-                re.compile(self.match)
-            except re.error as exc:
+                compile_pattern(self.match)
+            except ValueError as exc:
                 raise ValueError(f"invalid regex {self.match!r}: {exc}") from None
         return self
 
@@ -49,8 +50,12 @@ class Route(Policy):
         super().__init__(name)
         self.lookup = (config.attribute, *(k for k in FALLBACK_KEYS if k != config.attribute))
         self.keys = frozenset(self.lookup)
+        # a glob is anchored (fnmatch's translation, kept on `re`: it is linear); a regex is RE2, unanchored
         self.rules = [
-            (re.compile(r.match) if r.regex else re.compile(fnmatch.translate(r.match)), r.regex, r.sample_percentage)
+            (
+                compile_pattern(r.match).search if r.regex else re.compile(fnmatch.translate(r.match)).match,
+                r.sample_percentage,
+            )
             for r in config.rules
         ]
         self.default = config.default_percentage
@@ -67,8 +72,8 @@ class Route(Policy):
     def percentage(self, trace: TraceSummary) -> float:
         route = self.route_of(trace)
         if route is not None:
-            for pattern, is_regex, pct in self.rules:
-                if (pattern.search(route) if is_regex else pattern.match(route)) is not None:
+            for matches, pct in self.rules:
+                if matches(route) is not None:
                     return pct
         return self.default
 

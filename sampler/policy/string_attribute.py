@@ -5,13 +5,13 @@ absence InvertSampled."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sampler.otlp.wire import AttrValue
 from sampler.policy.base import Policy, Vote
+from sampler.policy.regex import compile_pattern, joined
 from sampler.summary import TraceSummary
 
 
@@ -28,9 +28,13 @@ class StringAttributeConfig(BaseModel):
         if self.enabled_regex_matching:
             for v in self.values:
                 try:
-                    re.compile(v)
-                except re.error as exc:
+                    compile_pattern(v)
+                except ValueError as exc:
                     raise ValueError(f"invalid regex {v!r}: {exc}") from None
+            try:
+                compile_pattern(joined(self.values))
+            except ValueError as exc:
+                raise ValueError(f"invalid regex (all values together): {exc}") from None
         return self
 
 
@@ -42,7 +46,7 @@ class StringAttribute(Policy):
         self.invert = config.invert_match
         self.values = frozenset(config.values)
         self.pattern = (
-            re.compile("|".join(f"(?:{v})" for v in config.values)) if config.enabled_regex_matching else None
+            compile_pattern(joined(config.values)) if config.enabled_regex_matching else None
         )
 
     def matches(self, attrs: Mapping[str, AttrValue], is_resource: bool) -> bool:
