@@ -46,6 +46,9 @@ def supervise(run_args: Sequence[str], n: int) -> int:
     signal.signal(signal.SIGINT, stop)
     while any(child.poll() is None for child in children):
         time.sleep(0.2)
+    for i, child in enumerate(children):
+        if child.returncode != 0:
+            print(f"tailsampler: worker {i} exited with status {child.returncode}", file=sys.stderr)
     return 0 if all(child.returncode == 0 for child in children) else 1
 
 

@@ -180,20 +180,40 @@ def test_stopping_one_instance_loses_nothing(tmp_path: Path, otlp_backend: OtlpB
             ts.stop()
 
 
+def free_port_pair() -> int:
+    """A loopback port p such that p and p + 1 are both free."""
+    import socket
+
+    for _ in range(50):
+        p = free_port()
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", p))
+                b.bind(("127.0.0.1", p + 1))
+            except OSError:
+                continue
+        return p
+    raise AssertionError("no two consecutive free ports")
+
+
 def worker_metric(admin: int, index: int, name: str, labels: dict[str, str] | None = None) -> float:
     body = http_request(f"http://127.0.0.1:{admin + index}/metrics").body.decode()
     return metric_value(body, name, labels) or 0.0
 
 
 def test_workers_share_one_port_and_shard_between_them(tmp_path: Path, otlp_backend: OtlpBackend) -> None:
-    port, admin = free_port(), free_port()
-    while admin + 1 == port:
-        admin = free_port()
+    port, admin = free_port(), free_port_pair()  # worker 1 serves its admin endpoints on admin + 1
     path = write(tmp_path, otlp_backend, port, admin, None)
     ts = Tailsampler([sys.executable, "-m", "sampler", "run", "--config", str(path), "--workers", "2"], tmp_path,
                      clean_env(), admin_port=admin, grpc_port=port, http_port=0).start()
     try:
-        assert wait_until(lambda: http_request(f"http://127.0.0.1:{admin + 1}/readyz").status == 200, 20)
+        def second_ready() -> bool:
+            try:
+                return http_request(f"http://127.0.0.1:{admin + 1}/readyz").status == 200
+            except OSError:  # not listening yet
+                return False
+
+        assert wait_until(second_ready, 20)
         # Many connections, so that the kernel spreads them over both workers.
         options = [*GRPC_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]  # one connection per channel
         channels = [grpc.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(16)]
@@ -218,4 +238,5 @@ def test_workers_share_one_port_and_shard_between_them(tmp_path: Path, otlp_back
         forwarded = sum(worker_metric(admin, i, "tailsampler_spans_forwarded_total") for i in range(2))
         assert forwarded > 0
     finally:
-        assert ts.stop().code == 0
+        stopped = ts.stop()
+        assert stopped.code == 0, stopped.stderr[-3000:]
