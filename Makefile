@@ -11,7 +11,11 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml setup.py sampler/otlp/wire.py sampler/summary.py sampler/buffer.py sampler/core.py sampler/policy/hashing.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# The editable install compiles the receive path in place (setup.py). That needs the build
+	# requirements (pyproject's [build-system]) in the venv and no build isolation: an isolated
+	# editable build leaves the compiled modules where the package's imports never look.
+	$(BIN)/python -m pip install --quiet 'setuptools>=77' wheel 'mypy>=1.10'
+	$(BIN)/python -m pip install --quiet --no-build-isolation -e '.[test]'
 	touch $(STAMP)
 
 demo: $(STAMP)

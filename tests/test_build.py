@@ -56,10 +56,18 @@ def test_compiled_flag_reports_the_loaded_module() -> None:
 
 def test_a_built_extension_is_the_module_loaded() -> None:
     """An extension beside the source shadows it; with TAILSAMPLER_EXPECT_COMPILED=1 (set where the
-    build must have compiled, e.g. CI after `pip install .`) the compiled module is required."""
+    build must have compiled, e.g. CI after `pip install .`) the compiled modules are required."""
     built = [p for p in SOURCE.parent.glob("wire.*") if p.suffix in (".so", ".pyd")]
     if built or os.environ.get("TAILSAMPLER_EXPECT_COMPILED") == "1":
         assert loaded.COMPILED, f"compiled walker not loaded: {loaded.__file__}"
+    if os.environ.get("TAILSAMPLER_EXPECT_COMPILED") == "1":
+        import sampler.buffer
+        import sampler.core
+        import sampler.policy.hashing
+        import sampler.summary
+
+        for module in (sampler.core, sampler.summary, sampler.buffer, sampler.policy.hashing):
+            assert not (module.__file__ or "").endswith(".py"), f"{module.__name__} is not compiled"
 
 
 def test_pure_walker_matches_upb_on_realistic_requests() -> None:
