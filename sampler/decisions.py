@@ -32,7 +32,7 @@ class DecisionCache:
         self.dropped.add(trace_id)
 
     def get(self, trace_id: bytes) -> Verdict | None:
-        verdict = self.kept.get(trace_id)
+        verdict: Verdict | None = self.kept.get(trace_id)
         if verdict is not None:
             return verdict
         if trace_id in self.dropped or trace_id in self.dropped_old:
