@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -14,45 +13,8 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
 
 from sampler.policy.loader import PolicySet, load_policies
+from sampler.units import _DURATION, _SIZE, parse_duration, parse_size
 from sampler.yamlfile import ConfigError, Problem, YamlDoc, load_yaml, parse_yaml
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h)?\s*$")
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$")
-_SIZE_UNITS = {None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from `500ms`, `5s`, `1m` or a plain number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 500ms, 5s or 1m")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        m = _DURATION.match(str(value))
-        if not m:
-            raise ValueError(f"invalid duration {value!r}; use e.g. 500ms, 5s, 1m or a number of seconds")
-        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return seconds
-
-
-def parse_size(value: Any) -> int:
-    """Bytes from `256MiB`, `1GiB` or a plain number of bytes."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 256MiB or 1GiB")
-    if isinstance(value, int):
-        size = value
-    else:
-        m = _SIZE.match(str(value))
-        if not m:
-            raise ValueError(f"invalid size {value!r}; use e.g. 256MiB, 1GiB or a number of bytes")
-        size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
-    if size < 0:
-        raise ValueError("a size cannot be negative")
-    return size
-
 
 _DURATION_SCHEMA = {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": _DURATION.pattern}]}
 _SIZE_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": _SIZE.pattern}]}
@@ -275,7 +237,9 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
             raise ConfigError([doc.problem((), "expected a mapping of config sections")])
         base_dir = path.parent
     else:
-        doc = YamlDoc("<defaults>", {}, {})
+        # CONTRACT: with no config, kept traces are written to stdout (the exporter's own default
+        # endpoint is this very proxy's receiver port, which would loop).
+        doc = YamlDoc("<defaults>", {"exporter": {"protocol": "stdout"}}, {})
         base_dir = Path.cwd()
     raw = _merge(doc.data, env_overrides(environ))
     try:
@@ -291,26 +255,17 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         policy_set = load_policies(load_yaml(policies_path))
     else:
         policy_set = load_policies(default_policies_doc())
-    _apply_tail_sampling_block(config, policy_set, doc)
+    _apply_tail_sampling_block(config, policy_set)
     return Loaded(config, policy_set, policies_path)
 
 
-def _apply_tail_sampling_block(config: Config, policy_set: PolicySet, doc: YamlDoc) -> None:
+def _apply_tail_sampling_block(config: Config, policy_set: PolicySet) -> None:
     """A Collector `tail_sampling` block's decision_wait / num_traces fill buffer keys the config left unset."""
-    problems: list[Problem] = []
-    explicit = config.buffer.model_fields_set
+    explicit = config.buffer.model_fields_set  # the loader has already checked both values
     if policy_set.decision_wait is not None and "decision_wait" not in explicit:
-        try:
-            config.buffer.decision_wait = parse_duration(policy_set.decision_wait)
-        except ValueError as exc:
-            problems.append(doc.problem(("decision_wait",), str(exc)))
+        config.buffer.decision_wait = parse_duration(policy_set.decision_wait)
     if policy_set.num_traces is not None and "max_traces" not in explicit:
-        if isinstance(policy_set.num_traces, int) and policy_set.num_traces > 0:
-            config.buffer.max_traces = policy_set.num_traces
-        else:
-            problems.append(doc.problem(("num_traces",), "expected a positive integer"))
-    if problems:
-        raise ConfigError(problems)
+        config.buffer.max_traces = int(policy_set.num_traces)
 
 
 def validate_file(path: Path) -> list[Problem]:

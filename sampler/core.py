@@ -19,7 +19,7 @@ from sampler.summary import TraceSummary
 class KeptTrace:
     """Spans of a kept trace (or late spans of one), ready to be spliced into an export request."""
 
-    __slots__ = ("groups", "late", "policy", "sample_rate", "spans", "summary", "trace_id")
+    __slots__ = ("groups", "policy", "sample_rate", "spans", "summary", "trace_id")
 
     def __init__(
         self, trace_id: bytes, spans: list[bytes], groups: list[Group], verdict: Verdict,
@@ -31,7 +31,6 @@ class KeptTrace:
         self.policy = verdict.policy
         self.sample_rate = verdict.sample_rate
         self.summary = summary  # None for late spans
-        self.late = summary is None
 
 
 class Backpressure(Exception):

@@ -141,7 +141,6 @@ class Sink:
 
     def __init__(self) -> None:
         self.spans = 0
-        self.by_policy: Counter[str] = Counter()
         self.traces: dict[str, set[bytes]] = {}
         self.server = grpc.aio.server()
         handler = grpc.unary_unary_rpc_method_handler(self._export, request_deserializer=None,
@@ -174,7 +173,13 @@ async def _generate(port: int, templates: list[Template], seconds: float, sent: 
         async def worker() -> None:
             while time.monotonic() < deadline:
                 template = rng.choice(templates)
-                await call(template.stamp(rng), timeout=10)
+                try:
+                    await call(template.stamp(rng), timeout=10)
+                except grpc.aio.AioRpcError as exc:  # pushback (UNAVAILABLE): back off as an SDK would
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise
+                    await asyncio.sleep(0.5)
+                    continue
                 sent[0] += template.spans
 
         await asyncio.gather(*(worker() for _ in range(3)))
@@ -213,7 +218,6 @@ async def run_demo(seconds: float) -> int:
     await gen
     elapsed = time.monotonic() - started
     received = sum(stats.spans_received.values())
-    app.request_stop()
     await app.shutdown()
     print(file=sys.stderr)
     outcomes = Counter[str]()

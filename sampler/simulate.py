@@ -18,15 +18,14 @@ from sampler.core import Core, KeptTrace
 from sampler.decisions import DecisionCache
 from sampler.otlp.jsonconv import dict_to_protobuf
 from sampler.otlp.wire import WireError
-from sampler.policy.base import Policy, Vote
-from sampler.policy.engine import Verdict
+from sampler.policy.base import KEEP_VOTES, Policy
+from sampler.policy.engine import Engine, Verdict
 from sampler.policy.loader import load_policies
 from sampler.summary import TraceSummary
 from sampler.yamlfile import ConfigError, load_yaml
 
 _UNBOUNDED = 1 << 62
 PROGRESS_MIN_BYTES = 2 * 2**20
-_KEEP_VOTES = (Vote.SAMPLED, Vote.INVERT_SAMPLED)
 
 
 def read_documents(path: Path) -> Iterator[tuple[Any, int]]:
@@ -48,8 +47,12 @@ def read_documents(path: Path) -> Iterator[tuple[Any, int]]:
 
 
 class _Tally:
-    def __init__(self, policies: list[Policy], out: TextIO, jsonl: bool) -> None:
+    """Counts decisions; in table mode also what each policy alone would keep, asked of a separate
+    set of policy instances so that stateful policies (rate limits) are not spent twice."""
+
+    def __init__(self, policies: list[Policy], alone: list[Policy] | None, out: TextIO, jsonl: bool) -> None:
         self.policies = policies
+        self.alone_policies = alone or []
         self.out = out
         self.jsonl = jsonl
         self.traces = 0
@@ -64,9 +67,9 @@ class _Tally:
         if verdict.keep:
             self.kept += 1
             self.by_policy[verdict.policy or ""] += 1
-        for p in self.policies:
+        for p in self.alone_policies:
             try:
-                if p.evaluate(summary) in _KEEP_VOTES:
+                if p.evaluate(summary) in KEEP_VOTES:
                     self.alone[p.name] += 1
             except Exception:  # an evaluation error abstains
                 continue
@@ -134,7 +137,11 @@ def simulate(policies_path: Path, files: list[Path], fmt: str, out: TextIO | Non
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
-    tally = _Tally(policy_set.policies, out, fmt == "jsonl")
+    alone = None
+    if fmt == "table":
+        alone = load_policies(load_yaml(policies_path)).policies
+        Engine(alone)  # assigns the same predicate bits as the deciding engine's, which the summaries carry
+    tally = _Tally(policy_set.policies, alone, out, fmt == "jsonl")
 
     def ignore(trace: KeptTrace) -> None:
         return None

@@ -127,3 +127,19 @@ def test_env_values_stay_strings_unless_null_or_collections() -> None:
     assert c.exporter.headers == {"x-token": "abc"} and c.buffer.max_traces == 12 and c.admin.endpoint is None
     c = load_config(None, {"TAILSAMPLER_EXPORTER__HEADERS__AUTHORIZATION": "12345"}).config
     assert c.exporter.headers == {"authorization": "12345"}
+
+
+def test_without_a_config_file_kept_traces_go_to_stdout() -> None:
+    # CONTRACT; the exporter's own default endpoint is this proxy's receiver, which would loop.
+    assert load_config(None, {}).config.exporter.protocol == "stdout"
+    assert load_config(None, {"TAILSAMPLER_EXPORTER__PROTOCOL": "grpc"}).config.exporter.protocol == "grpc"
+
+
+def test_a_bad_tail_sampling_decision_wait_fails_validate_at_its_line(tmp_path: Path) -> None:
+    from sampler.config import validate_file
+
+    path = tmp_path / "p.yaml"
+    path.write_text("tail_sampling:\n  decision_wait: soon\n  num_traces: -3\n"
+                    "  policies: [{name: a, type: always_sample}]\n")
+    got = {(p.line, p.field) for p in validate_file(path)}
+    assert got == {(2, "tail_sampling.decision_wait"), (3, "tail_sampling.num_traces")}

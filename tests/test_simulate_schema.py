@@ -94,3 +94,16 @@ def test_config_schema_accepts_units_and_rejects_bad_values() -> None:
     assert list(validator.iter_errors(good)) == []
     assert list(validator.iter_errors({"buffer": {"decision_wait": "5 parsecs"}}))
     assert list(validator.iter_errors({"exporter": {"protocol": "smoke"}}))
+
+
+def test_simulate_spends_a_rate_limit_once_per_trace(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("policies: [{name: rl, type: rate_limiting, "
+                                     "rate_limiting: {spans_per_second: 10, burst_capacity: 20}}]\n")
+    record(tmp_path / "t.jsonl", [[S(n, n)] for n in range(1, 21)])  # 20 one-span traces: the burst
+    for fmt in ("jsonl", "table"):
+        result = simulate("--policies", str(tmp_path / "p.yaml"), "--format", fmt, str(tmp_path / "t.jsonl"))
+        assert result.returncode == 0
+        if fmt == "jsonl":
+            assert sum(json.loads(x)["decision"] == "keep" for x in result.stdout.splitlines()) == 20
+        else:
+            assert "kept    20 (100.0%)" in result.stdout

@@ -581,11 +581,6 @@ def _read_span(data: bytes, pos: i64, end: i64, kx: _Keys, span: SpanFields) -> 
         raise WireError("span has no span_id")
 
 
-def read_span(data: bytes, pos: int, end: int, keys: frozenset[str], span: SpanFields) -> None:
-    """Fill `span` from the Span message at data[pos:end], validating all of it."""
-    _read_span(data, pos, end, _keys(keys), span)
-
-
 def _scope_spans(
     data: bytes, pos: i64, end: i64, resource: bytes, rattrs: dict[str, AttrValue],
     kx: _Keys, out: list[SpanFields],

@@ -38,6 +38,7 @@ class Policy:
 
     keys: frozenset[str] = frozenset()
     span_level = False
+    predicate = True  # False: `keys` are only extracted (e.g. route reads them from the root span)
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -42,10 +42,10 @@ class Engine:
         keys: set[str] = set(ALWAYS_KEYS)
         bit = 1
         for p in walk(self.policies):
-            if p.keys or p.span_level:
+            keys |= p.keys
+            if p.predicate and (p.keys or p.span_level):
                 p.bit = bit
                 bit <<= 1
-                keys |= p.keys
                 (self.span_predicates if p.span_level else self.predicates).append(p)
         self.keys = frozenset(keys)
 

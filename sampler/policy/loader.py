@@ -32,6 +32,7 @@ from sampler.policy.status_code import StatusCode, StatusCodeConfig
 from sampler.policy.string_attribute import StringAttribute, StringAttributeConfig
 from sampler.policy.trace_flags import TraceFlags, TraceFlagsConfig
 from sampler.policy.trace_state import TraceState, TraceStateConfig
+from sampler.units import parse_duration
 from sampler.yamlfile import ConfigError, Loc, Problem, YamlDoc
 
 Clock = Callable[[], float]
@@ -118,6 +119,14 @@ def load_policies(doc: YamlDoc, base: Loc | None = None, clock: Clock = time.mon
     first_match = block.get("sample_on_first_match", False)
     if not isinstance(first_match, bool):
         builder.problems.append(doc.problem((*base, "sample_on_first_match"), "expected true or false"))
+    if block.get("decision_wait") is not None:
+        try:
+            parse_duration(block["decision_wait"])
+        except ValueError as exc:
+            builder.problems.append(doc.problem((*base, "decision_wait"), str(exc)))
+    num_traces = block.get("num_traces")
+    if num_traces is not None and (type(num_traces) is not int or num_traces <= 0):
+        builder.problems.append(doc.problem((*base, "num_traces"), "expected a positive integer"))
     if builder.problems:
         raise ConfigError(sorted(builder.problems, key=lambda p: p.line))
     return PolicySet(policies, block.get("decision_wait"), block.get("num_traces"), bool(first_match))

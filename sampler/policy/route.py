@@ -46,6 +46,8 @@ class RouteConfig(BaseModel):
 
 
 class Route(Policy):
+    predicate = False  # reads the root span's attributes from the summary, per trace
+
     def __init__(self, name: str, config: RouteConfig) -> None:
         super().__init__(name)
         self.lookup = (config.attribute, *(k for k in FALLBACK_KEYS if k != config.attribute))
@@ -60,6 +62,7 @@ class Route(Policy):
         ]
         self.default = config.default_percentage
         self.salt = config.hash_salt.encode()
+        self.thresholds = {pct: threshold(pct) for pct in (self.default, *(r.sample_percentage for r in config.rules))}
 
     def route_of(self, trace: TraceSummary) -> str | None:
         for attrs in (trace.root_attrs, trace.root_resource_attrs):
@@ -79,7 +82,7 @@ class Route(Policy):
 
     def evaluate(self, trace: TraceSummary) -> Vote:
         pct = self.percentage(trace)
-        hit = pct > 0 and trace_hash(self.salt, trace.trace_id) <= threshold(pct)
+        hit = pct > 0 and trace_hash(self.salt, trace.trace_id) <= self.thresholds[pct]
         return Vote.SAMPLED if hit else Vote.NOT_SAMPLED
 
     def sample_rate(self, trace: TraceSummary) -> float:
