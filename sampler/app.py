@@ -8,7 +8,6 @@ import contextlib
 import functools
 import gc
 import logging
-import os
 import signal
 import ssl
 import time
@@ -44,15 +43,6 @@ RELOAD_POLL_SECONDS = 1.0
 QUEUE_HIGH_WATER = 0.9
 SWEEP_CHUNK = 256  # traces decided between two chances for the receivers to run
 GC_THRESHOLDS = (50_000, 20, 20)  # a full collection every ~20M allocations: ~40 s at 100k spans/s
-
-
-def _file_state(path: Path) -> tuple[int, int, int] | None:
-    """What changes when the file (or the kubelet's `..data` symlink target) is replaced."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 class StartupError(Exception):
@@ -253,14 +243,11 @@ class App:
                 self.membership.revive(time.monotonic())
 
     async def _watch(self, path: Path) -> None:
-        state = _file_state(path)
+        files = Files(str(path))  # stat follows the kubelet's `..data` symlink anew each time
         while True:
             await asyncio.sleep(RELOAD_POLL_SECONDS)
-            current = _file_state(path)
-            if current is None or current == state:
-                continue
-            state = current
-            self.reload(path)
+            if files.changed() and path.exists():
+                self.reload(path)
 
     def reload(self, path: Path) -> bool:
         """Swap in the policies at `path`; a broken file keeps the last good policies."""

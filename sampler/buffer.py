@@ -14,15 +14,19 @@ from sampler.summary import TraceSummary
 
 
 class TraceEntry:
-    __slots__ = ("first_seen", "groups", "last_seen", "nbytes", "spans", "summary")
+    __slots__ = ("first_seen", "groups", "last_seen", "spans", "summary")
 
     def __init__(self, trace_id: bytes, now: float) -> None:
         self.spans: list[bytes] = []
         self.groups: list[Group] = []  # groups[i] is the resource/scope of spans[i]
-        self.nbytes = 0
         self.first_seen = now
         self.last_seen = now
         self.summary = TraceSummary(trace_id)
+
+    @property
+    def nbytes(self) -> int:
+        """Span bytes held for this trace (the summary sums them as spans are folded in)."""
+        return self.summary.nbytes
 
     @property
     def trace_id(self) -> bytes:
@@ -58,9 +62,9 @@ class Buffer:
         return entry
 
     def touched(self, entry: TraceEntry, now: float, added_bytes: int) -> None:
-        """Record that spans were just appended to `entry`: it becomes the most recently active."""
+        """Record that spans of `added_bytes` were just folded into `entry`: it becomes the most
+        recently active."""
         entry.last_seen = now
-        entry.nbytes += added_bytes
         self.nbytes += added_bytes
         self.by_last.move_to_end(entry.trace_id)
 

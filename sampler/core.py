@@ -19,7 +19,7 @@ from sampler.summary import TraceSummary
 class KeptTrace:
     """Spans of a kept trace (or late spans of one), ready to be spliced into an export request."""
 
-    __slots__ = ("groups", "policy", "sample_rate", "spans", "summary", "trace_id")
+    __slots__ = ("groups", "nbytes", "policy", "sample_rate", "spans", "summary", "trace_id")
 
     def __init__(
         self, trace_id: bytes, spans: list[bytes], groups: list[Group], verdict: Verdict,
@@ -31,6 +31,7 @@ class KeptTrace:
         self.policy = verdict.policy
         self.sample_rate = verdict.sample_rate
         self.summary = summary  # None for late spans
+        self.nbytes = summary.nbytes if summary is not None else sum(len(s) for s in spans)
 
 
 class Backpressure(Exception):
@@ -163,7 +164,7 @@ class Core:
         has_predicates = bool(engine.predicates)
         has_span_predicates = bool(engine.span_predicates)
         summary = entry.summary
-        added = 0
+        before = summary.nbytes
         for span in spans:
             bits = 0
             if has_predicates:
@@ -178,8 +179,7 @@ class Core:
             summary.add(span, bits)
             entry.spans.append(span.data)
             entry.groups.append(span.group)
-            added += len(span.data)
-        buffer.touched(entry, now, added)
+        buffer.touched(entry, now, summary.nbytes - before)
         if summary.spans > buffer.max_spans_per_trace or entry.nbytes > buffer.max_bytes_per_trace:
             self.stats.limited += 1
             self._decide(entry, now, LIMITED)

@@ -26,9 +26,8 @@ from sampler.app import App
 from sampler.config import load_config
 from sampler.otlp.splice import POLICY_KEY
 from sampler.otlp.wire import walk_request
-from sampler.receivers.grpc import SERVICE
+from sampler.receivers.grpc import EXPORT_METHOD, SERVICE
 
-METHOD = f"/{SERVICE}/Export"
 SERVICES = ("frontend", "checkout", "payments", "inventory", "users")
 ROUTES = ("/", "/checkout/pay", "/cart", "/products/{id}", "/users/{id}", "/search")
 
@@ -167,7 +166,7 @@ def _peak_rss_mb() -> float:
 async def _generate(port: int, templates: list[Template], seconds: float, sent: list[int]) -> None:
     rng = random.Random(7)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
+        call = channel.unary_unary(EXPORT_METHOD, request_serializer=None, response_deserializer=None)
         deadline = time.monotonic() + seconds
 
         async def worker() -> None:

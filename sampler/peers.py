@@ -19,12 +19,12 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
+from sampler.exporters.otlp_grpc import channel_options
 from sampler.otlp.splice import encode_request
 from sampler.otlp.wire import SpanFields
-from sampler.receivers.grpc import FORWARDED_HEADER, SERVICE
+from sampler.receivers.grpc import EXPORT_METHOD, FORWARDED_HEADER
 
 log = logging.getLogger("tailsampler.peers")
-METHOD = f"/{SERVICE}/Export"
 
 
 class Membership:
@@ -155,8 +155,7 @@ class Forwarder:
             self.queues[owner] = deque()
             self.sizes[owner] = 0
             self.wakes[owner] = asyncio.Event()
-            options = [("grpc.enable_http_proxy", 0), ("grpc.initial_reconnect_backoff_ms", 100),
-                       ("grpc.min_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
+            options = [("grpc.enable_http_proxy", 0), *channel_options(1000)]  # peers are always direct
             self.channels[owner] = (
                 grpc.aio.secure_channel(owner, self.credentials, options=options) if self.credentials is not None
                 else grpc.aio.insecure_channel(owner, options=options)
@@ -172,7 +171,7 @@ class Forwarder:
 
     async def _drain(self, owner: str) -> None:
         queue = self.queues[owner]
-        call = self.channels[owner].unary_unary(METHOD, request_serializer=None, response_deserializer=None)
+        call = self.channels[owner].unary_unary(EXPORT_METHOD, request_serializer=None, response_deserializer=None)
         while True:
             while not queue:
                 if not self._pending():

@@ -10,9 +10,15 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from sampler.config import TlsClient
 from sampler.core import KeptTrace
 from sampler.exporters.base import PermanentError, RetryableError, encode_batch, split_endpoint
+from sampler.receivers.grpc import EXPORT_METHOD
 from sampler.tls import Files, grpc_channel_credentials
 
-METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+def channel_options(max_backoff_ms: int) -> list[tuple[str, int]]:
+    """Client channel options: gRPC's own reconnect backoff grows to 120 s by default, so a recovered
+    server would wait for the channel long after our own retries have started asking again."""
+    return [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", max_backoff_ms)]
 RETRYABLE = frozenset({
     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
     grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DATA_LOSS,
@@ -48,20 +54,15 @@ class GrpcSender:
         self.annotate = annotate
 
     def _connect(self) -> None:
-        options = [
-            ("grpc.max_send_message_length", 64 * 2**20), ("grpc.max_receive_message_length", 4 * 2**20),
-            # gRPC's own reconnect backoff grows to 120 s by default: a recovered backend would then wait
-            # for the channel long after our retries (retry.max_interval) have started asking again.
-            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", self.max_backoff_ms),
-        ]
+        options = [("grpc.max_send_message_length", 64 * 2**20), ("grpc.max_receive_message_length", 4 * 2**20),
+                   *channel_options(self.max_backoff_ms)]
         if self.tls is not None:
             creds = grpc_channel_credentials(self.tls)
             self.channel = grpc.aio.secure_channel(self.target, creds, options=options)
         else:
             self.channel = grpc.aio.insecure_channel(self.target, options=options)
         self.call = self.channel.unary_unary(
-            METHOD, request_serializer=None, response_deserializer=ExportTraceServiceResponse.FromString
+            EXPORT_METHOD, request_serializer=None, response_deserializer=ExportTraceServiceResponse.FromString
         )
 
     async def send(self, batch: list[KeptTrace]) -> int:

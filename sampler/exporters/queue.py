@@ -22,10 +22,6 @@ from sampler.metrics import Metrics
 log = logging.getLogger("tailsampler.export")
 
 
-def _size(trace: KeptTrace) -> int:
-    return sum(len(s) for s in trace.spans)
-
-
 class ExportQueue:
     def __init__(
         self,
@@ -53,7 +49,7 @@ class ExportQueue:
 
     def put(self, trace: KeptTrace) -> bool:
         """Queue a kept trace; False (and counted) when the bound leaves no room for it."""
-        size = _size(trace)
+        size = trace.nbytes
         if self.nbytes + size > self.max_bytes and self.nbytes > 0:
             self.metrics.spans_dropped.labels("export_queue_full").inc(len(trace.spans))
             return False

@@ -25,6 +25,14 @@ class Vote(enum.Enum):
 KEEP_VOTES = (Vote.SAMPLED, Vote.INVERT_SAMPLED)
 
 
+def match_vote(hit: bool, invert: bool) -> Vote:
+    """The vote of an attribute match, as upstream: with invert_match, a match is InvertNotSampled
+    (a veto) and its absence InvertSampled."""
+    if invert:
+        return Vote.INVERT_NOT_SAMPLED if hit else Vote.INVERT_SAMPLED
+    return Vote.SAMPLED if hit else Vote.NOT_SAMPLED
+
+
 class Policy:
     """A named rule over a trace summary.
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sampler.otlp.wire import AttrValue
-from sampler.policy.base import Policy, Vote
+from sampler.policy.base import Policy, Vote, match_vote
 from sampler.summary import TraceSummary
 
 _INT64_MIN = -(1 << 63)
@@ -45,7 +45,4 @@ class NumericAttribute(Policy):
         return isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
 
     def evaluate(self, trace: TraceSummary) -> Vote:
-        hit = self.matched(trace)
-        if self.invert:
-            return Vote.INVERT_NOT_SAMPLED if hit else Vote.INVERT_SAMPLED
-        return Vote.SAMPLED if hit else Vote.NOT_SAMPLED
+        return match_vote(self.matched(trace), self.invert)

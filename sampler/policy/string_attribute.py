@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sampler.otlp.wire import AttrValue
-from sampler.policy.base import Policy, Vote
+from sampler.policy.base import Policy, Vote, match_vote
 from sampler.policy.regex import compile_pattern, joined
 from sampler.summary import TraceSummary
 
@@ -58,7 +58,4 @@ class StringAttribute(Policy):
         return value in self.values
 
     def evaluate(self, trace: TraceSummary) -> Vote:
-        hit = self.matched(trace)
-        if self.invert:
-            return Vote.INVERT_NOT_SAMPLED if hit else Vote.INVERT_SAMPLED
-        return Vote.SAMPLED if hit else Vote.NOT_SAMPLED
+        return match_vote(self.matched(trace), self.invert)

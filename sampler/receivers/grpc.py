@@ -18,11 +18,12 @@ from sampler.tls import grpc_server_credentials
 
 log = logging.getLogger("tailsampler.receiver.grpc")
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+EXPORT_METHOD = f"/{SERVICE}/Export"
 # Marks spans one instance forwarded to their owner, which must never forward them again.
 FORWARDED_HEADER = "tailsampler-forwarded"
 
 Ingest = Callable[[bytes, str], int]
-RETRY_AFTER_SECONDS = 1
+RETRY_AFTER_SECONDS = 1  # what both receivers tell senders to wait when pushing back
 
 
 def _retry_details(message: str) -> tuple[tuple[str, bytes], ...]:

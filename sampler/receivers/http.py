@@ -19,6 +19,7 @@ from sampler.auth import Authenticator
 from sampler.core import Backpressure
 from sampler.otlp.jsonconv import json_to_protobuf
 from sampler.otlp.wire import WireError
+from sampler.receivers.grpc import RETRY_AFTER_SECONDS
 
 log = logging.getLogger("tailsampler.receiver.http")
 PROTOBUF = "application/x-protobuf"
@@ -27,7 +28,6 @@ JSON = "application/json"
 Ingest = Callable[[bytes, str], int]
 
 
-RETRY_AFTER_SECONDS = 1
 _CODES = {400: 3, 401: 16, 413: 8, 503: 14}  # INVALID_ARGUMENT, UNAUTHENTICATED, RESOURCE_EXHAUSTED, UNAVAILABLE
 
 
