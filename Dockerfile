@@ -16,7 +16,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# A C compiler lets the build compile the OTLP wire walker with mypyc (setup.py); the runtime stage then
+# A C compiler lets the build compile the receive path (Cython, mypyc: setup.py); the runtime stage then
 # installs a wheel for this very base image. Without one the build falls back to pure Python.
 # Debian's toolchain packages are not version-pinned: the base image pins the distribution.
 # hadolint ignore=DL3008

@@ -6,15 +6,16 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint bench bench-e2e bench-plot wheel fuzz clean
 
-# The wire walker is compiled with mypyc by the package build (setup.py); an editable install puts
-# the extension beside its source, so editing the source must rebuild it.
-$(STAMP): pyproject.toml setup.py sampler/otlp/wire.py sampler/summary.py sampler/buffer.py sampler/core.py sampler/policy/hashing.py
+# The receive path is compiled by the package build (setup.py: Cython and mypyc); an editable install
+# puts the extensions beside their sources, so editing a source must rebuild them.
+$(STAMP): pyproject.toml setup.py sampler/otlp/_split.pyx sampler/summary.py sampler/buffer.py sampler/core.py sampler/policy/hashing.py \
+		sampler/policy/engine.py sampler/decisions.py sampler/otlp/splice.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The editable install compiles the receive path in place (setup.py). That needs the build
 	# requirements (pyproject's [build-system]) in the venv and no build isolation: an isolated
 	# editable build leaves the compiled modules where the package's imports never look.
-	$(BIN)/python -m pip install --quiet 'setuptools>=77' wheel 'mypy>=1.10'
+	$(BIN)/python -m pip install --quiet 'setuptools>=77' wheel 'mypy>=1.10' 'Cython>=3.1'
 	$(BIN)/python -m pip install --quiet --no-build-isolation -e '.[test]'
 	touch $(STAMP)
 
@@ -42,7 +43,7 @@ wheel: $(STAMP)
 	$(BIN)/python -m pip wheel --no-deps . -w dist
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info sampler/otlp/*.so
+	rm -rf $(VENV) build dist *.egg-info sampler/*.so sampler/*/*.so sampler/otlp/_split.c
 
 # A long fuzz run (make test runs the same tests briefly); well over an hour at this size.
 fuzz: $(STAMP)

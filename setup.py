@@ -1,9 +1,11 @@
-"""Build hook: compile the wire-format walker (sampler/otlp/wire.py) with mypyc.
+"""Build hook: compile the receive path. The per-span work (walking, validating and splitting each
+request by trace: sampler/otlp/_split.pyx) is C through Cython, since it reads bytes at pointer
+speed; the per-trace work around it (summary, buffer, core, hashing) is typed Python compiled with
+mypyc.
 
-Everything else is declared in pyproject.toml. The compiled module is an optimisation only: when
-mypyc or a C compiler is unavailable, when compiling fails, or when TAILSAMPLER_NO_COMPILE=1 is set,
-the package installs as pure Python and `sampler.otlp.wire` runs interpreted (its `COMPILED` flag
-says which one is loaded).
+Everything else is declared in pyproject.toml. The compiled modules are an optimisation only: when
+Cython, mypyc or a C compiler is unavailable, when compiling fails, or when TAILSAMPLER_NO_COMPILE=1
+is set, the package installs as pure Python (`sampler.otlp.split.COMPILED` says which one is loaded).
 """
 
 from __future__ import annotations
@@ -15,31 +17,35 @@ import sys
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-# The receive path: the wire walker, and the per-span / per-trace work of the core around it.
-COMPILED_MODULES = [
-    "sampler/otlp/wire.py",
+CYTHON_MODULES = ["sampler/otlp/_split.pyx"]
+# The per-trace work of the core around the splitter.
+MYPYC_MODULES = [
     "sampler/summary.py",
     "sampler/buffer.py",
     "sampler/core.py",
     "sampler/policy/hashing.py",
+    "sampler/policy/engine.py",
+    "sampler/decisions.py",
+    "sampler/otlp/splice.py",
 ]
 
 
 def _warn(message: str) -> None:
-    print(f"tailsampler setup: {message}; installing the pure-Python walker", file=sys.stderr)
+    print(f"tailsampler setup: {message}; installing the pure-Python receive path", file=sys.stderr)
 
 
 def _remove_stale_inplace_builds() -> None:
     """An editable install compiles in place; a later pure-Python build must not leave the old
     extension module shadowing the .py source."""
-    for path in COMPILED_MODULES:
-        for so in glob.glob(path[:-3] + ".*.so") + glob.glob(path[:-3] + "__mypyc.*.so"):
+    for path in MYPYC_MODULES + CYTHON_MODULES:
+        stem = path.rsplit(".", 1)[0]
+        for so in glob.glob(stem + ".*.so") + glob.glob(stem + "__mypyc.*.so"):
             os.remove(so)
 
 
 class OptionalBuildExt(build_ext):
-    """Build the mypyc extensions, but fall back to pure Python instead of failing the install.
-    The extensions of one walker only work together, so if any of them fails none is kept."""
+    """Build the extensions, but fall back to pure Python instead of failing the install. The
+    compiled modules are built and tested together, so if any of them fails none is kept."""
 
     def run(self) -> None:
         if self.inplace or getattr(self, "editable_mode", False):  # editable: no old build may shadow the source
@@ -77,17 +83,22 @@ def ext_modules() -> list[object]:
         _remove_stale_inplace_builds()
         _warn("TAILSAMPLER_NO_COMPILE is set")
         return []
-    try:
-        from mypyc.build import mypycify
-    except ImportError as exc:
-        _warn(f"mypyc is not available ({exc})")
+    if sys.byteorder != "little":  # the splitter reads fixed64/fixed32 fields in host byte order
+        _warn("big-endian host")
         return []
     try:
+        from Cython.Build import cythonize
+        from mypyc.build import mypycify
+    except ImportError as exc:
+        _warn(f"Cython or mypyc is not available ({exc})")
+        return []
+    try:
+        cython_ext = cythonize(CYTHON_MODULES, quiet=True)
         # The build environment has mypy but not the runtime dependencies' stubs: treat those
-        # imports as Any (the walker's hot code does not touch them).
-        return list(mypycify(["--ignore-missing-imports", *COMPILED_MODULES], opt_level="3"))
+        # imports as Any (the hot code does not touch them).
+        return [*cython_ext, *mypycify(["--ignore-missing-imports", *MYPYC_MODULES], opt_level="3")]
     except BaseException as exc:  # mypy reports type errors by raising SystemExit
-        _warn(f"mypyc could not compile the walker ({exc!r})")
+        _warn(f"compiling the receive path failed ({exc!r})")
         return []
 
 

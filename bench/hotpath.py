@@ -17,6 +17,7 @@ import tracemalloc
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from sampler.app import tune_gc
 from sampler.buffer import Buffer
 from sampler.config import default_policies_doc
 from sampler.core import Core, KeptTrace
@@ -93,6 +94,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     requests, spans = make_requests(args.requests)
+    tune_gc()  # as `tailsampler run` does
     hot = []
     floor = []
     for _ in range(args.repeat):

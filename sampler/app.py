@@ -25,7 +25,7 @@ from sampler.exporters import build_sender
 from sampler.exporters.base import Sender
 from sampler.exporters.queue import ExportQueue
 from sampler.metrics import Metrics, PeerCollector
-from sampler.otlp.wire import SpanFields
+from sampler.otlp.split import Chunk
 from sampler.peers import Forwarder, Membership, watch_dns
 from sampler.policy.base import Policy
 from sampler.policy.engine import Verdict
@@ -69,6 +69,14 @@ class Worker:
     peers: tuple[str, ...]
 
 
+def tune_gc() -> None:
+    """The buffer holds hundreds of thousands of long-lived objects without reference cycles; the
+    default thresholds make the collector walk all of them several times a second, stalling every
+    request for tens of milliseconds. Collect the young generation rarely, the old one rarer."""
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLDS[0], GC_THRESHOLDS[1], GC_THRESHOLDS[2])
+
+
 class App:
     def __init__(self, loaded: Loaded, sender: Sender | None = None, worker: Worker | None = None) -> None:
         self.loaded = loaded
@@ -87,11 +95,7 @@ class App:
 
     async def start(self) -> None:
         cfg = self.config
-        # The buffer holds hundreds of thousands of long-lived objects without reference cycles; the
-        # default thresholds make the collector walk all of them several times a second, stalling every
-        # request for tens of milliseconds. Collect the young generation rarely, the old one rarer.
-        gc.freeze()
-        gc.set_threshold(GC_THRESHOLDS[0], GC_THRESHOLDS[1], GC_THRESHOLDS[2])
+        tune_gc()
         self.loop = asyncio.get_running_loop()
         buf = cfg.buffer
         self.core = Core(
@@ -203,8 +207,8 @@ class App:
                                                    name="peer-dns"))
         log.info("sharding traces among %d members (self %s)", len(membership.members), membership.self_addr)
 
-    def _keep_here(self, spans: list[SpanFields]) -> None:
-        self.core.ingest_spans(spans, self.loop.time())
+    def _keep_here(self, chunks: list[Chunk]) -> None:
+        self.core.keep_here(chunks, self.loop.time())
 
     def _refused(self, protocol: str) -> Callable[[str], None]:
         return functools.partial(self._count_refused, protocol)

@@ -11,7 +11,9 @@ from collections.abc import Callable
 
 from sampler.buffer import Buffer, TraceEntry
 from sampler.decisions import DecisionCache
-from sampler.otlp.wire import Group, SpanFields, resource_attrs, span_fields, walk_request
+from sampler.otlp.splice import encode_request
+from sampler.otlp.split import Chunk, Splitter, split_request
+from sampler.otlp.wire import Group
 from sampler.policy.engine import Engine, Verdict
 from sampler.summary import TraceSummary
 
@@ -82,117 +84,87 @@ class Core:
         self.observe_lag = observe_lag
         self.on_decision = on_decision
         self.stats = Stats()
-        self._groups: dict[tuple[bytes, bytes], Group] = {}
         self.engine = engine
+        self.splitter = _splitter(engine)
         # Sharding (peers.py): the owner of a trace id when it is another instance, and where to send it.
         self.route: Callable[[bytes], str | None] | None = None
-        self.forward: Callable[[str, list[SpanFields]], None] | None = None
+        self.forward: Callable[[str, list[Chunk]], None] | None = None
         engine.on_error = self._policy_error
 
     def _policy_error(self, policy: object, exc: Exception) -> None:
         self.stats.policy_errors[getattr(policy, "name", "?")] += 1
-
-    def _intern(self, group: Group) -> Group:
-        """Share one Group between requests with the same resource and scope bytes."""
-        key = (group.resource, group.scope)
-        found = self._groups.get(key)
-        if found is not None:
-            return found
-        if len(self._groups) >= 4096:
-            self._groups.clear()
-        self._groups[key] = group
-        return group
 
     def ingest(self, data: bytes, protocol: str, now: float) -> int:
         """Take one ExportTraceServiceRequest; returns its span count. Raises WireError when the
         request is malformed and Backpressure when the buffer cannot take it now, in both cases
         having changed nothing. Traces owned by another instance go to `forward`, except in requests
         that were themselves forwarded (protocol "peer"), which are always kept here."""
-        spans = walk_request(data, self.engine.keys)
-        by_trace: dict[bytes, list[SpanFields]] = {}
-        last: Group | None = None
-        shared: Group | None = None
-        for span in spans:
-            if span.group is not last:
-                last = span.group
-                shared = self._intern(last)
-            assert shared is not None
-            span.group = shared
-            lst = by_trace.get(span.trace_id)
-            if lst is None:
-                by_trace[span.trace_id] = [span]
-            else:
-                lst.append(span)
-        remote: dict[str, list[SpanFields]] = {}
+        chunks = split_request(data, self.splitter)
+        nspans = 0
+        for chunk in chunks:
+            nspans += len(chunk.spans)
+        local = chunks
+        remote: dict[str, list[Chunk]] = {}
         if self.route is not None and protocol != "peer":
-            for trace_id in list(by_trace):
-                owner = self.route(trace_id)
-                if owner is not None:
-                    remote.setdefault(owner, []).extend(by_trace.pop(trace_id))
+            local = []
+            for chunk in chunks:
+                owner = self.route(chunk.trace_id)
+                if owner is None:
+                    local.append(chunk)
+                else:
+                    remote.setdefault(owner, []).append(chunk)
         buffer = self.buffer
         if buffer.min_eviction_age > 0:
-            new = sum(1 for t in by_trace if buffer.get(t) is None)
-            local_bytes = sum(len(s.data) for lst in by_trace.values() for s in lst)
+            new = 0
+            local_bytes = 0
+            for chunk in local:
+                local_bytes += chunk.nbytes
+                if buffer.get(chunk.trace_id) is None:
+                    new += 1
             if buffer.would_evict_young(new, local_bytes, now):
                 raise Backpressure
-        self.stats.spans_received[protocol] += len(spans)
-        for trace_id, lst in by_trace.items():
-            self._add(trace_id, lst, now)
+        self.stats.spans_received[protocol] += nspans
+        for chunk in local:
+            self._add(chunk, now)
         if remote and self.forward is not None:
             for owner, owned in remote.items():
                 self.forward(owner, owned)
-        return len(spans)
+        return nspans
 
-    def ingest_spans(self, spans: list[SpanFields], now: float) -> None:
-        """Keep already-walked spans here (forwarding to their owner gave up): no routing."""
-        by_trace: dict[bytes, list[SpanFields]] = {}
-        for span in spans:
-            by_trace.setdefault(span.trace_id, []).append(span)
-        for trace_id, lst in by_trace.items():
-            self._add(trace_id, lst, now)
+    def keep_here(self, chunks: list[Chunk], now: float) -> None:
+        """Keep chunks here that forwarding to their owner gave up on: no routing. They are split
+        again, since the policies (and so the predicate bits) may have been reloaded meanwhile."""
+        body = encode_request((c.spans, c.groups, b"") for c in chunks)
+        for chunk in split_request(body, self.splitter):
+            self._add(chunk, now)
 
-    def _add(self, trace_id: bytes, spans: list[SpanFields], now: float) -> None:
+    def _add(self, chunk: Chunk, now: float) -> None:
         buffer = self.buffer
+        trace_id = chunk.trace_id
         entry = buffer.get(trace_id)
         if entry is None:
             verdict = self.decisions.get(trace_id)
             if verdict is not None:
-                self._late(trace_id, spans, verdict)
+                self._late(chunk, verdict)
                 return
             entry = buffer.create(trace_id, now)
-        engine = self.engine
-        has_predicates = bool(engine.predicates)
-        has_span_predicates = bool(engine.span_predicates)
-        summary = entry.summary
-        before = summary.nbytes
-        for span in spans:
-            bits = 0
-            if has_predicates:
-                group = span.group
-                bits = group.match_bits
-                if bits < 0:
-                    bits = group.match_bits = engine.bits(group.attrs, True)
-                if span.attrs:
-                    bits |= engine.bits(span.attrs, False)
-            if has_span_predicates:
-                bits |= engine.span_bits(span)
-            summary.add(span, bits)
-            entry.spans.append(span.data)
-            entry.groups.append(span.group)
-        buffer.touched(entry, now, summary.nbytes - before)
-        if summary.spans > buffer.max_spans_per_trace or entry.nbytes > buffer.max_bytes_per_trace:
+        entry.summary.merge(chunk)
+        entry.spans.extend(chunk.spans)
+        entry.groups.extend(chunk.groups)
+        buffer.touched(entry, now, chunk.nbytes)
+        if entry.summary.spans > buffer.max_spans_per_trace or entry.nbytes > buffer.max_bytes_per_trace:
             self.stats.limited += 1
             self._decide(entry, now, LIMITED)
         while buffer.over_bounds():
             self.stats.evicted += 1
             self._decide(buffer.oldest(), now, EVICTED)
 
-    def _late(self, trace_id: bytes, spans: list[SpanFields], verdict: Verdict) -> None:
+    def _late(self, chunk: Chunk, verdict: Verdict) -> None:
         if verdict.keep:
-            self.stats.late_spans["keep"] += len(spans)
-            self.emit(KeptTrace(trace_id, [s.data for s in spans], [s.group for s in spans], verdict, None))
+            self.stats.late_spans["keep"] += len(chunk.spans)
+            self.emit(KeptTrace(chunk.trace_id, chunk.spans, chunk.groups, verdict, None))
         else:
-            self.stats.late_spans["drop"] += len(spans)
+            self.stats.late_spans["drop"] += len(chunk.spans)
 
     def _decide(self, entry: TraceEntry, now: float, reason: str) -> None:
         self.buffer.remove(entry)
@@ -230,19 +202,25 @@ class Core:
 
     def set_engine(self, engine: Engine) -> None:
         """Swap in new policies and re-summarise buffered traces under them (reloads are rare, so
-        re-reading the stored spans is cheaper than keeping every attribute just in case)."""
+        splitting the stored spans again is cheaper than keeping every attribute just in case)."""
         engine.on_error = self._policy_error
         self.engine = engine
-        self._groups.clear()
-        refreshed: set[int] = set()
+        self.splitter = _splitter(engine)
         for entry in self.buffer.entries():
             summary = TraceSummary(entry.trace_id)
-            for data, group in zip(entry.spans, entry.groups, strict=True):
-                if id(group) not in refreshed:
-                    refreshed.add(id(group))
-                    group.attrs = resource_attrs(group.resource, engine.keys)
-                    group.match_bits = engine.bits(group.attrs, True) if engine.predicates else 0
-                span = span_fields(data, group, engine.keys)
-                bits = group.match_bits | (engine.bits(span.attrs, False) if span.attrs else 0)
-                summary.add(span, bits | engine.span_bits(span))
+            spans: list[bytes] = []
+            groups: list[Group] = []
+            for chunk in split_request(encode_request([(entry.spans, entry.groups, b"")]), self.splitter):
+                summary.merge(chunk)
+                spans.extend(chunk.spans)
+                groups.extend(chunk.groups)
             entry.summary = summary
+            entry.spans = spans
+            entry.groups = groups
+
+
+def _splitter(engine: Engine) -> Splitter:
+    return Splitter(
+        engine.keys, engine.value_bits, engine.resource_bits,
+        engine.span_bits if engine.span_predicates else None,
+    )

@@ -25,7 +25,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 from sampler.app import App
 from sampler.config import load_config
 from sampler.otlp.splice import POLICY_KEY
-from sampler.otlp.wire import walk_request
+from sampler.otlp.split import Splitter, split_request
+from sampler.otlp.wire import AttrValue
 from sampler.receivers.grpc import EXPORT_METHOD, SERVICE
 
 SERVICES = ("frontend", "checkout", "payments", "inventory", "users")
@@ -141,17 +142,26 @@ class Sink:
     def __init__(self) -> None:
         self.spans = 0
         self.traces: dict[str, set[bytes]] = {}
+        self.policies: list[str] = []  # bit i of a chunk's bits: its spans carry policy i's annotation
+        self.splitter = Splitter(frozenset({POLICY_KEY}), self._policy_bit, lambda attrs: 0)
         self.server = grpc.aio.server()
         handler = grpc.unary_unary_rpc_method_handler(self._export, request_deserializer=None,
                                                       response_serializer=None)
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),))
 
     async def _export(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        for span in walk_request(request, frozenset({POLICY_KEY})):
-            self.spans += 1
-            policy = str((span.attrs or {}).get(POLICY_KEY, "?"))
-            self.traces.setdefault(policy, set()).add(span.trace_id)
+        for chunk in split_request(request, self.splitter):
+            self.spans += len(chunk.spans)
+            for i, policy in enumerate(self.policies):
+                if chunk.bits >> i & 1:
+                    self.traces.setdefault(policy, set()).add(chunk.trace_id)
         return b""
+
+    def _policy_bit(self, key: str, value: AttrValue) -> int:
+        policy = str(value)
+        if policy not in self.policies:
+            self.policies.append(policy)
+        return 1 << self.policies.index(policy)
 
     async def start(self) -> int:
         port: int = self.server.add_insecure_port("127.0.0.1:0")

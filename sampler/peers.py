@@ -21,7 +21,7 @@ import grpc
 
 from sampler.exporters.otlp_grpc import channel_options
 from sampler.otlp.splice import encode_request
-from sampler.otlp.wire import SpanFields
+from sampler.otlp.split import Chunk
 from sampler.receivers.grpc import EXPORT_METHOD, FORWARDED_HEADER
 
 log = logging.getLogger("tailsampler.peers")
@@ -106,7 +106,7 @@ class PeerStats:
 
 
 class Forwarder:
-    """Per-peer bounded queues of spans to forward, drained by one sender task per peer.
+    """Per-peer bounded queues of trace chunks to forward, drained by one sender task per peer.
 
     Forwarding is retried for up to `max_elapsed` seconds; after that, or at once when the owner has
     left the membership or its queue is full, the spans are handed to `local` (ingested here): a
@@ -116,7 +116,7 @@ class Forwarder:
     def __init__(
         self,
         membership: Membership,
-        local: Callable[[list[SpanFields]], None],
+        local: Callable[[list[Chunk]], None],
         max_bytes: int = 32 * 2**20,
         max_elapsed: float = 5.0,
         timeout: float = 5.0,
@@ -135,7 +135,7 @@ class Forwarder:
         self.timeout = timeout
         self.down_cooldown = down_cooldown
         self.stats = PeerStats()
-        self.queues: dict[str, deque[list[SpanFields]]] = {}
+        self.queues: dict[str, deque[list[Chunk]]] = {}
         self.sizes: dict[str, int] = {}
         self.wakes: dict[str, asyncio.Event] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -144,12 +144,12 @@ class Forwarder:
         self.idle.set()
         self.in_flight = 0
 
-    def forward(self, owner: str, spans: list[SpanFields]) -> None:
-        """Queue spans for `owner` (called by the core for every owner of a request's traces)."""
-        size = sum(len(s.data) for s in spans)
+    def forward(self, owner: str, chunks: list[Chunk]) -> None:
+        """Queue trace chunks for `owner` (called by the core for every owner of a request's traces)."""
+        size = sum(c.nbytes for c in chunks)
         if self.sizes.get(owner, 0) + size > self.max_bytes:
-            self.stats.fallback["queue_full"] += len(spans)
-            self.local(spans)
+            self.stats.fallback["queue_full"] += _spans(chunks)
+            self.local(chunks)
             return
         if owner not in self.tasks:
             self.queues[owner] = deque()
@@ -161,7 +161,7 @@ class Forwarder:
                 else grpc.aio.insecure_channel(owner, options=options)
             )
             self.tasks[owner] = asyncio.create_task(self._drain(owner), name=f"forward-{owner}")
-        self.queues[owner].append(spans)
+        self.queues[owner].append(chunks)
         self.sizes[owner] += size
         self.idle.clear()
         self.wakes[owner].set()
@@ -178,23 +178,24 @@ class Forwarder:
                     self.idle.set()
                 self.wakes[owner].clear()
                 await self.wakes[owner].wait()
-            batch: list[SpanFields] = []
-            while queue and len(batch) < 4096:
+            batch: list[Chunk] = []
+            while queue and _spans(batch) < 4096:
                 batch.extend(queue.popleft())
             self.in_flight += 1
             try:
                 await self._send(owner, call, batch)
             finally:
                 self.in_flight -= 1
-                self.sizes[owner] -= sum(len(s.data) for s in batch)
+                self.sizes[owner] -= sum(c.nbytes for c in batch)
 
-    async def _send(self, owner: str, call: grpc.aio.UnaryUnaryMultiCallable, batch: list[SpanFields]) -> None:
-        body = encode_request([([s.data for s in batch], [s.group for s in batch], b"")])
+    async def _send(self, owner: str, call: grpc.aio.UnaryUnaryMultiCallable, batch: list[Chunk]) -> None:
+        body = encode_request((c.spans, c.groups, b"") for c in batch)
+        spans = _spans(batch)
         deadline = time.monotonic() + self.max_elapsed
         delay = 0.05
         while True:
             if owner not in self.membership.alive:
-                self.stats.fallback["owner_left"] += len(batch)
+                self.stats.fallback["owner_left"] += spans
                 self.local(batch)
                 return
             try:
@@ -203,15 +204,15 @@ class Forwarder:
                 self.stats.failures += 1
                 if time.monotonic() + delay > deadline:
                     log.warning("forwarding %d spans to %s failed (%s); handling them here",
-                                len(batch), owner, exc.code().name)
+                                spans, owner, exc.code().name)
                     self.membership.mark_down(owner, time.monotonic() + self.down_cooldown)
-                    self.stats.fallback["owner_unreachable"] += len(batch)
+                    self.stats.fallback["owner_unreachable"] += spans
                     self.local(batch)
                     return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
-            self.stats.forwarded += len(batch)
+            self.stats.forwarded += spans
             return
 
     async def flush(self, timeout: float) -> bool:
@@ -229,10 +230,14 @@ class Forwarder:
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         for owner, queue in self.queues.items():  # what could not be sent is kept here
             while queue:
-                spans = queue.popleft()
-                self.stats.fallback["owner_unreachable"] += len(spans)
-                self.local(spans)
+                chunks = queue.popleft()
+                self.stats.fallback["owner_unreachable"] += _spans(chunks)
+                self.local(chunks)
             await self.channels[owner].close()
+
+
+def _spans(chunks: list[Chunk]) -> int:
+    return sum(len(c.spans) for c in chunks)
 
 
 async def resolve(name: str, port: int) -> list[str]:

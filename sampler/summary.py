@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sampler.otlp.wire import AttrValue, SpanFields
+from sampler.otlp.split import Chunk
+from sampler.otlp.wire import AttrValue
 
 # Bits of TraceSummary.status_mask, by OTLP status code (UNSET=0, OK=1, ERROR=2).
 STATUS_UNSET = 1
@@ -46,26 +47,27 @@ class TraceSummary:
         self.root_resource_attrs: dict[str, AttrValue] = {}
         self.first_service = ""
 
-    def add(self, span: SpanFields, bits: int) -> None:
-        """Fold one span (and the policy-predicate bits it and its resource satisfied) in."""
+    def merge(self, chunk: Chunk) -> None:
+        """Fold one request's spans of this trace in (their predicate bits included)."""
         if self.spans == 0:
-            self.min_start = span.start
-            self.max_end = span.end
-            self.first_service = span.group.service
+            self.min_start = chunk.min_start
+            self.max_end = chunk.max_end
+            self.first_service = chunk.groups[0].service
         else:
-            if span.start < self.min_start:
-                self.min_start = span.start
-            if span.end > self.max_end:
-                self.max_end = span.end
-        self.spans += 1
-        self.nbytes += len(span.data)
-        self.status_mask |= 1 << (span.status if span.status <= 2 else 0)
-        self.matches |= bits
-        if span.is_root:
-            self.root_name = span.name
-            self.root_service = span.group.service
-            self.root_attrs = span.attrs or {}
-            self.root_resource_attrs = span.group.attrs
+            if chunk.min_start < self.min_start:
+                self.min_start = chunk.min_start
+            if chunk.max_end > self.max_end:
+                self.max_end = chunk.max_end
+        self.spans += len(chunk.spans)
+        self.nbytes += chunk.nbytes
+        self.status_mask |= chunk.status_mask
+        self.matches |= chunk.bits
+        root = chunk.root_group
+        if root is not None:
+            self.root_name = chunk.root_name
+            self.root_service = root.service
+            self.root_attrs = chunk.root_attrs or {}
+            self.root_resource_attrs = root.attrs
 
     @property
     def duration_ns(self) -> int:

@@ -1,118 +1,146 @@
-"""Which wire walker is loaded (mypyc-compiled or interpreted), and the interpreted fallback kept
-correct: the walker's core differential checks run against the pure-Python source loaded straight
-from wire.py, and the two builds must agree exactly (spans, fields and error messages)."""
+"""Which receive path is loaded (compiled or interpreted), and the two kept in agreement: the
+compiled splitter (Cython, `_split.pyx`) and the interpreted one (`wire.walk_request` + grouping)
+must give the same chunks for every request, refuse the same requests, and both agree with upb."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
+import zlib
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import ModuleType
 
-import pytest
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-import sampler.otlp.wire as loaded
+import sampler.otlp.split as split
 from sampler.demo import build_template
+from sampler.otlp.split import Chunk, Splitter
+from sampler.otlp.wire import AttrValue, SpanFields, WireError
 from tests.spans import S, request
-from tests.test_wire import KEYS, assert_same, ids_valid, mutated, upb_spans
+from tests.test_wire import KEYS, ids_valid, mutated, upb_spans
 
-SOURCE = Path(loaded.__file__).with_name("wire.py")
+Split = Callable[[bytes, Splitter], list[Chunk]]
+SPLITS: list[Split] = [split._split_request]
+if split.COMPILED:
+    from sampler.otlp._split import split_request as compiled_split
 
-
-def _load_pure() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("tailsampler_wire_pure", SOURCE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    SPLITS.append(compiled_split)
 
 
-PURE = _load_pure()
+def _bit(*parts: object) -> int:
+    return 1 << (zlib.crc32(repr(parts).encode()) % 9)
 
 
-def outcome(module: ModuleType, data: bytes, keys: frozenset[str]) -> object:
-    """Everything a walker tells the core about a request, or the error it refused it with."""
+def value_bits(key: str, value: AttrValue) -> int:
+    return _bit(key, type(value).__name__, value)
+
+
+def resource_bits(attrs: Mapping[str, AttrValue]) -> int:
+    return _bit(sorted(attrs.items()))
+
+
+def span_bits(span: SpanFields) -> int:
+    return _bit(span.name, span.kind, span.flags, span.trace_state, span.is_root, span.status, span.start, span.end)
+
+
+def wide_value_bits(key: str, value: AttrValue) -> int:
+    return value_bits(key, value) << 70  # an engine with more predicates than a C integer holds
+
+
+def splitter(keys: frozenset[str], whole_spans: bool = False, wide: bool = False) -> Splitter:
+    return Splitter(keys, wide_value_bits if wide else value_bits, resource_bits, span_bits if whole_spans else None)
+
+
+def outcome(split_request: Split, data: bytes, keys: frozenset[str], whole_spans: bool = False,
+            wide: bool = False) -> object:
+    """Everything a splitter tells the core about a request, or that it refused it."""
     try:
-        spans = module.walk_request(data, keys)
-    except module.WireError as exc:
-        return ("refused", str(exc))
+        chunks = split_request(data, splitter(keys, whole_spans, wide))
+    except WireError:
+        return "refused"
     return [
-        (s.data, s.trace_id, s.is_root, s.name, s.kind, s.start, s.end, s.status, s.flags, s.trace_state,
-         s.attrs, s.group.resource, s.group.scope, s.group.attrs, s.group.service)
-        for s in spans
+        (c.trace_id, c.spans, [(g.resource, g.scope, g.attrs, g.service, g.match_bits) for g in c.groups],
+         c.nbytes, c.min_start, c.max_end, c.status_mask, c.bits, c.root_name, c.root_attrs,
+         None if c.root_group is None else c.root_group.resource)
+        for c in chunks
     ]
 
 
 def test_compiled_flag_reports_the_loaded_module() -> None:
-    assert loaded.COMPILED is (not loaded.__file__.endswith(".py"))
-    assert PURE.COMPILED is False
-    assert PURE.__file__ == str(SOURCE)
+    assert split.COMPILED is (split.split_request is not split._split_request)
 
 
 def test_a_built_extension_is_the_module_loaded() -> None:
-    """An extension beside the source shadows it; with TAILSAMPLER_EXPECT_COMPILED=1 (set where the
-    build must have compiled, e.g. CI after `pip install .`) the compiled modules are required."""
-    built = [p for p in SOURCE.parent.glob("wire.*") if p.suffix in (".so", ".pyd")]
+    """An extension beside the source is loaded; with TAILSAMPLER_EXPECT_COMPILED=1 (set where the
+    build must have compiled, e.g. CI after `make`) every compiled module is required."""
+    built = [p for p in Path(split.__file__).parent.glob("_split.*") if p.suffix in (".so", ".pyd")]
     if built or os.environ.get("TAILSAMPLER_EXPECT_COMPILED") == "1":
-        assert loaded.COMPILED, f"compiled walker not loaded: {loaded.__file__}"
+        assert split.COMPILED, "compiled splitter not loaded"
     if os.environ.get("TAILSAMPLER_EXPECT_COMPILED") == "1":
         import sampler.buffer
         import sampler.core
+        import sampler.decisions
+        import sampler.otlp.splice
+        import sampler.policy.engine
         import sampler.policy.hashing
         import sampler.summary
 
-        for module in (sampler.core, sampler.summary, sampler.buffer, sampler.policy.hashing):
+        for module in (sampler.core, sampler.summary, sampler.buffer, sampler.policy.hashing, sampler.policy.engine,
+                       sampler.decisions, sampler.otlp.splice):
             assert not (module.__file__ or "").endswith(".py"), f"{module.__name__} is not compiled"
 
 
-def test_pure_walker_matches_upb_on_realistic_requests() -> None:
-    rng = random.Random(5)
-    for _ in range(3):
-        data = build_template(rng, spans_per_request=128).stamp(rng)
-        assert_same(PURE.walk_request(data, KEYS), upb_spans(data))
-
-
-def test_pure_walker_refuses_bad_ids_and_utf8() -> None:
-    good = request([S(1, 1, attrs={"other": "xyzzy"})])
-    with pytest.raises(PURE.WireError, match="UTF-8"):
-        PURE.walk_request(good.replace(b"xyzzy", b"xy\xffzy"), KEYS)
-    msg = ExportTraceServiceRequest()
-    msg.resource_spans.add().scope_spans.add().spans.append(Span(span_id=b"12345678"))
-    with pytest.raises(PURE.WireError, match="no trace_id"):
-        PURE.walk_request(msg.SerializeToString(), KEYS)
-
-
-def test_compiled_and_pure_agree_on_realistic_requests_with_many_key_sets() -> None:
+def test_splitters_agree_on_realistic_requests_with_many_key_sets() -> None:
     rng = random.Random(9)
     long_key = "k" * 70
     data = request([S(1, 1, attrs={long_key: "v", "é.ключ": "ü", "x" * 62: 1, "http.route": "/r"}),
-                    S(1, 2, parent=1, attrs={"ratio": 0.25, "n": -5})])
+                    S(1, 2, parent=1, attrs={"ratio": 0.25, "n": -5, "big": 1 << 40, "t": True}),
+                    S(2, 3, attrs={"n": 3, "s": "x" * 200}, trace_state="a=b", flags=0x301, status=2)])
     requests = [data] + [build_template(rng, spans_per_request=64).stamp(rng) for _ in range(2)]
-    key_sets = [KEYS, frozenset(), frozenset({long_key, "é.ключ", "x" * 62, "ratio", "n", "http.route"})]
+    key_sets = [KEYS, frozenset(), frozenset({long_key, "é.ключ", "x" * 62, "ratio", "n", "big", "t", "http.route"})]
     for req in requests:
         for keys in key_sets:
-            assert outcome(loaded, req, keys) == outcome(PURE, req, keys)
+            for whole_spans in (False, True):
+                for wide in (False, True):
+                    outcomes = [outcome(s, req, keys, whole_spans, wide) for s in SPLITS]
+                    assert outcomes[0] != "refused"
+                    assert all(o == outcomes[0] for o in outcomes), (keys, whole_spans, wide)
+
+
+def test_a_repeated_wanted_key_keeps_its_last_value_in_both() -> None:
+    """OTLP forbids duplicate keys, but a request may carry them: the last value counts, as in a dict."""
+    from sampler.otlp.splice import field
+    from tests.spans import span_message
+
+    dup = field(0x4A, b"\x0a\x01n\x12\x02\x18\x07") + field(0x4A, b"\x0a\x01n\x12\x02\x18\x09")
+    span = span_message(S(1, 1)).SerializeToString() + dup
+    data = field(0x0A, field(0x12, field(0x12, span)))
+    keys = frozenset({"n"})
+    for s in SPLITS:
+        (chunk,) = s(data, splitter(keys))
+        assert chunk.root_attrs == {"n": 9}
+        assert chunk.bits == value_bits("n", 9) | resource_bits({})
+    assert outcome(SPLITS[0], data, keys) == outcome(SPLITS[-1], data, keys)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated())
-def test_pure_walker_differential_on_mutated_requests(data: bytes) -> None:
-    """What upb refuses, the pure walker refuses; what upb accepts, it extracts the same fields;
-    and the loaded (compiled) walker gives exactly the same answer or error message."""
-    assert outcome(loaded, data, KEYS) == outcome(PURE, data, KEYS)
+def test_splitters_differential_on_mutated_requests(data: bytes) -> None:
+    """What upb refuses, every splitter refuses; what upb accepts, they split into the same spans;
+    and the compiled and interpreted splitters give exactly the same chunks."""
+    outcomes = [outcome(s, data, KEYS) for s in SPLITS]
+    assert all(o == outcomes[0] for o in outcomes)
     try:
         parsed = upb_spans(data)
     except DecodeError:
-        with pytest.raises(PURE.WireError):
-            PURE.walk_request(data, KEYS)
+        assert outcomes[0] == "refused"
         return
     if not ids_valid(data):
-        with pytest.raises(PURE.WireError):
-            PURE.walk_request(data, KEYS)
+        assert outcomes[0] == "refused"
         return
-    assert_same(PURE.walk_request(data, KEYS), parsed)
+    assert outcomes[0] != "refused"
+    chunks = SPLITS[-1](data, splitter(KEYS))
+    spans = sorted(Span.FromString(d).SerializeToString() for c in chunks for d in c.spans)
+    assert spans == sorted(p.SerializeToString() for p, _ in parsed)

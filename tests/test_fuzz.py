@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import importlib.util
 import json
 import os
 import re
@@ -25,7 +24,7 @@ import string
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
@@ -48,12 +47,14 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
+import sampler.otlp.split as split
 import sampler.otlp.wire as loaded_wire
 from sampler.buffer import Buffer
 from sampler.config import load_config
 from sampler.core import Core
 from sampler.decisions import DecisionCache
 from sampler.otlp.jsonconv import json_to_protobuf, protobuf_to_dict
+from sampler.otlp.split import Chunk, Splitter
 from sampler.otlp.wire import WireError
 from sampler.policy.loader import COMPOUND, SIMPLE, load_policies
 from sampler.receivers.http import HttpReceiver
@@ -86,18 +87,23 @@ def hang_guard(what: object) -> Iterator[None]:
 
 # --- the OTLP protobuf walker ------------------------------------------------------------------
 
-def _pure_wire() -> ModuleType:
-    source = Path(loaded_wire.__file__).with_name("wire.py")
-    spec = importlib.util.spec_from_file_location("tailsampler_wire_fuzz_pure", source)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+class SplitWalker:
+    """A splitter seen as a walker: the spans of its chunks (the receive path's entry point)."""
+
+    WireError = WireError
+
+    def __init__(self, split_request: Callable[[bytes, Splitter], list[Chunk]]) -> None:
+        self.split_request = split_request
+
+    def walk_request(self, data: bytes, keys: frozenset[str]) -> list[bytes]:
+        chunks = self.split_request(data, Splitter(keys, lambda key, value: 0, lambda attrs: 0))
+        return [span for chunk in chunks for span in chunk.spans]
 
 
-WALKERS = [pytest.param(loaded_wire, id="compiled" if loaded_wire.COMPILED else "interpreted")]
-if loaded_wire.COMPILED:
-    WALKERS.append(pytest.param(_pure_wire(), id="interpreted"))
+Walker = ModuleType | SplitWalker
+WALKERS = [pytest.param(loaded_wire, id="walker"), pytest.param(SplitWalker(split._split_request), id="interpreted")]
+if split.COMPILED:
+    WALKERS.append(pytest.param(SplitWalker(split.split_request), id="compiled"))
 
 ATTR_KEYS = ["service.name", "http.route", "k", "url.path", "n", "", "é"]
 texts = st.text(max_size=12) | st.sampled_from(ATTR_KEYS)
@@ -207,7 +213,7 @@ def upb_count(data: bytes) -> int | None:
     return sum(len(ss.spans) for rs in msg.resource_spans for ss in rs.scope_spans)
 
 
-def walk_checked(walker: ModuleType, data: bytes, keys: frozenset[str]) -> int | None:
+def walk_checked(walker: Walker, data: bytes, keys: frozenset[str]) -> int | None:
     """Walk; only the walker's WireError may come out. The span count, or None when refused."""
     with hang_guard(data):
         try:
@@ -219,7 +225,7 @@ def walk_checked(walker: ModuleType, data: bytes, keys: frozenset[str]) -> int |
 @pytest.mark.parametrize("walker", WALKERS)
 @fuzz(150)
 @given(data=wire_inputs(), keys=st.frozensets(st.sampled_from(ATTR_KEYS), max_size=4))
-def test_walker_only_wire_error_and_counts_match_upb(walker: ModuleType, data: bytes, keys: frozenset[str]) -> None:
+def test_walker_only_wire_error_and_counts_match_upb(walker: Walker, data: bytes, keys: frozenset[str]) -> None:
     walked = walk_checked(walker, data, keys)
     if walked is not None:
         # Accepted: protobuf accepts it too, with the same spans.
@@ -229,7 +235,7 @@ def test_walker_only_wire_error_and_counts_match_upb(walker: ModuleType, data: b
 @pytest.mark.parametrize("walker", WALKERS)
 @fuzz(50)
 @given(msg=requests)
-def test_walker_accepts_what_upb_accepts_with_valid_ids(walker: ModuleType, msg: ExportTraceServiceRequest) -> None:
+def test_walker_accepts_what_upb_accepts_with_valid_ids(walker: Walker, msg: ExportTraceServiceRequest) -> None:
     data = msg.SerializeToString()
     ids_ok = all(len(s.trace_id) == 16 and any(s.trace_id) and len(s.span_id) == 8 and any(s.span_id)
                  and len(s.parent_span_id) in (0, 8)
@@ -242,7 +248,7 @@ def test_walker_accepts_what_upb_accepts_with_valid_ids(walker: ModuleType, msg:
 @pytest.mark.parametrize("walker", WALKERS)
 @fuzz(200)
 @given(data=st.binary(max_size=300))
-def test_walker_on_random_bytes(walker: ModuleType, data: bytes) -> None:
+def test_walker_on_random_bytes(walker: Walker, data: bytes) -> None:
     walked = walk_checked(walker, data, frozenset({"k"}))
     if walked is not None:
         assert upb_count(data) == walked
@@ -250,7 +256,7 @@ def test_walker_on_random_bytes(walker: ModuleType, data: bytes) -> None:
 
 @pytest.mark.parametrize("walker", WALKERS)
 @pytest.mark.parametrize("depth", [50, 99, 100, 101, 5000])
-def test_walker_deep_nesting_is_bounded(walker: ModuleType, depth: int) -> None:
+def test_walker_deep_nesting_is_bounded(walker: Walker, depth: int) -> None:
     """AnyValue nested `depth` arrays deep, built by hand (protobuf will not build beyond its limit)."""
     inner = AnyValue(string_value="x").SerializeToString()
     for _ in range(depth):
@@ -361,7 +367,7 @@ def test_json_arbitrary_documents(doc: Any) -> None:
 def test_json_mutated_documents(doc: Any) -> None:
     data = decode_checked(json.dumps(doc).encode())
     if data is not None:
-        walk_checked(loaded_wire, data, frozenset({"http.route"}))  # and the walker then only says WireError
+        walk_checked(SplitWalker(split.split_request), data, frozenset({"http.route"}))  # then only WireError
 
 
 @fuzz(200)

@@ -9,7 +9,7 @@ from collections import Counter
 from sampler.buffer import Buffer
 from sampler.core import Core
 from sampler.decisions import DecisionCache
-from sampler.otlp.wire import SpanFields
+from sampler.otlp.split import Chunk
 from sampler.peers import Membership
 from sampler.policy.loader import load_policies
 from sampler.yamlfile import parse_yaml
@@ -64,13 +64,13 @@ def test_a_single_member_owns_everything() -> None:
     assert all(m.route(t) is None for t in IDS[:50])
 
 
-def make_core() -> tuple[Core, dict[str, list[SpanFields]]]:
-    forwarded: dict[str, list[SpanFields]] = {}
+def make_core() -> tuple[Core, dict[str, list[Chunk]]]:
+    forwarded: dict[str, list[Chunk]] = {}
     policies = load_policies(parse_yaml("policies: [{name: all, type: always_sample}]", "p.yaml"))
     core = Core(Buffer(100, 10**9, 5, 60), policies.engine(), DecisionCache(10, 10), lambda t: None)
     m = Membership(MEMBERS[0], MEMBERS)
     core.route = m.route
-    core.forward = lambda owner, spans: forwarded.setdefault(owner, []).extend(spans)
+    core.forward = lambda owner, chunks: forwarded.setdefault(owner, []).extend(chunks)
     return core, forwarded
 
 
@@ -81,10 +81,10 @@ def test_the_core_keeps_its_own_traces_and_forwards_the_rest_once() -> None:
     core.ingest(data, "grpc", 0.0)
     mine = {tid(n) for n in range(1, 31) if m.owner(tid(n)) == MEMBERS[0]}
     assert set(core.buffer.by_first) == mine
-    for owner, spans in forwarded.items():
+    for owner, chunks in forwarded.items():
         assert owner != MEMBERS[0]
-        assert {s.trace_id for s in spans} == {tid(n) for n in range(1, 31) if m.owner(tid(n)) == owner}
-    assert sum(len(v) for v in forwarded.values()) + 2 * len(mine) == 60
+        assert {c.trace_id for c in chunks} == {tid(n) for n in range(1, 31) if m.owner(tid(n)) == owner}
+    assert sum(len(c.spans) for v in forwarded.values() for c in v) + 2 * len(mine) == 60
 
 
 def test_spans_that_were_forwarded_here_are_never_forwarded_again() -> None:

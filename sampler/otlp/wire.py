@@ -9,30 +9,20 @@ invalid UTF-8 in string fields, anywhere in the request, so that one bad span ca
 backend inside an otherwise good batch. Which fields are strings and which are messages is taken
 from the generated descriptors, so the walker agrees with the installed proto definitions.
 
-The package build compiles this module with mypyc (see setup.py); the same source runs
-interpreted when no compiled module is installed. `COMPILED` says which one is loaded. The code is
-written for the compiler: typed locals, native classes, the common one-byte tag/length/varint read
-inline in the hot loops (the out-of-line helpers handle the rest and raise the errors), and,
-compiled, strings that nobody reads are checked in place (an ASCII scan, falling back to a real
-decode only for non-ASCII bytes) rather than decoded into objects. Interpreted, byte loops are
-slower than `bytes.decode`, so the interpreted module keeps decoding.
+This is the reference walker, kept interpreted: the receive path runs its compiled counterpart
+(`_split.pyx`, which also groups spans by trace) when the build made one, and this module otherwise;
+the tests hold both to protobuf and to each other. Rare paths (reloads, the demo's sink) use it too.
+The common one-byte tag/length/varint reads are inline in the hot loops; the out-of-line helpers
+handle the rest and raise the errors.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
-
-if TYPE_CHECKING:
-    # Byte positions are native 64-bit integers when compiled (mypyc); only annotations use the
-    # name, so the interpreted module needs no mypy_extensions at run time.
-    from mypy_extensions import i64
-
-# True when this module is the mypyc-compiled extension, False when it runs from its .py source.
-COMPILED: Final = not __file__.endswith(".py")
 
 # Field kinds in the validation schema.
 K_OTHER: Final = 0
@@ -40,7 +30,6 @@ K_STRING: Final = 1
 K_MESSAGE: Final = 2
 
 MAX_DEPTH: Final = 100  # upb's default recursion limit
-_MAX_LENGTH: Final = 1 << 62  # no message is longer; bigger lengths are refused before narrowing
 
 AttrValue = str | int | float | bool
 
@@ -146,64 +135,11 @@ class SpanFields:
         self.attrs: dict[str, AttrValue] | None = None
 
 
-class _Keys:
-    """The wanted attribute keys, also as UTF-8 bytes grouped by length, so that a key in the
-    request can be compared in place (compiled) instead of being decoded first."""
-
-    def __init__(self, keys: frozenset[str]) -> None:
-        self.keys = keys
-        self.names = {k.encode("utf-8"): k for k in keys}
-        encoded = list(self.names)
-        self.max_len = max((len(k) for k in encoded), default=-1)
-        self.by_len: list[list[bytes]] = [[] for _ in range(self.max_len + 1)]
-        # Bit n set: some wanted key is n bytes long (bit 62: 62 or more); most keys are ruled out by length.
-        self.len_mask: i64 = 0
-        for k in sorted(encoded):
-            self.by_len[len(k)].append(k)
-            self.len_mask |= 1 << min(len(k), 62)
-
-    def wanted(self, data: bytes, start: i64, stop: i64) -> str | None:
-        """The wanted key equal to data[start:stop], if any (the bytes are valid UTF-8)."""
-        n: i64 = stop - start
-        if n > self.max_len:
-            return None
-        for k in self.by_len[n]:
-            i: i64 = 0
-            while i < n and data[start + i] == k[i]:
-                i += 1
-            if i == n:
-                return self.names[k]
-        return None
-
-
-_KEYS_CACHE: dict[frozenset[str], _Keys] = {}
-
-
-def _keys(keys: frozenset[str]) -> _Keys:
-    kx = _KEYS_CACHE.get(keys)
-    if kx is None:
-        if len(_KEYS_CACHE) >= 64:
-            _KEYS_CACHE.clear()
-        kx = _KEYS_CACHE[keys] = _Keys(keys)
-    return kx
-
-
-def _varint(data: bytes, pos: i64, end: i64) -> tuple[int, i64]:
+def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
     if pos < end:
         b = data[pos]
         if b < 0x80:
             return b, pos + 1
-    if COMPILED:  # up to nine bytes (63 bits) in a native integer; the general loop does the rest
-        r: i64 = 0
-        sh: i64 = 0
-        p: i64 = pos
-        while p < end and sh < 63:
-            bb: i64 = data[p]
-            p += 1
-            r |= (bb & 0x7F) << sh
-            if bb < 0x80:
-                return r, p
-            sh += 7
     result = 0
     shift = 0
     while True:
@@ -221,55 +157,37 @@ def _varint(data: bytes, pos: i64, end: i64) -> tuple[int, i64]:
             raise WireError(f"varint longer than 10 bytes at byte {pos}")
 
 
-def _tag(data: bytes, pos: i64, end: i64) -> tuple[int, i64]:
+def _tag(data: bytes, pos: int, end: int) -> tuple[int, int]:
     tag, pos = _varint(data, pos, end)
     if tag >> 3 == 0 or tag > 0xFFFFFFFF:
         raise WireError(f"invalid field number at byte {pos}")
     return tag, pos
 
 
-def _length(data: bytes, pos: i64, end: i64) -> tuple[i64, i64]:
+def _length(data: bytes, pos: int, end: int) -> tuple[int, int]:
     n, pos = _varint(data, pos, end)
-    # Compared as a Python int first: narrowing a 64-bit length to i64 (compiled) would overflow.
-    if n > _MAX_LENGTH or n > end - pos:
+    if n > end - pos:
         raise WireError(f"length {n} at byte {pos} runs past the end of its message")
     return n, pos
 
 
-def _utf8(data: bytes, start: i64, stop: i64) -> str:
+def _utf8(data: bytes, start: int, stop: int) -> str:
     try:
         return data[start:stop].decode("utf-8")
     except UnicodeDecodeError as exc:
         raise WireError(f"invalid UTF-8 in a string field at byte {start + exc.start}") from None
 
 
-def _check_utf8(data: bytes, start: i64, stop: i64) -> None:
-    """Validate a string field nobody reads: in place when compiled (almost every string is
-    ASCII), by decoding it otherwise or when it has non-ASCII bytes."""
-    if COMPILED:
-        i: i64 = start
-        while i < stop:
-            if data[i] >= 0x80:
-                _utf8(data, start, stop)
-                return
-            i += 1
-        return
+def _check_utf8(data: bytes, start: int, stop: int) -> None:
+    """Validate a string field nobody reads (decoding is the fastest check interpreted)."""
     _utf8(data, start, stop)
 
 
-def _fixed64(data: bytes, pos: i64) -> int:
-    if COMPILED and data[pos + 7] < 0x80:  # fits a signed 64-bit integer: assemble it natively
-        v: i64 = 0
-        k: i64 = pos + 7
-        while k >= pos:
-            byte: i64 = data[k]
-            v = v << 8 | byte
-            k -= 1
-        return v
+def _fixed64(data: bytes, pos: int) -> int:
     return int.from_bytes(data[pos : pos + 8], "little")
 
 
-def _skip(data: bytes, pos: i64, end: i64, tag: int, depth: int) -> i64:
+def _skip(data: bytes, pos: int, end: int, tag: int, depth: int) -> int:
     """Skip one field's value whose tag was just read; validate strings and messages it contains
     if the field is known (unknown fields only need valid framing)."""
     wt = tag & 7
@@ -291,7 +209,7 @@ def _skip(data: bytes, pos: i64, end: i64, tag: int, depth: int) -> i64:
     raise WireError(f"invalid wire type {wt} at byte {pos}")
 
 
-def _skip_group(data: bytes, pos: i64, end: i64, field: int, depth: int) -> i64:
+def _skip_group(data: bytes, pos: int, end: int, field: int, depth: int) -> int:
     if depth > MAX_DEPTH:
         raise WireError("message nesting exceeds the recursion limit")
     while pos < end:
@@ -304,7 +222,7 @@ def _skip_group(data: bytes, pos: i64, end: i64, field: int, depth: int) -> i64:
     raise WireError("unterminated group")
 
 
-def check_message(data: bytes, pos: i64, end: i64, msg: int, depth: int) -> None:
+def check_message(data: bytes, pos: int, end: int, msg: int, depth: int) -> None:
     """Validate a message of schema type `msg` occupying data[pos:end]."""
     if depth > MAX_DEPTH:
         raise WireError("message nesting exceeds the recursion limit")
@@ -325,7 +243,7 @@ def check_message(data: bytes, pos: i64, end: i64, msg: int, depth: int) -> None
             pos = _skip(data, pos, end, tag, depth)
 
 
-def _any_value(data: bytes, pos: i64, end: i64, depth: int, want: bool) -> AttrValue | None:
+def _any_value(data: bytes, pos: int, end: int, depth: int, want: bool) -> AttrValue | None:
     """Decode a primitive AnyValue (validating the whole value); arrays and maps give None.
     When the value is not `want`ed it is only validated, and the result is None."""
     value: AttrValue | None = None
@@ -337,7 +255,7 @@ def _any_value(data: bytes, pos: i64, end: i64, depth: int, want: bool) -> AttrV
         else:
             tag, pos = _tag(data, pos, end)
         if tag == 0x0A:  # string_value
-            n: i64 = data[pos] if pos < end else 0x80
+            n: int = data[pos] if pos < end else 0x80
             if n < 0x80 and n < end - pos:
                 pos += 1
             else:
@@ -388,17 +306,12 @@ def _any_value(data: bytes, pos: i64, end: i64, depth: int, want: bool) -> AttrV
 
 
 def _attributes(
-    data: bytes, pos: i64, end: i64, kx: _Keys, out: dict[str, AttrValue] | None, depth: int
+    data: bytes, pos: int, end: int, keys: frozenset[str], out: dict[str, AttrValue] | None, depth: int
 ) -> dict[str, AttrValue] | None:
     """Validate one KeyValue; when its key is wanted, record its primitive value into `out`."""
     key: str | None = None
-    kstart: i64 = -1
-    kstop: i64 = -1
-    vstart: i64 = -1
-    vend: i64 = -1
-    # Compiled: whether the last value field is plainly valid (a one-byte-framed ASCII string, or a
-    # one-byte int or bool), so that an unwanted value needs no further look.
-    simple = False
+    vstart = -1
+    vend = -1
     while pos < end:
         b = data[pos]
         if 8 <= b < 0x80:
@@ -407,70 +320,43 @@ def _attributes(
         else:
             tag, pos = _tag(data, pos, end)
         if tag == 0x0A or tag == 0x12:
-            n: i64 = data[pos] if pos < end else 0x80
+            n = data[pos] if pos < end else 0x80
             if n < 0x80 and n < end - pos:
                 pos += 1
             else:
                 n, pos = _length(data, pos, end)
-            stop: i64 = pos + n
+            stop = pos + n
             if tag == 0x0A:
-                if COMPILED:
-                    i: i64 = pos
-                    while i < stop and data[i] < 0x80:
-                        i += 1
-                    if i < stop:
-                        _utf8(data, pos, stop)
-                else:
-                    key = _utf8(data, pos, stop)
-                kstart = pos
-                kstop = stop
+                key = _utf8(data, pos, stop)
             else:
                 if vstart >= 0:  # a repeated value field (protobuf merges them): the earlier one must be valid too
                     check_message(data, vstart, vend, M_ANYVALUE, depth + 1)
                 vstart = pos
                 vend = stop
-                simple = False
-                if COMPILED and n >= 2:
-                    t0 = data[pos]
-                    l0 = data[pos + 1]
-                    if t0 == 0x0A and l0 == n - 2:
-                        i = pos + 2
-                        while i < stop and data[i] < 0x80:
-                            i += 1
-                        simple = i == stop
-                    elif (t0 == 0x18 or t0 == 0x10) and n == 2 and l0 < 0x80:
-                        simple = True
             pos = stop
         elif tag & 7 == 4:
             raise WireError(f"unexpected end-group at byte {pos}")
         else:
             pos = _skip(data, pos, end, tag, depth)
     if vstart >= 0:
-        # Compiled, the key was only checked in place; interpreted, it was decoded.
-        if COMPILED:
-            if kstart >= 0 and (kx.len_mask >> min(kstop - kstart, 62)) & 1:
-                key = kx.wanted(data, kstart, kstop)
-            want = key is not None
-        else:
-            want = key is not None and key in kx.keys
-        if want or not simple:
-            value = _any_value(data, vstart, vend, depth + 1, want)
-            if want and value is not None:
-                if out is None:
-                    out = {}
-                assert key is not None
-                out[key] = value
+        want = key is not None and key in keys
+        value = _any_value(data, vstart, vend, depth + 1, want)
+        if want and value is not None:
+            if out is None:
+                out = {}
+            assert key is not None
+            out[key] = value
     return out
 
 
-def _resource_attrs(data: bytes, pos: i64, end: i64, kx: _Keys, depth: int) -> dict[str, AttrValue]:
+def _resource_attrs(data: bytes, pos: int, end: int, keys: frozenset[str], depth: int) -> dict[str, AttrValue]:
     attrs: dict[str, AttrValue] | None = {}
     while pos < end:
         tag, pos = _tag(data, pos, end)
         fno = tag >> 3
         if fno == 1 and tag & 7 == 2:
             n, pos = _length(data, pos, end)
-            attrs = _attributes(data, pos, pos + n, kx, attrs, depth + 1)
+            attrs = _attributes(data, pos, pos + n, keys, attrs, depth + 1)
             pos += n
         elif tag & 7 == 2:
             n, pos = _length(data, pos, end)
@@ -484,7 +370,7 @@ def _resource_attrs(data: bytes, pos: i64, end: i64, kx: _Keys, depth: int) -> d
     return attrs if attrs is not None else {}
 
 
-def _status_code(data: bytes, pos: i64, end: i64, depth: int) -> int:
+def _status_code(data: bytes, pos: int, end: int, depth: int) -> int:
     code = 0
     while pos < end:
         tag, pos = _tag(data, pos, end)
@@ -503,7 +389,7 @@ def _status_code(data: bytes, pos: i64, end: i64, depth: int) -> int:
     return code
 
 
-def _read_span(data: bytes, pos: i64, end: i64, kx: _Keys, span: SpanFields) -> None:
+def _read_span(data: bytes, pos: int, end: int, keys: frozenset[str], span: SpanFields) -> None:
     depth = 3
     has_trace_id = False
     has_span_id = False
@@ -516,7 +402,7 @@ def _read_span(data: bytes, pos: i64, end: i64, kx: _Keys, span: SpanFields) -> 
             tag, pos = _tag(data, pos, end)
         wt = tag & 7
         if wt == 2:
-            n: i64 = data[pos] if pos < end else 0x80
+            n: int = data[pos] if pos < end else 0x80
             if n < 0x80 and n < end - pos:
                 pos += 1
             else:
@@ -524,7 +410,7 @@ def _read_span(data: bytes, pos: i64, end: i64, kx: _Keys, span: SpanFields) -> 
             stop = pos + n
             fno = tag >> 3
             if fno == 9:
-                span.attrs = _attributes(data, pos, stop, kx, span.attrs, depth + 1)
+                span.attrs = _attributes(data, pos, stop, keys, span.attrs, depth + 1)
             elif fno == 1:
                 if n != 16:
                     raise WireError(f"span trace_id has {n} bytes, want 16")
@@ -582,11 +468,11 @@ def _read_span(data: bytes, pos: i64, end: i64, kx: _Keys, span: SpanFields) -> 
 
 
 def _scope_spans(
-    data: bytes, pos: i64, end: i64, resource: bytes, rattrs: dict[str, AttrValue],
-    kx: _Keys, out: list[SpanFields],
+    data: bytes, pos: int, end: int, resource: bytes, rattrs: dict[str, AttrValue],
+    keys: frozenset[str], out: list[SpanFields],
 ) -> None:
     header: list[bytes] = []
-    ranges: list[i64] = []
+    ranges: list[int] = []
     while pos < end:
         fstart = pos
         tag, pos = _tag(data, pos, end)
@@ -619,14 +505,14 @@ def _scope_spans(
         start = ranges[i]
         stop = ranges[i + 1]
         span = SpanFields(data[start:stop], group)
-        _read_span(data, start, stop, kx, span)
+        _read_span(data, start, stop, keys, span)
         out.append(span)
         i += 2
 
 
-def _resource_spans(data: bytes, pos: i64, end: i64, kx: _Keys, out: list[SpanFields]) -> None:
+def _resource_spans(data: bytes, pos: int, end: int, keys: frozenset[str], out: list[SpanFields]) -> None:
     header: list[bytes] = []
-    scopes: list[i64] = []
+    scopes: list[int] = []
     rattrs: dict[str, AttrValue] = {}
     while pos < end:
         fstart = pos
@@ -640,7 +526,7 @@ def _resource_spans(data: bytes, pos: i64, end: i64, kx: _Keys, out: list[SpanFi
             continue
         if fno == 1 and tag & 7 == 2:
             n, pos = _length(data, pos, end)
-            rattrs.update(_resource_attrs(data, pos, pos + n, kx, 2))
+            rattrs.update(_resource_attrs(data, pos, pos + n, keys, 2))
             pos += n
         elif fno == 3 and tag & 7 == 2:
             n, pos = _length(data, pos, end)
@@ -653,7 +539,7 @@ def _resource_spans(data: bytes, pos: i64, end: i64, kx: _Keys, out: list[SpanFi
         header.append(data[fstart:pos])
     resource = b"".join(header)
     for i in range(0, len(scopes), 2):
-        _scope_spans(data, scopes[i], scopes[i + 1], resource, rattrs, kx, out)
+        _scope_spans(data, scopes[i], scopes[i + 1], resource, rattrs, keys, out)
 
 
 def walk_request(data: bytes, keys: frozenset[str]) -> list[SpanFields]:
@@ -661,16 +547,15 @@ def walk_request(data: bytes, keys: frozenset[str]) -> list[SpanFields]:
 
     `keys` names the attributes whose primitive values are extracted (span and resource level).
     """
-    kx = _keys(keys)
     out: list[SpanFields] = []
-    end: i64 = len(data)
-    pos: i64 = 0
+    end: int = len(data)
+    pos: int = 0
     while pos < end:
         tag, pos = _tag(data, pos, end)
         fno = tag >> 3
         if fno == 1 and tag & 7 == 2:
             n, pos = _length(data, pos, end)
-            _resource_spans(data, pos, pos + n, kx, out)
+            _resource_spans(data, pos, pos + n, keys, out)
             pos += n
         elif tag & 7 == 4:
             raise WireError(f"unexpected end-group at byte {pos}")
@@ -682,21 +567,20 @@ def walk_request(data: bytes, keys: frozenset[str]) -> list[SpanFields]:
 def span_fields(data: bytes, group: Group, keys: frozenset[str]) -> SpanFields:
     """Re-read a stored span (after a policy reload changed which attributes matter)."""
     span = SpanFields(data, group)
-    _read_span(data, 0, len(data), _keys(keys), span)
+    _read_span(data, 0, len(data), keys, span)
     return span
 
 
 def resource_attrs(header: bytes, keys: frozenset[str]) -> dict[str, AttrValue]:
     """Re-extract the wanted resource attributes from a Group's stored ResourceSpans fields."""
-    kx = _keys(keys)
     attrs: dict[str, AttrValue] = {}
-    pos: i64 = 0
-    end: i64 = len(header)
+    pos: int = 0
+    end: int = len(header)
     while pos < end:
         tag, pos = _tag(header, pos, end)
         if tag == 0x0A:
             n, pos = _length(header, pos, end)
-            attrs.update(_resource_attrs(header, pos, pos + n, kx, 2))
+            attrs.update(_resource_attrs(header, pos, pos + n, keys, 2))
             pos += n
         else:
             pos = _skip(header, pos, end, tag, 1)

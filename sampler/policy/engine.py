@@ -6,13 +6,18 @@ otherwise the trace is dropped. A policy that raises abstains (and is reported).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from sampler.otlp.wire import AttrValue, SpanFields
 from sampler.policy.base import Policy, Vote
 from sampler.summary import TraceSummary
 
 ALWAYS_KEYS = frozenset({"service.name"})
+# The votes as module constants: compiled, these are static loads, not attribute lookups on the Enum.
+DROPPED: Final = Vote.DROPPED
+INVERT_NOT_SAMPLED: Final = Vote.INVERT_NOT_SAMPLED
+SAMPLED: Final = Vote.SAMPLED
+INVERT_SAMPLED: Final = Vote.INVERT_SAMPLED
 
 
 class Verdict(NamedTuple):
@@ -57,6 +62,20 @@ class Engine:
                 out |= p.bit
         return out
 
+    def value_bits(self, key: str, value: AttrValue) -> int:
+        """The predicate bits that one span attribute satisfies. Every attribute predicate is a test
+        of one key's value, so a span's bits are the union over its attributes: the splitter caches
+        this per (key, value), and most spans cost a dictionary lookup, not a policy call."""
+        out = 0
+        one = {key: value}
+        for p in self.predicates:
+            if key in p.keys and p.matches(one, False):
+                out |= p.bit
+        return out
+
+    def resource_bits(self, attrs: Mapping[str, AttrValue]) -> int:
+        return self.bits(attrs, True) if self.predicates else 0
+
     def span_bits(self, span: SpanFields) -> int:
         out = 0
         for p in self.span_predicates:
@@ -74,13 +93,13 @@ class Engine:
                 if self.on_error is not None:
                     self.on_error(p, exc)
                 continue
-            if vote is Vote.DROPPED or vote is Vote.INVERT_NOT_SAMPLED:
-                return Verdict(False, p.name if vote is Vote.DROPPED else None, 0.0)
-            if vote is Vote.SAMPLED and sampled is None:
+            if vote is DROPPED or vote is INVERT_NOT_SAMPLED:
+                return Verdict(False, p.name if vote is DROPPED else None, 0.0)
+            if vote is SAMPLED and sampled is None:
                 sampled = p
                 if self.sample_on_first_match:
                     break
-            elif vote is Vote.INVERT_SAMPLED and invert_sampled is None:
+            elif vote is INVERT_SAMPLED and invert_sampled is None:
                 invert_sampled = p
         keeper = _first(self.policies, sampled, invert_sampled)
         if keeper is None:

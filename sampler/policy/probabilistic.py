@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from sampler.policy.base import Policy, Vote
-from sampler.policy.hashing import DEFAULT_SALT, rate_for, threshold, trace_hash
+from sampler.policy.hashing import DEFAULT_SALT, SaltedHash, rate_for, threshold
 from sampler.summary import TraceSummary
 
 
@@ -19,12 +19,12 @@ class ProbabilisticConfig(BaseModel):
 class Probabilistic(Policy):
     def __init__(self, name: str, config: ProbabilisticConfig) -> None:
         super().__init__(name)
-        self.salt = (config.hash_salt or DEFAULT_SALT).encode()
+        self.hash = SaltedHash((config.hash_salt or DEFAULT_SALT).encode())
         self.percentage = config.sampling_percentage
         self.threshold = threshold(config.sampling_percentage)
 
     def evaluate(self, trace: TraceSummary) -> Vote:
-        hit = self.percentage > 0 and trace_hash(self.salt, trace.trace_id) <= self.threshold
+        hit = self.percentage > 0 and self.hash(trace.trace_id) <= self.threshold
         return Vote.SAMPLED if hit else Vote.NOT_SAMPLED
 
     def sample_rate(self, trace: TraceSummary) -> float:

@@ -14,7 +14,7 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sampler.policy.base import Policy, Vote
-from sampler.policy.hashing import DEFAULT_SALT, rate_for, threshold, trace_hash
+from sampler.policy.hashing import DEFAULT_SALT, SaltedHash, rate_for, threshold
 from sampler.policy.regex import compile_pattern
 from sampler.summary import TraceSummary
 
@@ -61,7 +61,7 @@ class Route(Policy):
             for r in config.rules
         ]
         self.default = config.default_percentage
-        self.salt = config.hash_salt.encode()
+        self.hash = SaltedHash(config.hash_salt.encode())
         self.thresholds = {pct: threshold(pct) for pct in (self.default, *(r.sample_percentage for r in config.rules))}
 
     def route_of(self, trace: TraceSummary) -> str | None:
@@ -82,7 +82,7 @@ class Route(Policy):
 
     def evaluate(self, trace: TraceSummary) -> Vote:
         pct = self.percentage(trace)
-        hit = pct > 0 and trace_hash(self.salt, trace.trace_id) <= self.thresholds[pct]
+        hit = pct > 0 and self.hash(trace.trace_id) <= self.thresholds[pct]
         return Vote.SAMPLED if hit else Vote.NOT_SAMPLED
 
     def sample_rate(self, trace: TraceSummary) -> float:

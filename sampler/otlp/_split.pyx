@@ -1,0 +1,766 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The compiled receive path: split an ExportTraceServiceRequest into per-trace chunks in one pass.
+
+`sampler.otlp.split` loads this module when the package build compiled it (setup.py, Cython) and
+otherwise runs the interpreted equivalent (`wire.walk_request`, then grouping in Python). Both
+give the same chunks for the same request and refuse the same requests; the tests hold them to it
+and to protobuf (upb).
+
+Why C: per span the core needs only a byte range, the trace id and a few folded values, and upb
+itself spends its time building messages nobody reads. Walking the tags with pointer arithmetic,
+validating what protobuf validates (framing, wire types, UTF-8, recursion depth) and folding each
+span straight into its trace's chunk costs a fraction of a full parse, and the only Python objects
+made per span are its bytes and a list slot.
+"""
+
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.list cimport PyList_Append
+from cpython.object cimport PyObject
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memcpy
+
+from sampler.otlp import wire
+from sampler.otlp.wire import Group, SpanFields, WireError
+
+cdef enum:
+    K_OTHER = 0
+    K_STRING = 1
+    K_MESSAGE = 2
+    MAX_DEPTH = 100  # upb's default recursion limit
+    NMSG = 16
+    NFIELD = 32
+    CACHE_SIZE = 4096  # bound on cached predicate results per attribute key
+
+# The validation schema from the installed descriptors (wire.KINDS / wire.SUBS) as C tables.
+cdef unsigned char KIND[NMSG][NFIELD]
+cdef int SUB[NMSG][NFIELD]
+cdef int M_RESOURCE = wire.M_RESOURCE
+cdef int M_ANYVALUE = wire.M_ANYVALUE
+cdef int M_EVENT = wire.M_EVENT
+cdef int M_LINK = wire.M_LINK
+cdef int M_SCOPESPANS = wire.M_SCOPESPANS
+
+
+def _load_schema():
+    if len(wire.KINDS) > NMSG:
+        raise ImportError("the OTLP schema has more message types than the compiled walker's tables")
+    for m in range(NMSG):
+        for f in range(NFIELD):
+            KIND[m][f] = K_OTHER
+            SUB[m][f] = -1
+    for m, kinds in enumerate(wire.KINDS):
+        for f, kind in kinds.items():
+            if f >= NFIELD:
+                raise ImportError("the OTLP schema has field numbers beyond the compiled walker's tables")
+            KIND[m][f] = kind
+            SUB[m][f] = wire.SUBS[m].get(f, -1)
+
+
+_load_schema()
+
+
+cdef inline int kind_of(int msg, uint64_t field) noexcept:
+    return KIND[msg][field] if field < NFIELD else K_OTHER
+
+
+cdef int fail(str message) except -1:
+    raise WireError(message)
+
+
+cdef Py_ssize_t varint(const unsigned char* b, Py_ssize_t pos, Py_ssize_t end, uint64_t* out) except -1:
+    cdef uint64_t r = 0
+    cdef int shift = 0
+    cdef unsigned char c
+    while True:
+        if pos >= end:
+            fail(f"truncated varint at byte {pos}")
+        c = b[pos]
+        pos += 1
+        r |= (<uint64_t>(c & 0x7F)) << shift
+        if c < 0x80:
+            out[0] = r
+            return pos
+        shift += 7
+        if shift >= 70:
+            fail(f"varint longer than 10 bytes at byte {pos}")
+
+
+cdef Py_ssize_t tag_slow(const unsigned char* b, Py_ssize_t pos, Py_ssize_t end, uint64_t* tag) except -1:
+    pos = varint(b, pos, end, tag)
+    if tag[0] >> 3 == 0 or tag[0] > 0xFFFFFFFF:
+        fail(f"invalid field number at byte {pos}")
+    return pos
+
+
+cdef inline Py_ssize_t tag_of(const unsigned char* b, Py_ssize_t pos, Py_ssize_t end, uint64_t* tag) except -1:
+    """The common one-byte tag inline; anything else out of line (which also raises the errors)."""
+    cdef uint64_t t
+    if pos < end and 8 <= b[pos] < 0x80:
+        tag[0] = b[pos]
+        return pos + 1
+    if pos + 1 < end and b[pos] >= 0x80 and 0 < b[pos + 1] < 0x80:  # fields 16 to 2047
+        tag[0] = (b[pos] & 0x7F) | (<uint64_t>b[pos + 1] << 7)
+        return pos + 2
+    return tag_slow(b, pos, end, tag)
+
+
+cdef Py_ssize_t length_slow(const unsigned char* b, Py_ssize_t pos, Py_ssize_t end, Py_ssize_t* n) except -1:
+    cdef uint64_t v
+    pos = varint(b, pos, end, &v)
+    if v > <uint64_t>(end - pos):
+        fail(f"length {v} at byte {pos} runs past the end of its message")
+    n[0] = <Py_ssize_t>v
+    return pos
+
+
+cdef inline Py_ssize_t length_of(const unsigned char* b, Py_ssize_t pos, Py_ssize_t end, Py_ssize_t* n) except -1:
+    """The common one-byte length inline; anything else out of line."""
+    cdef Py_ssize_t c
+    if pos < end:
+        c = b[pos]
+        if c < 0x80 and c < end - pos:
+            n[0] = c
+            return pos + 1
+    return length_slow(b, pos, end, n)
+
+
+cdef str decode(const unsigned char* b, Py_ssize_t start, Py_ssize_t stop):
+    try:
+        return PyUnicode_DecodeUTF8(<const char*>b + start, stop - start, NULL)
+    except UnicodeDecodeError as exc:
+        raise WireError(f"invalid UTF-8 in a string field at byte {start + exc.start}") from None
+
+
+cdef inline bint is_ascii(const unsigned char* b, Py_ssize_t start, Py_ssize_t stop) noexcept:
+    """Eight bytes at a time; a tail is checked as the (overlapping) last eight bytes."""
+    cdef uint64_t word
+    if stop - start < 8:
+        while start < stop:
+            if b[start] >= 0x80:
+                return False
+            start += 1
+        return True
+    while start + 8 < stop:
+        memcpy(&word, b + start, 8)
+        if word & 0x8080808080808080ULL:
+            return False
+        start += 8
+    memcpy(&word, b + stop - 8, 8)
+    return not (word & 0x8080808080808080ULL)
+
+
+cdef inline int check_utf8(const unsigned char* b, Py_ssize_t start, Py_ssize_t stop) except -1:
+    """Validate a string nobody reads: ASCII is checked eight bytes at a time in place; anything
+    else is decoded, so the verdict is Python's (and protobuf's) strict UTF-8."""
+    if not is_ascii(b, start, stop):
+        decode(b, start, stop)
+    return 0
+
+
+cdef Py_ssize_t skip(const unsigned char* b, Py_ssize_t pos, Py_ssize_t end, uint64_t tag, int depth) except -1:
+    """Skip one field's value whose tag was just read (unknown fields need valid framing only)."""
+    cdef int wt = tag & 7
+    cdef uint64_t v
+    cdef Py_ssize_t n
+    if wt == 0:
+        return varint(b, pos, end, &v)
+    if wt == 1:
+        if end - pos < 8:
+            fail(f"truncated fixed64 at byte {pos}")
+        return pos + 8
+    if wt == 5:
+        if end - pos < 4:
+            fail(f"truncated fixed32 at byte {pos}")
+        return pos + 4
+    if wt == 2:
+        pos = length_of(b, pos, end, &n)
+        return pos + n
+    if wt == 3:
+        return skip_group(b, pos, end, tag >> 3, depth + 1)
+    fail(f"invalid wire type {wt} at byte {pos}")
+
+
+cdef Py_ssize_t skip_group(const unsigned char* b, Py_ssize_t pos, Py_ssize_t end, uint64_t field, int depth) except -1:
+    cdef uint64_t tag
+    if depth > MAX_DEPTH:
+        fail("message nesting exceeds the recursion limit")
+    while pos < end:
+        pos = tag_of(b, pos, end, &tag)
+        if tag & 7 == 4:
+            if tag >> 3 != field:
+                fail(f"mismatched end-group at byte {pos}")
+            return pos
+        pos = skip(b, pos, end, tag, depth)
+    fail("unterminated group")
+
+
+cdef int check_message(const unsigned char* b, Py_ssize_t pos, Py_ssize_t end, int msg, int depth) except -1:
+    """Validate a message of schema type `msg` occupying b[pos:end]."""
+    cdef uint64_t tag
+    cdef Py_ssize_t n
+    cdef int kind
+    if depth > MAX_DEPTH:
+        fail("message nesting exceeds the recursion limit")
+    while pos < end:
+        pos = tag_of(b, pos, end, &tag)
+        if tag & 7 == 2:
+            pos = length_of(b, pos, end, &n)
+            kind = kind_of(msg, tag >> 3)
+            if kind == K_STRING:
+                check_utf8(b, pos, pos + n)
+            elif kind == K_MESSAGE:
+                check_message(b, pos, pos + n, SUB[msg][tag >> 3], depth + 1)
+            pos += n
+        elif tag & 7 == 4:
+            fail(f"unexpected end-group at byte {pos}")
+        else:
+            pos = skip(b, pos, end, tag, depth)
+    return 0
+
+
+cdef inline uint64_t fixed64(const unsigned char* b, Py_ssize_t pos) noexcept:
+    cdef uint64_t v
+    memcpy(&v, b + pos, 8)  # little-endian hosts only (x86-64, aarch64); setup.py builds for those
+    return v
+
+
+cdef object any_value(const unsigned char* b, Py_ssize_t pos, Py_ssize_t end, int depth, bint want):
+    """Validate an AnyValue; when wanted, return its primitive value (None for arrays, maps, bytes)."""
+    cdef object value = None
+    cdef uint64_t tag, v
+    cdef Py_ssize_t n
+    cdef int kind
+    cdef double d
+    while pos < end:
+        pos = tag_of(b, pos, end, &tag)
+        if tag == 0x0A:  # string_value
+            pos = length_of(b, pos, end, &n)
+            if want:
+                value = decode(b, pos, pos + n)
+            else:
+                check_utf8(b, pos, pos + n)
+            pos += n
+        elif tag == 0x10:  # bool_value
+            pos = varint(b, pos, end, &v)
+            value = v != 0
+        elif tag == 0x18:  # int_value
+            pos = varint(b, pos, end, &v)
+            value = <int64_t>v
+        elif tag == 0x21:  # double_value
+            if end - pos < 8:
+                fail(f"truncated fixed64 at byte {pos}")
+            if want:
+                memcpy(&d, b + pos, 8)
+                value = d
+            pos += 8
+        elif tag & 7 == 2:
+            pos = length_of(b, pos, end, &n)
+            kind = kind_of(M_ANYVALUE, tag >> 3)
+            if kind == K_MESSAGE:
+                check_message(b, pos, pos + n, SUB[M_ANYVALUE][tag >> 3], depth + 1)
+                value = None
+            elif kind == K_STRING:
+                check_utf8(b, pos, pos + n)
+            elif tag >> 3 == 7:
+                value = None
+            pos += n
+        elif tag & 7 == 4:
+            fail(f"unexpected end-group at byte {pos}")
+        else:
+            pos = skip(b, pos, end, tag, depth)
+    return value if want else None
+
+
+cdef class Keys:
+    """The wanted attribute keys as UTF-8 bytes by length, compared in place against the request."""
+
+    cdef list names  # index -> key (str)
+    cdef list by_len  # length n -> list of (bytes, index) of the wanted keys n bytes long
+    cdef Py_ssize_t max_len
+    cdef uint64_t len_mask  # bit n: some wanted key is n bytes long (bit 63: 63 or more)
+
+    def __init__(self, keys):
+        self.names = sorted(keys)
+        encoded = [k.encode("utf-8") for k in self.names]
+        self.max_len = max((len(k) for k in encoded), default=-1)
+        self.by_len = [[] for _ in range(self.max_len + 1)]
+        self.len_mask = 0
+        for i, k in enumerate(encoded):
+            self.by_len[len(k)].append((k, i))
+            self.len_mask |= (<uint64_t>1) << min(len(k), 63)
+
+
+cdef inline int wanted(Keys kx, const unsigned char* b, Py_ssize_t start, Py_ssize_t stop):
+    """The index of the wanted key equal to b[start:stop], or -1 (most keys are ruled out by length)."""
+    cdef Py_ssize_t n = stop - start
+    if not (kx.len_mask >> min(n, 63)) & 1 or n > kx.max_len:
+        return -1
+    for kb, i in <list>kx.by_len[n]:
+        if memcmp(PyBytes_AS_STRING(kb), b + start, n) == 0:
+            return i
+    return -1
+
+
+cdef dict _KEYS = {}
+
+
+cdef Keys _keys(keys):
+    kx = _KEYS.get(keys)
+    if kx is None:
+        if len(_KEYS) >= 64:
+            _KEYS.clear()
+        kx = _KEYS[keys] = Keys(keys)
+    return kx
+
+
+cdef inline bint plain_varint(const unsigned char* b, Py_ssize_t pos, Py_ssize_t end) noexcept:
+    """Whether b[pos:end] is exactly one varint of at most nine bytes."""
+    if end - pos < 1 or end - pos > 9:
+        return False
+    while pos < end - 1:
+        if b[pos] < 0x80:
+            return False
+        pos += 1
+    return b[pos] < 0x80
+
+
+cdef object attribute(const unsigned char* b, Py_ssize_t pos, Py_ssize_t end, Keys kx, int* index, int depth):
+    """Validate one KeyValue. When its key is wanted and its value primitive, set index[0] to the
+    key's index and return the value; otherwise index[0] is -1."""
+    cdef uint64_t tag
+    cdef Py_ssize_t n, stop, p, klen
+    cdef Py_ssize_t kstart = -1, kstop = -1, vstart = -1, vend = -1
+    cdef int ki = -1
+    cdef object value
+    cdef unsigned char vt
+    index[0] = -1
+    # The layout every SDK writes: key, then a value holding one string, int or bool, framed with
+    # one-byte lengths. An unwanted key with such a value needs only its ASCII (or varint) checked.
+    if end - pos >= 6 and b[pos] == 0x0A:
+        klen = b[pos + 1]
+        p = pos + 2 + klen
+        if klen < 0x80 and p + 4 <= end and b[p] == 0x12 and p + 2 + b[p + 1] == end:
+            vt = b[p + 2]
+            if (vt == 0x0A and b[p + 3] == end - p - 4) or ((vt == 0x18 or vt == 0x10) and plain_varint(b, p + 3, end)):
+                if wanted(kx, b, pos + 2, p) < 0 and is_ascii(b, pos + 2, p) and (vt != 0x0A or is_ascii(b, p + 4, end)):
+                    return None
+    while pos < end:
+        pos = tag_of(b, pos, end, &tag)
+        if tag == 0x0A or tag == 0x12:
+            pos = length_of(b, pos, end, &n)
+            stop = pos + n
+            if tag == 0x0A:
+                check_utf8(b, pos, stop)
+                kstart = pos
+                kstop = stop
+            else:
+                if vstart >= 0:  # a repeated value field (protobuf merges them): the earlier one must be valid too
+                    check_message(b, vstart, vend, M_ANYVALUE, depth + 1)
+                vstart = pos
+                vend = stop
+            pos = stop
+        elif tag & 7 == 4:
+            fail(f"unexpected end-group at byte {pos}")
+        else:
+            pos = skip(b, pos, end, tag, depth)
+    if vstart < 0:
+        return None
+    if kstart >= 0:
+        ki = wanted(kx, b, kstart, kstop)
+    value = any_value(b, vstart, vend, depth + 1, ki >= 0)
+    if value is not None:
+        index[0] = ki
+    return value
+
+
+cdef uint32_t status_code(const unsigned char* b, Py_ssize_t pos, Py_ssize_t end, int depth) except? 0xFFFFFFFF:
+    cdef uint64_t tag, v
+    cdef Py_ssize_t n
+    cdef uint32_t code = 0
+    while pos < end:
+        pos = tag_of(b, pos, end, &tag)
+        if tag == 0x18:
+            pos = varint(b, pos, end, &v)
+            code = <uint32_t>(v & 0xFFFFFFFF)
+        elif tag == 0x12:
+            pos = length_of(b, pos, end, &n)
+            check_utf8(b, pos, pos + n)
+            pos += n
+        elif tag & 7 == 4:
+            fail(f"unexpected end-group at byte {pos}")
+        else:
+            pos = skip(b, pos, end, tag, depth)
+    return code
+
+
+cdef struct SpanInfo:
+    Py_ssize_t trace_id  # offset of the 16 trace-id bytes
+    Py_ssize_t name_start
+    Py_ssize_t name_stop
+    Py_ssize_t state_start
+    Py_ssize_t state_stop
+    bint is_root
+    bint redo  # a wanted key repeated, or was seen while the span looked non-root: recompute exactly
+    uint64_t seen  # bit i: wanted key i (bit 63: 63 or more) was seen
+    uint32_t kind
+    uint32_t status
+    uint32_t flags
+    uint64_t start
+    uint64_t end
+
+
+cdef class Chunk:
+    """The spans of one trace in one request, and what they fold into the trace's summary."""
+
+    cdef public bytes trace_id
+    cdef public list spans
+    cdef public list groups
+    cdef public Py_ssize_t nbytes
+    cdef public uint64_t min_start
+    cdef public uint64_t max_end
+    cdef public int status_mask
+    cdef public object root_name
+    cdef public object root_attrs
+    cdef public object root_group
+    cdef uint64_t narrow_bits
+    cdef object wide_bits
+
+    @property
+    def bits(self):
+        """The predicate bits the spans satisfied (a C integer unless an engine has 64+ predicates)."""
+        return self.narrow_bits if self.wide_bits is None else self.wide_bits | self.narrow_bits
+
+
+@cython.final
+cdef class _Split:
+    """One request's walk: the splitter's tables and caches, and the chunks made so far."""
+
+    cdef object splitter
+    cdef Keys kx
+    cdef dict groups
+    cdef dict cache_str
+    cdef dict cache_int
+    cdef object value_bits
+    cdef object whole_span_bits
+    cdef list out
+    cdef dict by_trace
+    cdef Chunk last
+    # the span being read: its wanted attributes (kept while it may be a root) and predicate bits
+    cdef object attrs
+    cdef uint64_t narrow
+    cdef object wide
+
+    cdef object bits_of(self, object key, object value):
+        """Predicate bits of one attribute value, cached per key for strings and integers."""
+        cdef dict cache
+        cdef PyObject* found
+        if type(value) is str:
+            cache = self.cache_str
+        elif type(value) is int:
+            cache = self.cache_int
+        else:
+            return self.value_bits(key, value)
+        found = PyDict_GetItem(cache, key)
+        if found is NULL:
+            per_key = {}
+            cache[key] = per_key
+        else:
+            per_key = <dict>found
+        found = PyDict_GetItem(per_key, value)
+        if found is not NULL:
+            return <object>found
+        result = self.value_bits(key, value)
+        if len(per_key) >= CACHE_SIZE:
+            per_key.clear()
+        per_key[value] = result
+        return result
+
+    cdef inline int add_bits(self, object bits) except -1:
+        if bits:
+            if self.wide is None and bits.bit_length() < 64:
+                self.narrow |= <uint64_t>bits
+            else:
+                self.wide = (0 if self.wide is None else self.wide) | bits
+        return 0
+
+    cdef int found(self, int ki, object value, SpanInfo* s) except -1:
+        """A wanted attribute of the span being read: fold its bits in, and keep it while the span
+        may be a root (or for policies that read whole spans)."""
+        cdef uint64_t bit = (<uint64_t>1) << min(ki, 63)
+        if s.seen & bit:
+            s.redo = True
+        s.seen |= bit
+        key = self.kx.names[ki]
+        self.add_bits(self.bits_of(key, value))
+        if s.is_root or self.whole_span_bits is not None:
+            if self.attrs is None:
+                self.attrs = {}
+            self.attrs[key] = value
+        return 0
+
+    cdef int read_span(self, const unsigned char* b, Py_ssize_t pos, Py_ssize_t end, SpanInfo* s) except -1:
+        """Validate one Span and fill `s`; its wanted attributes go to `found`."""
+        cdef int depth = 3
+        cdef int ki
+        cdef bint has_trace_id = False, has_span_id = False
+        cdef uint64_t tag, v
+        cdef Py_ssize_t n, stop
+        s.is_root = True
+        s.redo = False
+        s.seen = 0
+        s.name_start = s.name_stop = s.state_start = s.state_stop = 0
+        s.kind = s.status = s.flags = 0
+        s.start = s.end = 0
+        while pos < end:
+            pos = tag_of(b, pos, end, &tag)
+            if tag & 7 == 2:
+                pos = length_of(b, pos, end, &n)
+                stop = pos + n
+                tag >>= 3
+                if tag == 9:
+                    value = attribute(b, pos, stop, self.kx, &ki, depth + 1)
+                    if ki >= 0:
+                        self.found(ki, value, s)
+                elif tag == 1:
+                    if n != 16:
+                        fail(f"span trace_id has {n} bytes, want 16")
+                    s.trace_id = pos
+                    has_trace_id = True
+                elif tag == 2:
+                    if n != 8:
+                        fail(f"span span_id has {n} bytes, want 8")
+                    has_span_id = True
+                elif tag == 4:
+                    if n != 0 and n != 8:
+                        fail(f"span parent_span_id has {n} bytes, want 8 or none")
+                    if n == 0 and not s.is_root and s.seen:
+                        s.redo = True  # attributes seen meanwhile were not kept
+                    s.is_root = n == 0
+                elif tag == 5:
+                    check_utf8(b, pos, stop)
+                    s.name_start = pos
+                    s.name_stop = stop
+                elif tag == 3:
+                    check_utf8(b, pos, stop)
+                    s.state_start = pos
+                    s.state_stop = stop
+                elif tag == 15:
+                    s.status = status_code(b, pos, stop, depth + 1)
+                elif tag == 11:
+                    check_message(b, pos, stop, M_EVENT, depth + 1)
+                elif tag == 13:
+                    check_message(b, pos, stop, M_LINK, depth + 1)
+                pos = stop
+            elif tag == 0x39 or tag == 0x41:  # start / end_time_unix_nano, fixed64
+                if end - pos < 8:
+                    fail(f"truncated fixed64 at byte {pos}")
+                if tag == 0x39:
+                    s.start = fixed64(b, pos)
+                else:
+                    s.end = fixed64(b, pos)
+                pos += 8
+            elif tag == 0x30:  # kind
+                pos = varint(b, pos, end, &v)
+                s.kind = <uint32_t>(v & 0xFFFFFFFF)
+            elif tag == 0x85:  # flags (field 16), fixed32
+                if end - pos < 4:
+                    fail(f"truncated fixed32 at byte {pos}")
+                memcpy(&s.flags, b + pos, 4)
+                pos += 4
+            elif tag & 7 == 4:
+                fail(f"unexpected end-group at byte {pos}")
+            else:
+                pos = skip(b, pos, end, tag, depth)
+        if not has_trace_id:
+            fail("span has no trace_id")
+        if not has_span_id:
+            fail("span has no span_id")
+        return 0
+
+    cdef object group(self, bytes resource, bytes scope):
+        """The shared Group of this resource and scope; only a new one has its resource attributes
+        read (interpreted: once per distinct resource and scope, not per request)."""
+        cdef PyObject* found = PyDict_GetItem(self.groups, (resource, scope))
+        if found is not NULL:
+            return <object>found
+        return self.splitter.group(Group(resource, scope, wire.resource_attrs(resource, self.splitter.keys)))
+
+    cdef int add_span(self, const unsigned char* b, Py_ssize_t start, Py_ssize_t stop, object group) except -1:
+        cdef SpanInfo s
+        cdef Chunk chunk
+        cdef PyObject* found
+        self.attrs = None
+        self.narrow = 0
+        self.wide = None
+        self.read_span(b, start, stop, &s)
+        data = PyBytes_FromStringAndSize(<const char*>b + start, stop - start)
+        if s.redo:  # rare: read the wanted attributes again as the interpreted walker does (last value wins)
+            self.narrow = 0
+            self.wide = None
+            self.attrs = wire.span_fields(data, group, self.splitter.keys).attrs
+            if self.attrs is not None:
+                for key, value in (<dict>self.attrs).items():
+                    self.add_bits(self.bits_of(key, value))
+        self.add_bits(group.match_bits)
+        if self.whole_span_bits is not None:
+            self.add_bits(self.whole_span_bits(self.fields(data, b, group, &s)))
+        chunk = self.last
+        if chunk is None or memcmp(PyBytes_AS_STRING(chunk.trace_id), b + s.trace_id, 16) != 0:
+            trace_id = PyBytes_FromStringAndSize(<const char*>b + s.trace_id, 16)
+            found = PyDict_GetItem(self.by_trace, trace_id)
+            if found is NULL:
+                chunk = Chunk.__new__(Chunk)
+                chunk.trace_id = trace_id
+                chunk.spans = []
+                chunk.groups = []
+                chunk.nbytes = 0
+                chunk.min_start = s.start
+                chunk.max_end = s.end
+                chunk.status_mask = 0
+                chunk.narrow_bits = 0
+                PyDict_SetItem(self.by_trace, trace_id, chunk)
+                PyList_Append(self.out, chunk)
+            else:
+                chunk = <Chunk>found
+            self.last = chunk
+        PyList_Append(chunk.spans, data)
+        PyList_Append(chunk.groups, group)
+        chunk.nbytes += stop - start
+        if s.start < chunk.min_start:
+            chunk.min_start = s.start
+        if s.end > chunk.max_end:
+            chunk.max_end = s.end
+        chunk.status_mask |= 1 << (s.status if s.status <= 2 else 0)
+        chunk.narrow_bits |= self.narrow
+        if self.wide is not None:
+            chunk.wide_bits = self.wide if chunk.wide_bits is None else chunk.wide_bits | self.wide
+        if s.is_root:
+            chunk.root_name = decode(b, s.name_start, s.name_stop)
+            chunk.root_attrs = self.attrs if self.attrs is not None else {}
+            chunk.root_group = group
+        return 0
+
+    cdef object fields(self, bytes data, const unsigned char* b, object group, SpanInfo* s):
+        """A SpanFields for the policies that read whole spans (trace_state, trace_flags, ottl)."""
+        span = SpanFields(data, group)
+        span.trace_id = PyBytes_FromStringAndSize(<const char*>b + s.trace_id, 16)
+        span.is_root = s.is_root
+        span.name = decode(b, s.name_start, s.name_stop)
+        span.kind = s.kind
+        span.start = s.start
+        span.end = s.end
+        span.status = s.status
+        span.flags = s.flags
+        span.trace_state = decode(b, s.state_start, s.state_stop)
+        span.attrs = self.attrs
+        return span
+
+    cdef int scope_spans(self, bytes data, const unsigned char* b, Py_ssize_t pos, Py_ssize_t end,
+                         bytes resource) except -1:
+        """Two passes: validate the scope's own fields (and keep them as its header), then the spans,
+        which are added to their traces under the scope's group."""
+        cdef uint64_t tag
+        cdef Py_ssize_t n, fstart, start = pos
+        cdef int kind
+        cdef bint has_spans = False
+        cdef list header = []
+        while pos < end:
+            fstart = pos
+            pos = tag_of(b, pos, end, &tag)
+            if tag == 0x12:
+                pos = length_of(b, pos, end, &n)
+                pos += n
+                has_spans = True
+                continue
+            if tag & 7 == 2:
+                pos = length_of(b, pos, end, &n)
+                kind = kind_of(M_SCOPESPANS, tag >> 3)
+                if kind == K_MESSAGE:
+                    check_message(b, pos, pos + n, SUB[M_SCOPESPANS][tag >> 3], 3)
+                elif kind == K_STRING:
+                    check_utf8(b, pos, pos + n)
+                pos += n
+            elif tag & 7 == 4:
+                fail(f"unexpected end-group at byte {pos}")
+            else:
+                pos = skip(b, pos, end, tag, 2)
+            header.append(data[fstart:pos])
+        if not has_spans:
+            return 0
+        group = self.group(resource, b"".join(header))
+        pos = start
+        while pos < end:
+            pos = tag_of(b, pos, end, &tag)
+            if tag == 0x12:
+                pos = length_of(b, pos, end, &n)
+                self.add_span(b, pos, pos + n, group)
+                pos += n
+            else:
+                pos = skip(b, pos, end, tag, 2)
+        return 0
+
+    cdef int resource_spans(self, bytes data, const unsigned char* b, Py_ssize_t pos, Py_ssize_t end) except -1:
+        cdef uint64_t tag
+        cdef Py_ssize_t n, fstart, i
+        cdef list header = []
+        cdef list scopes = []
+        while pos < end:
+            fstart = pos
+            pos = tag_of(b, pos, end, &tag)
+            if tag == 0x12:
+                pos = length_of(b, pos, end, &n)
+                scopes.append(pos)
+                scopes.append(pos + n)
+                pos += n
+                continue
+            if tag == 0x0A:
+                pos = length_of(b, pos, end, &n)
+                check_message(b, pos, pos + n, M_RESOURCE, 2)
+                pos += n
+            elif tag == 0x1A:
+                pos = length_of(b, pos, end, &n)
+                check_utf8(b, pos, pos + n)
+                pos += n
+            elif tag & 7 == 4:
+                fail(f"unexpected end-group at byte {pos}")
+            else:
+                pos = skip(b, pos, end, tag, 1)
+            header.append(data[fstart:pos])
+        resource = b"".join(header)
+        for i in range(0, len(scopes), 2):
+            self.scope_spans(data, b, scopes[i], scopes[i + 1], resource)
+        return 0
+
+
+def split_request(bytes data, splitter):
+    """Split an ExportTraceServiceRequest into per-trace Chunks (in order of first appearance);
+    raise WireError if protobuf would refuse it."""
+    cdef _Split w = _Split.__new__(_Split)
+    w.splitter = splitter
+    w.kx = _keys(splitter.keys)
+    w.groups = splitter.groups
+    w.cache_str = splitter.cache_str
+    w.cache_int = splitter.cache_int
+    w.value_bits = splitter.value_bits
+    w.whole_span_bits = splitter.span_bits
+    w.out = []
+    w.by_trace = {}
+    w.last = None
+    cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t end = PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t pos = 0, n
+    cdef uint64_t tag
+    while pos < end:
+        pos = tag_of(b, pos, end, &tag)
+        if tag == 0x0A:
+            pos = length_of(b, pos, end, &n)
+            w.resource_spans(data, b, pos, pos + n)
+            pos += n
+        elif tag & 7 == 4:
+            fail(f"unexpected end-group at byte {pos}")
+        else:
+            pos = skip(b, pos, end, tag, 0)
+    return w.out
