@@ -20,7 +20,7 @@ from cpython.list cimport PyList_Append
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint32_t, uint64_t
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp, memcpy, memset
 
 from sampler.otlp import wire
 from sampler.otlp.wire import Group, SpanFields, WireError
@@ -33,6 +33,8 @@ cdef enum:
     NMSG = 16
     NFIELD = 32
     CACHE_SIZE = 4096  # bound on cached predicate results per attribute key
+    RAW_KEYS = 64
+    RAW_SIZE = 16
 
 # The validation schema from the installed descriptors (wire.KINDS / wire.SUBS) as C tables.
 cdef unsigned char KIND[NMSG][NFIELD]
@@ -327,26 +329,28 @@ cdef inline bint plain_varint(const unsigned char* b, Py_ssize_t pos, Py_ssize_t
     return b[pos] < 0x80
 
 
-cdef object attribute(const unsigned char* b, Py_ssize_t pos, Py_ssize_t end, Keys kx, int* index, int depth):
-    """Validate one KeyValue. When its key is wanted and its value primitive, set index[0] to the
-    key's index and return the value; otherwise index[0] is -1."""
+cdef int attribute(const unsigned char* b, Py_ssize_t pos, Py_ssize_t end, Keys kx, Py_ssize_t* value,
+                   int depth) except -2:
+    """Validate one KeyValue, all but the value of a wanted key: return that key's index, with
+    value[0:2] the range of its value, for the caller to decode (or recognise); otherwise -1."""
     cdef uint64_t tag
     cdef Py_ssize_t n, stop, p, klen
     cdef Py_ssize_t kstart = -1, kstop = -1, vstart = -1, vend = -1
-    cdef int ki = -1
-    cdef object value
+    cdef int ki
     cdef unsigned char vt
-    index[0] = -1
     # The layout every SDK writes: key, then a value holding one string, int or bool, framed with
-    # one-byte lengths. An unwanted key with such a value needs only its ASCII (or varint) checked.
+    # one-byte lengths. Such a KeyValue needs only its strings' ASCII (or its varint) checked.
     if end - pos >= 6 and b[pos] == 0x0A:
         klen = b[pos + 1]
         p = pos + 2 + klen
         if klen < 0x80 and p + 4 <= end and b[p] == 0x12 and p + 2 + b[p + 1] == end:
             vt = b[p + 2]
             if (vt == 0x0A and b[p + 3] == end - p - 4) or ((vt == 0x18 or vt == 0x10) and plain_varint(b, p + 3, end)):
-                if wanted(kx, b, pos + 2, p) < 0 and is_ascii(b, pos + 2, p) and (vt != 0x0A or is_ascii(b, p + 4, end)):
-                    return None
+                if is_ascii(b, pos + 2, p) and (vt != 0x0A or is_ascii(b, p + 4, end)):
+                    ki = wanted(kx, b, pos + 2, p)
+                    value[0] = p + 2
+                    value[1] = end
+                    return ki
     while pos < end:
         pos = tag_of(b, pos, end, &tag)
         if tag == 0x0A or tag == 0x12:
@@ -367,13 +371,13 @@ cdef object attribute(const unsigned char* b, Py_ssize_t pos, Py_ssize_t end, Ke
         else:
             pos = skip(b, pos, end, tag, depth)
     if vstart < 0:
-        return None
-    if kstart >= 0:
-        ki = wanted(kx, b, kstart, kstop)
-    value = any_value(b, vstart, vend, depth + 1, ki >= 0)
-    if value is not None:
-        index[0] = ki
-    return value
+        return -1
+    ki = wanted(kx, b, kstart, kstop) if kstart >= 0 else -1
+    if ki < 0:
+        any_value(b, vstart, vend, depth + 1, False)
+    value[0] = vstart
+    value[1] = vend
+    return ki
 
 
 cdef uint32_t status_code(const unsigned char* b, Py_ssize_t pos, Py_ssize_t end, int depth) except? 0xFFFFFFFF:
@@ -452,6 +456,11 @@ cdef class _Split:
     cdef object attrs
     cdef uint64_t narrow
     cdef object wide
+    # per wanted key (the first RAW_KEYS): the last value's bytes and bits, so a value that recurs
+    # (status 200) costs a comparison, not a decode and two lookups; valid because those bytes were
+    cdef unsigned char raw[RAW_KEYS][RAW_SIZE]
+    cdef Py_ssize_t raw_len[RAW_KEYS]
+    cdef uint64_t raw_bits[RAW_KEYS]
 
     cdef object bits_of(self, object key, object value):
         """Predicate bits of one attribute value, cached per key for strings and integers."""
@@ -486,16 +495,31 @@ cdef class _Split:
                 self.wide = (0 if self.wide is None else self.wide) | bits
         return 0
 
-    cdef int found(self, int ki, object value, SpanInfo* s) except -1:
-        """A wanted attribute of the span being read: fold its bits in, and keep it while the span
-        may be a root (or for policies that read whole spans)."""
+    cdef int found(self, int ki, const unsigned char* b, Py_ssize_t vstart, Py_ssize_t vend, SpanInfo* s,
+                   int depth) except -1:
+        """A wanted attribute of the span being read: fold its bits in, and keep its value while the
+        span may be a root (or for policies that read whole spans)."""
         cdef uint64_t bit = (<uint64_t>1) << min(ki, 63)
+        cdef Py_ssize_t n = vend - vstart
+        cdef bint keep = s.is_root or self.whole_span_bits is not None
+        cdef bint cacheable = ki < RAW_KEYS and n <= RAW_SIZE
         if s.seen & bit:
             s.redo = True
         s.seen |= bit
+        if not keep and cacheable and self.raw_len[ki] == n and memcmp(self.raw[ki], b + vstart, n) == 0:
+            self.narrow |= self.raw_bits[ki]
+            return 0
+        value = any_value(b, vstart, vend, depth, True)
+        if value is None:  # an array, map or bytes: no predicate reads it
+            return 0
         key = self.kx.names[ki]
-        self.add_bits(self.bits_of(key, value))
-        if s.is_root or self.whole_span_bits is not None:
+        bits = self.bits_of(key, value)
+        self.add_bits(bits)
+        if cacheable and bits.bit_length() < 64:
+            memcpy(self.raw[ki], b + vstart, n)
+            self.raw_len[ki] = n
+            self.raw_bits[ki] = <uint64_t>bits
+        if keep:
             if self.attrs is None:
                 self.attrs = {}
             self.attrs[key] = value
@@ -505,6 +529,7 @@ cdef class _Split:
         """Validate one Span and fill `s`; its wanted attributes go to `found`."""
         cdef int depth = 3
         cdef int ki
+        cdef Py_ssize_t value[2]
         cdef bint has_trace_id = False, has_span_id = False
         cdef uint64_t tag, v
         cdef Py_ssize_t n, stop
@@ -521,9 +546,9 @@ cdef class _Split:
                 stop = pos + n
                 tag >>= 3
                 if tag == 9:
-                    value = attribute(b, pos, stop, self.kx, &ki, depth + 1)
+                    ki = attribute(b, pos, stop, self.kx, value, depth + 1)
                     if ki >= 0:
-                        self.found(ki, value, s)
+                        self.found(ki, b, value[0], value[1], s, depth + 2)
                 elif tag == 1:
                     if n != 16:
                         fail(f"span trace_id has {n} bytes, want 16")
@@ -749,6 +774,7 @@ def split_request(bytes data, splitter):
     w.out = []
     w.by_trace = {}
     w.last = None
+    memset(w.raw_len, 0xFF, sizeof(w.raw_len))  # -1: nothing cached yet
     cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t end = PyBytes_GET_SIZE(data)
     cdef Py_ssize_t pos = 0, n

@@ -16,13 +16,28 @@ POLICY_KEY = "tailsampling.policy"
 RATE_KEY = "tailsampling.sample_rate"
 
 
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]
+
+
 def varint(n: int) -> bytes:
+    if n < 0x80:
+        return _ONE_BYTE[n]
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+def length_prefix(tag: int, n: int) -> bytes:
+    """A one-byte tag and the varint length of an n-byte payload: one small bytes object, built
+    directly for the common sizes (every span of a kept trace gets one)."""
+    if n < 0x80:
+        return bytes((tag, n))
+    if n < 0x4000:
+        return bytes((tag, (n & 0x7F) | 0x80, n >> 7))
+    return bytes((tag,)) + varint(n)
 
 
 def field(tag: int, payload: bytes) -> bytes:
@@ -57,7 +72,7 @@ def encode_request(items: Iterable[Item]) -> bytes:
             if group is not last:
                 last = group
                 bucket = tree.setdefault(group.resource, {}).setdefault(group.scope, [])
-            bucket.append(b"\x12" + varint(len(data) + len(suffix)))
+            bucket.append(length_prefix(0x12, len(data) + len(suffix)))
             bucket.append(data)
             if suffix:
                 bucket.append(suffix)
@@ -66,11 +81,11 @@ def encode_request(items: Iterable[Item]) -> bytes:
         scope_parts: list[bytes] = []
         for scope, span_parts in scopes.items():
             size = len(scope) + sum(len(p) for p in span_parts)
-            scope_parts.append(b"\x12" + varint(size))
+            scope_parts.append(length_prefix(0x12, size))
             scope_parts.append(scope)
             scope_parts.extend(span_parts)
         size = len(resource) + sum(len(p) for p in scope_parts)
-        parts.append(b"\x0a" + varint(size))
+        parts.append(length_prefix(0x0A, size))
         parts.append(resource)
         parts.extend(scope_parts)
     return b"".join(parts)
