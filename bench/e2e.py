@@ -602,7 +602,7 @@ def print_table(results: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def _compiled_walker() -> bool:
-    out = subprocess.run([sys.executable, "-c", "import sampler.otlp.wire as w; print(w.COMPILED)"],
+    out = subprocess.run([sys.executable, "-c", "import sampler.otlp.split as s; print(s.COMPILED)"],
                          cwd=str(ROOT), capture_output=True, text=True, timeout=60)
     return out.stdout.strip() == "True"
 

@@ -99,7 +99,9 @@ def test_splitters_agree_on_realistic_requests_with_many_key_sets() -> None:
                     S(1, 2, parent=1, attrs={"ratio": 0.25, "n": -5, "big": 1 << 40, "t": True}),
                     S(2, 3, attrs={"n": 3, "s": "x" * 200}, trace_state="a=b", flags=0x301, status=2)])
     requests = [data] + [build_template(rng, spans_per_request=64).stamp(rng) for _ in range(2)]
-    key_sets = [KEYS, frozenset(), frozenset({long_key, "é.ключ", "x" * 62, "ratio", "n", "big", "t", "http.route"})]
+    many = frozenset({f"k{i:03}" for i in range(70)} | {"n", "ratio"})  # "n" and "ratio" sort past the 64th
+    key_sets = [KEYS, frozenset(), frozenset({long_key, "é.ключ", "x" * 62, "ratio", "n", "big", "t", "http.route"}),
+                many]
     for req in requests:
         for keys in key_sets:
             for whole_spans in (False, True):

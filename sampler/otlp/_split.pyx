@@ -277,32 +277,40 @@ cdef object any_value(const unsigned char* b, Py_ssize_t pos, Py_ssize_t end, in
 
 
 cdef class Keys:
-    """The wanted attribute keys as UTF-8 bytes by length, compared in place against the request."""
+    """The wanted attribute keys as UTF-8 bytes in C arrays, compared in place against the request."""
 
     cdef list names  # index -> key (str)
-    cdef list by_len  # length n -> list of (bytes, index) of the wanted keys n bytes long
-    cdef Py_ssize_t max_len
+    cdef list encoded  # index -> key (UTF-8 bytes), kept alive for `ptrs`
+    cdef const char* ptrs[RAW_KEYS]
+    cdef Py_ssize_t lens[RAW_KEYS]
+    cdef int n  # keys compared in place; any beyond RAW_KEYS are looked up through `rest`
+    cdef dict rest
     cdef uint64_t len_mask  # bit n: some wanted key is n bytes long (bit 63: 63 or more)
 
     def __init__(self, keys):
         self.names = sorted(keys)
-        encoded = [k.encode("utf-8") for k in self.names]
-        self.max_len = max((len(k) for k in encoded), default=-1)
-        self.by_len = [[] for _ in range(self.max_len + 1)]
+        self.encoded = [k.encode("utf-8") for k in self.names]
+        self.n = min(len(self.encoded), RAW_KEYS)
+        self.rest = {k: i for i, k in enumerate(self.encoded) if i >= RAW_KEYS}
         self.len_mask = 0
-        for i, k in enumerate(encoded):
-            self.by_len[len(k)].append((k, i))
+        for i, k in enumerate(self.encoded):
+            if i < RAW_KEYS:
+                self.ptrs[i] = PyBytes_AS_STRING(k)
+                self.lens[i] = len(k)
             self.len_mask |= (<uint64_t>1) << min(len(k), 63)
 
 
 cdef inline int wanted(Keys kx, const unsigned char* b, Py_ssize_t start, Py_ssize_t stop):
     """The index of the wanted key equal to b[start:stop], or -1 (most keys are ruled out by length)."""
     cdef Py_ssize_t n = stop - start
-    if not (kx.len_mask >> min(n, 63)) & 1 or n > kx.max_len:
+    cdef int i
+    if not (kx.len_mask >> min(n, 63)) & 1:
         return -1
-    for kb, i in <list>kx.by_len[n]:
-        if memcmp(PyBytes_AS_STRING(kb), b + start, n) == 0:
+    for i in range(kx.n):
+        if kx.lens[i] == n and memcmp(kx.ptrs[i], b + start, n) == 0:
             return i
+    if kx.rest:
+        return kx.rest.get(PyBytes_FromStringAndSize(<const char*>b + start, n), -1)
     return -1
 
 
@@ -588,8 +596,12 @@ cdef class _Split:
                     s.end = fixed64(b, pos)
                 pos += 8
             elif tag == 0x30:  # kind
-                pos = varint(b, pos, end, &v)
-                s.kind = <uint32_t>(v & 0xFFFFFFFF)
+                if pos < end and b[pos] < 0x80:
+                    s.kind = b[pos]
+                    pos += 1
+                else:
+                    pos = varint(b, pos, end, &v)
+                    s.kind = <uint32_t>(v & 0xFFFFFFFF)
             elif tag == 0x85:  # flags (field 16), fixed32
                 if end - pos < 4:
                     fail(f"truncated fixed32 at byte {pos}")
@@ -613,7 +625,8 @@ cdef class _Split:
             return <object>found
         return self.splitter.group(Group(resource, scope, wire.resource_attrs(resource, self.splitter.keys)))
 
-    cdef int add_span(self, const unsigned char* b, Py_ssize_t start, Py_ssize_t stop, object group) except -1:
+    cdef int add_span(self, const unsigned char* b, Py_ssize_t start, Py_ssize_t stop, object group,
+                      object group_bits) except -1:
         cdef SpanInfo s
         cdef Chunk chunk
         cdef PyObject* found
@@ -629,7 +642,7 @@ cdef class _Split:
             if self.attrs is not None:
                 for key, value in (<dict>self.attrs).items():
                     self.add_bits(self.bits_of(key, value))
-        self.add_bits(group.match_bits)
+        self.add_bits(group_bits)
         if self.whole_span_bits is not None:
             self.add_bits(self.whole_span_bits(self.fields(data, b, group, &s)))
         chunk = self.last
@@ -716,12 +729,13 @@ cdef class _Split:
         if not has_spans:
             return 0
         group = self.group(resource, b"".join(header))
+        group_bits = group.match_bits
         pos = start
         while pos < end:
             pos = tag_of(b, pos, end, &tag)
             if tag == 0x12:
                 pos = length_of(b, pos, end, &n)
-                self.add_span(b, pos, pos + n, group)
+                self.add_span(b, pos, pos + n, group, group_bits)
                 pos += n
             else:
                 pos = skip(b, pos, end, tag, 2)
