@@ -38,8 +38,10 @@ class Policy:
 
     Per-span questions are answered at ingest, not at decision time, and folded into one bit of the
     trace summary (`self.bit`, assigned by the engine):
-    - a policy that reads attributes declares the `keys` it reads and implements `matches`, which
-      the engine calls once per span (with the span's attributes) and once per resource;
+    - a policy that reads attributes declares the `keys` it reads and implements `matches`, a test
+      of one key's value: the engine calls it with one span attribute at a time (the result is
+      cached per key and value, so it must depend on nothing else) and once per resource with the
+      resource's attributes;
     - a policy that reads other span fields sets `span_level` and implements `matches_span`
       (its `keys`, if any, are still extracted into `span.attrs` and `span.group.attrs`).
     """
