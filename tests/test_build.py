@@ -10,8 +10,10 @@ import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import pytest
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 import sampler.otlp.split as split
@@ -125,6 +127,21 @@ def test_a_repeated_wanted_key_keeps_its_last_value_in_both() -> None:
         assert chunk.root_attrs == {"n": 9}
         assert chunk.bits == value_bits("n", 9) | resource_bits({})
     assert outcome(SPLITS[0], data, keys) == outcome(SPLITS[-1], data, keys)
+
+
+def test_a_two_byte_value_length_is_not_taken_for_the_common_layout() -> None:
+    """KeyValue{key "k", value: length varint 0x8E 0x0A (1294, past the end)}: the bytes after the
+    key happen to look like a one-byte-framed string value; protobuf refuses, and so must both."""
+    from sampler.otlp.splice import field
+    from tests.spans import span_message
+
+    kv = b"\x0a\x01k\x12" + bytes([0x8E, 0x0A, 0x8C]) + b"a" * 0x8C
+    span = span_message(S(1, 1)).SerializeToString() + field(0x4A, kv)
+    data = field(0x0A, field(0x12, field(0x12, span)))
+    with pytest.raises(DecodeError):
+        ExportTraceServiceRequest.FromString(data)
+    for keys in (KEYS, frozenset({"k"})):
+        assert [outcome(s, data, keys) for s in SPLITS] == ["refused"] * len(SPLITS)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -351,7 +351,7 @@ cdef int attribute(const unsigned char* b, Py_ssize_t pos, Py_ssize_t end, Keys 
     if end - pos >= 6 and b[pos] == 0x0A:
         klen = b[pos + 1]
         p = pos + 2 + klen
-        if klen < 0x80 and p + 4 <= end and b[p] == 0x12 and p + 2 + b[p + 1] == end:
+        if klen < 0x80 and p + 4 <= end and b[p] == 0x12 and b[p + 1] < 0x80 and p + 2 + b[p + 1] == end:
             vt = b[p + 2]
             if (vt == 0x0A and b[p + 3] == end - p - 4) or ((vt == 0x18 or vt == 0x10) and plain_varint(b, p + 3, end)):
                 if is_ascii(b, pos + 2, p) and (vt != 0x0A or is_ascii(b, p + 4, end)):
