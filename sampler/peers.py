@@ -179,8 +179,11 @@ class Forwarder:
                 self.wakes[owner].clear()
                 await self.wakes[owner].wait()
             batch: list[Chunk] = []
-            while queue and _spans(batch) < 4096:
-                batch.extend(queue.popleft())
+            spans = 0
+            while queue and spans < 4096:
+                chunks = queue.popleft()
+                batch.extend(chunks)
+                spans += _spans(chunks)
             self.in_flight += 1
             try:
                 await self._send(owner, call, batch)

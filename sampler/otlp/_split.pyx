@@ -32,9 +32,8 @@ cdef enum:
     MAX_DEPTH = 100  # upb's default recursion limit
     NMSG = 16
     NFIELD = 32
-    CACHE_SIZE = 4096  # bound on cached predicate results per attribute key
-    RAW_KEYS = 64
-    RAW_SIZE = 16
+    RAW_KEYS = 64  # wanted keys compared from C arrays (and given a last-value cache)
+    RAW_SIZE = 64  # longest attribute value the last-value cache holds
 
 # The validation schema from the installed descriptors (wire.KINDS / wire.SUBS) as C tables.
 cdef unsigned char KIND[NMSG][NFIELD]
@@ -160,6 +159,14 @@ cdef inline int check_utf8(const unsigned char* b, Py_ssize_t start, Py_ssize_t 
     if not is_ascii(b, start, stop):
         decode(b, start, stop)
     return 0
+
+
+cdef Py_ssize_t string_field(const unsigned char* b, Py_ssize_t pos, Py_ssize_t end) except -1:
+    """Skip a string field's value (its tag just read), validating it."""
+    cdef Py_ssize_t n
+    pos = length_of(b, pos, end, &n)
+    check_utf8(b, pos, pos + n)
+    return pos + n
 
 
 cdef Py_ssize_t skip(const unsigned char* b, Py_ssize_t pos, Py_ssize_t end, uint64_t tag, int depth) except -1:
@@ -398,9 +405,7 @@ cdef uint32_t status_code(const unsigned char* b, Py_ssize_t pos, Py_ssize_t end
             pos = varint(b, pos, end, &v)
             code = <uint32_t>(v & 0xFFFFFFFF)
         elif tag == 0x12:
-            pos = length_of(b, pos, end, &n)
-            check_utf8(b, pos, pos + n)
-            pos += n
+            pos = string_field(b, pos, end)
         elif tag & 7 == 4:
             fail(f"unexpected end-group at byte {pos}")
         else:
@@ -453,9 +458,7 @@ cdef class _Split:
     cdef object splitter
     cdef Keys kx
     cdef dict groups
-    cdef dict cache_str
-    cdef dict cache_int
-    cdef object value_bits
+    cdef object bits_of  # Splitter.bits_of: cached per (key, value)
     cdef object whole_span_bits
     cdef list out
     cdef dict by_trace
@@ -465,35 +468,11 @@ cdef class _Split:
     cdef uint64_t narrow
     cdef object wide
     # per wanted key (the first RAW_KEYS): the last value's bytes and bits, so a value that recurs
-    # (status 200) costs a comparison, not a decode and two lookups; valid because those bytes were
+    # (status 200) costs a comparison, not a decode and a cache lookup; sound because those same
+    # bytes were fully validated when they were first decoded
     cdef unsigned char raw[RAW_KEYS][RAW_SIZE]
     cdef Py_ssize_t raw_len[RAW_KEYS]
     cdef uint64_t raw_bits[RAW_KEYS]
-
-    cdef object bits_of(self, object key, object value):
-        """Predicate bits of one attribute value, cached per key for strings and integers."""
-        cdef dict cache
-        cdef PyObject* found
-        if type(value) is str:
-            cache = self.cache_str
-        elif type(value) is int:
-            cache = self.cache_int
-        else:
-            return self.value_bits(key, value)
-        found = PyDict_GetItem(cache, key)
-        if found is NULL:
-            per_key = {}
-            cache[key] = per_key
-        else:
-            per_key = <dict>found
-        found = PyDict_GetItem(per_key, value)
-        if found is not NULL:
-            return <object>found
-        result = self.value_bits(key, value)
-        if len(per_key) >= CACHE_SIZE:
-            per_key.clear()
-        per_key[value] = result
-        return result
 
     cdef inline int add_bits(self, object bits) except -1:
         if bits:
@@ -760,9 +739,7 @@ cdef class _Split:
                 check_message(b, pos, pos + n, M_RESOURCE, 2)
                 pos += n
             elif tag == 0x1A:
-                pos = length_of(b, pos, end, &n)
-                check_utf8(b, pos, pos + n)
-                pos += n
+                pos = string_field(b, pos, end)
             elif tag & 7 == 4:
                 fail(f"unexpected end-group at byte {pos}")
             else:
@@ -781,9 +758,7 @@ def split_request(bytes data, splitter):
     w.splitter = splitter
     w.kx = _keys(splitter.keys)
     w.groups = splitter.groups
-    w.cache_str = splitter.cache_str
-    w.cache_int = splitter.cache_int
-    w.value_bits = splitter.value_bits
+    w.bits_of = splitter.bits_of
     w.whole_span_bits = splitter.span_bits
     w.out = []
     w.by_trace = {}

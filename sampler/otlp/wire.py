@@ -99,7 +99,7 @@ class Group:
         self.attrs = attrs
         value = attrs.get("service.name")
         self.service = value if isinstance(value, str) else ""
-        self.match_bits = -1  # resource-level policy matches; computed once per group by the core
+        self.match_bits = -1  # resource-level predicate bits; set when the Splitter interns the group
 
 
 class SpanFields:
