@@ -7,6 +7,8 @@ from typing import Protocol
 from sampler.core import KeptTrace
 from sampler.otlp.splice import annotation, encode_request
 
+WORKERS = 4  # export batches in flight at once
+
 
 class RetryableError(Exception):
     """The backend may accept the same batch later; `delay` is its hint (RetryInfo/Retry-After)."""

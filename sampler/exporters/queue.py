@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from sampler.config import Retry
 from sampler.core import KeptTrace
-from sampler.exporters.base import PermanentError, RetryableError, Sender
+from sampler.exporters.base import WORKERS, PermanentError, RetryableError, Sender
 from sampler.metrics import Metrics
 
 log = logging.getLogger("tailsampler.export")
@@ -30,7 +30,7 @@ class ExportQueue:
         max_bytes: int,
         batch_max_spans: int,
         retry: Retry,
-        workers: int = 4,
+        workers: int = WORKERS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sender = sender
