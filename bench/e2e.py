@@ -6,7 +6,9 @@ For each request size (512 and 64 spans by default) it runs, all on 127.0.0.1:
    each request into `ExportTraceServiceRequest`, loaded at full speed by the load generator;
 2. tailsampler (`python -m sampler run --config <tmp>`, its own process) exporting over OTLP/gRPC to
    a sink (another process), loaded by the same generator at full speed, then at half that rate
-   while the Export latency of every call is recorded.
+   while the Export latency of every call is recorded;
+3. the floor again at that same half rate, so tailsampler's latency stands beside what a bare gRPC
+   server shows on the same machine with the same generator.
 
 The load generator is a separate process that stamps fresh trace ids into pre-built realistic
 requests (`sampler.demo.build_template` / `Template.stamp`) and sends them over gRPC with a fixed
@@ -15,7 +17,8 @@ number of calls in flight (full speed) or on a fixed schedule (half rate, open l
     .venv/bin/python bench/e2e.py [--quick] [--json] [--sizes 512,64] [--phase-seconds 10] [--plot DIR]
 
 Keys per request size (`--json` prints {"compiled_walker": ..., "512": {...}, "64": {...}}):
-spans_per_s, floor_spans_per_s, ratio, p50_ms, p99_ms (Export latency at half load),
+spans_per_s, floor_spans_per_s, ratio, p50_ms, p99_ms (Export latency at half load), floor_p50_ms and
+floor_p99_ms (the floor's at the same rate),
 decision_lag_p99_ms (from tailsampler_decision_lag_seconds during the half-load phase, estimated
 from the histogram buckets), peak_rss_mb (tailsampler's VmHWM), plus cpu_cores (tailsampler's CPU
 use at full speed) and cpu_cores_per_100k_spans_s. `--plot DIR` (needs the `bench` extra,
@@ -392,16 +395,37 @@ log_level: warning
 
 def bench_size(procs: Procs, spans: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     phase, warmup = args.phase_seconds, args.warmup
-    life = 4 * (phase + warmup) + 120  # servers exit on their own after this, whatever happens here
+    # servers exit on their own after this, whatever happens here; the floor outlives tailsampler's phases
+    life = 8 * (phase + warmup) + 4 * args.settle_seconds + 120
     # 1. the floor
     floor_proc, floor_port = _start_server(procs, "floor", life)
     try:
         fcpu0, ft0 = _cpu_seconds(floor_proc.pid), time.monotonic()
         floor = _run_load(procs, f"{HOST}:{floor_port}", spans, phase, warmup, 0, args.inflight, seed=spans)
         floor_cores = (_cpu_seconds(floor_proc.pid) - fcpu0) / (time.monotonic() - ft0)
+        measured = _measure_tailsampler(procs, spans, args, workdir)
+        # 3. the floor at tailsampler's half rate (it sat idle meanwhile)
+        floor_half = _run_load(procs, f"{HOST}:{floor_port}", spans, phase, warmup, measured.pop("half_calls_per_s"),
+                               max(64, args.inflight * 8), seed=spans + 2)
     finally:
         procs.stop(floor_proc)
-    # 2. tailsampler behind the same generator, exporting to a sink
+    floor_sps = floor["spans_per_s"]
+    sps = measured["spans_per_s"]
+    return {
+        "spans_per_s": sps,
+        "floor_spans_per_s": round(floor_sps),
+        "ratio": round(sps / floor_sps, 3) if floor_sps else float("nan"),
+        **measured,
+        "floor_p50_ms": round(floor_half["p50_ms"], 2),
+        "floor_p99_ms": round(floor_half["p99_ms"], 2),
+        "floor_cpu_cores": round(floor_cores, 2),
+    }
+
+
+def _measure_tailsampler(procs: Procs, spans: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """2. tailsampler behind the same generator, exporting to a sink: full speed, then half rate."""
+    phase, warmup = args.phase_seconds, args.warmup
+    life = 4 * (phase + warmup) + 4 * args.settle_seconds + 120
     sink_proc, sink_port = _start_server(procs, "sink", life)
     grpc_port, admin_port = free_port(), free_port()
     config = workdir / f"tailsampler-{spans}.yaml"
@@ -435,18 +459,15 @@ def bench_size(procs: Procs, spans: int, args: argparse.Namespace, workdir: Path
     finally:
         procs.stop(ts)
         procs.stop(sink_proc)
-    floor_sps = floor["spans_per_s"]
     return {
         "spans_per_s": round(full["spans_per_s"]),
-        "floor_spans_per_s": round(floor_sps),
-        "ratio": round(full["spans_per_s"] / floor_sps, 3) if floor_sps else float("nan"),
+        "half_calls_per_s": rate,
         "p50_ms": round(half["p50_ms"], 2),
         "p99_ms": round(half["p99_ms"], 2),
         "decision_lag_p99_ms": round(lag_p99_ms(before, after), 1),
         "peak_rss_mb": round(peak, 1),
         "cpu_cores": round(cores, 2),
         "cpu_cores_per_100k_spans_s": round(cores / (full["spans_per_s"] / 1e5), 3) if full["spans_per_s"] else None,
-        "floor_cpu_cores": round(floor_cores, 2),
         "generator_cpu_cores": round(full["generator_cpu_s"] / (phase + warmup), 2),
         "half_rate_spans_per_s": round(half["spans_per_s"]),
         "refused_calls": {**full["failed"], **{f"half_{k}": v for k, v in half["failed"].items()}},
@@ -583,6 +604,8 @@ def print_table(results: dict[str, Any], args: argparse.Namespace) -> None:
         ("ratio", "ratio", "{}"),
         ("Export p50 ms (half load)", "p50_ms", "{}"),
         ("Export p99 ms (half load)", "p99_ms", "{}"),
+        ("floor Export p50 ms (same rate)", "floor_p50_ms", "{}"),
+        ("floor Export p99 ms (same rate)", "floor_p99_ms", "{}"),
         ("decision lag p99 ms (half load)", "decision_lag_p99_ms", "{}"),
         ("peak RSS MB", "peak_rss_mb", "{}"),
         ("CPU cores used at full speed", "cpu_cores", "{}"),
