@@ -107,7 +107,6 @@ class App:
             on_decision=self._log_decision if log.isEnabledFor(logging.DEBUG) else None,
         )
         self.metrics = Metrics(self.core)
-        self.core.observe_lag = self.metrics.decision_lag.observe
         sender = self._sender or build_sender(cfg.exporter)
         self.queue = ExportQueue(sender, self.metrics, cfg.exporter.queue_max_bytes,
                                  cfg.exporter.batch_max_spans, cfg.exporter.retry)

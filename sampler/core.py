@@ -6,6 +6,7 @@ only from the `now` values it is given, so tests drive it with a hand-advanced c
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
 
@@ -56,9 +57,15 @@ class Stats:
         self.limited = 0  # traces decided early at max_spans_per_trace / max_bytes_per_trace
         self.late_spans: Counter[str] = Counter()  # keep|drop
         self.policy_errors: Counter[str] = Counter()
+        # decision lag (decision time minus due time) of traces decided by the sweep, in LAG_BUCKETS:
+        # lag_counts[i] counts lags <= LAG_BUCKETS[i] and above the bound before; the last slot is +Inf
+        self.lag_counts = [0] * (len(LAG_BUCKETS) + 1)
+        self.lag_sum = 0.0
 
 
 Emit = Callable[[KeptTrace], None]
+
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 # Decision reasons, for logs and the decision-lag due time.
 QUIET = "quiet"
@@ -75,13 +82,11 @@ class Core:
         engine: Engine,
         decisions: DecisionCache,
         emit: Emit,
-        observe_lag: Callable[[float], None] | None = None,
         on_decision: Callable[[TraceSummary, Verdict, str], None] | None = None,
     ) -> None:
         self.buffer = buffer
         self.decisions = decisions
         self.emit = emit
-        self.observe_lag = observe_lag
         self.on_decision = on_decision
         self.stats = Stats()
         self.engine = engine
@@ -172,9 +177,11 @@ class Core:
         verdict = self.engine.decide(summary)
         self.decisions.record(summary.trace_id, verdict)
         self.stats.decided["keep" if verdict.keep else "drop", verdict.policy or ""] += 1
-        if self.observe_lag is not None and reason in (QUIET, MAX_AGE):
+        if reason in (QUIET, MAX_AGE):
             due = min(entry.last_seen + self.buffer.decision_wait, entry.first_seen + self.buffer.max_trace_age)
-            self.observe_lag(max(0.0, now - due))
+            lag = max(0.0, now - due)
+            self.stats.lag_counts[bisect_left(LAG_BUCKETS, lag)] += 1
+            self.stats.lag_sum += lag
         if self.on_decision is not None:
             self.on_decision(summary, verdict, reason)
         if verdict.keep:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
-from sampler.core import Core
+from sampler.core import LAG_BUCKETS, Core
 from sampler.peers import Forwarder, Membership
-
-LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class CoreCollector(Collector):
@@ -71,6 +70,16 @@ class CoreCollector(Collector):
         for name, n in sorted(stats.policy_errors.items()):
             errors.add_metric([name], n)
         yield errors
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
+        for bound, n in zip((*(floatToGoString(b) for b in LAG_BUCKETS), "+Inf"), stats.lag_counts, strict=True):
+            cumulative += n
+            buckets.append((bound, cumulative))
+        yield HistogramMetricFamily(
+            "tailsampler_decision_lag_seconds",
+            "How late a trace was decided: decision time minus due time (quiet or max age).",
+            buckets=buckets, sum_value=stats.lag_sum,
+        )
 
 
 class PeerCollector(Collector):
@@ -128,11 +137,6 @@ class Metrics:
         )
         for result in ("success", "failure"):
             self.policy_reloads.labels(result)
-        self.decision_lag = Histogram(
-            "tailsampler_decision_lag_seconds",
-            "How late a trace was decided: decision time minus due time (quiet or max age).",
-            buckets=LAG_BUCKETS, registry=self.registry,
-        )
         self.export_queue_bytes = Gauge(
             "tailsampler_export_queue_bytes",
             "Span bytes of kept traces waiting for (or in) export; bounded by exporter.queue_max_bytes.",

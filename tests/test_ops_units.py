@@ -89,9 +89,28 @@ def test_dashboard_queries_only_exported_metrics() -> None:
     core.ingest(request([S(1, 1)]), "grpc", 0.0)
     core.decide_all(1.0)
     metrics = Metrics(core)
-    metrics.decision_lag.observe(0.1)
     names = {s.name for family in metrics.registry.collect() for s in family.samples}
     assert used and used <= names, used - names
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     for topic in ("ingest", "policy", "buffer", "early", "late", "export", "lag", "reload"):
         assert topic in titles
+
+
+def test_decision_lag_histogram_counts_how_late_the_sweep_decided() -> None:
+    core = core_with(Buffer(100, 10**6, 5, 60))
+    core.ingest(request([S(1, 1)]), "grpc", 0.0)
+    core.ingest(request([S(2, 1)]), "grpc", 1.0)
+    core.ingest(request([S(3, 1)]), "grpc", 2.0)
+    core.sweep(6.003)  # due at 5, 6, 7: lags 1.003 and 0.003; the third is not due yet
+    core.sweep(8.0)  # lag 1.0: on a bucket bound, counted in it (le)
+    core.ingest(request([S(4, 1)]), "grpc", 9.0)
+    core.decide_all(9.5)  # shutdown decisions are not late: not counted
+    samples = {(s.name, s.labels.get("le")): s.value for f in Metrics(core).registry.collect() for s in f.samples
+               if s.name.startswith("tailsampler_decision_lag_seconds")}
+    bucket = "tailsampler_decision_lag_seconds_bucket"
+    assert samples[bucket, "0.005"] == 1
+    assert samples[bucket, "0.5"] == 1
+    assert samples[bucket, "1.0"] == 2
+    assert samples[bucket, "2.5"] == samples[bucket, "+Inf"] == 3
+    assert samples["tailsampler_decision_lag_seconds_count", None] == 3
+    assert samples["tailsampler_decision_lag_seconds_sum", None] == pytest.approx(2.006)
