@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from sampler.core import LAG_BUCKETS, Core
 from sampler.peers import Forwarder, Membership
@@ -72,7 +71,7 @@ class CoreCollector(Collector):
         yield errors
         cumulative = 0
         buckets: list[tuple[str, float]] = []
-        for bound, n in zip((*(floatToGoString(b) for b in LAG_BUCKETS), "+Inf"), stats.lag_counts, strict=True):
+        for bound, n in zip((*(str(b) for b in LAG_BUCKETS), "+Inf"), stats.lag_counts, strict=True):
             cumulative += n
             buckets.append((bound, cumulative))
         yield HistogramMetricFamily(
