@@ -11,9 +11,10 @@ import logging
 import signal
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sampler.admin import AdminServer
 from sampler.auth import Authenticator
@@ -41,6 +42,7 @@ RELOAD_POLL_SECONDS = 1.0
 # Above this share of exporter.queue_max_bytes, receivers push back instead of accepting spans
 # whose kept traces would have nowhere to go.
 QUEUE_HIGH_WATER = 0.9
+TASK_RESTART_SECONDS = 1.0
 SWEEP_CHUNK = 256  # traces decided between two chances for the receivers to run
 GC_THRESHOLDS = (50_000, 20, 20)  # a full collection every ~20M allocations: ~40 s at 100k spans/s
 
@@ -142,9 +144,9 @@ class App:
                 port += self.worker.index  # each worker's metrics on its own port: admin port + index
             self.admin = AdminServer(host, port, self.metrics.registry, lambda: self.ready)
             self.ports["admin"] = await self.admin.start()
-        self._tasks.append(asyncio.create_task(self._sweeper(), name="sweeper"))
+        self._spawn("sweeper", self._sweeper)
         if self.loaded.policies_path is not None:
-            self._tasks.append(asyncio.create_task(self._watch(self.loaded.policies_path), name="policy-watch"))
+            self._spawn("policy-watch", functools.partial(self._watch, self.loaded.policies_path))
         self.ready = True
         log.info("tailsampler ready: %d policies, exporter %s", len(self.core.engine.policies), cfg.exporter.protocol)
 
@@ -163,7 +165,24 @@ class App:
         self.http_tls_files = Files(http.tls.cert_file, http.tls.key_file, http.tls.client_ca_file) \
             if self.http_tls is not None and http is not None and http.tls is not None else None
         if self.auth is not None or self.http_tls_files is not None:
-            self._tasks.append(asyncio.create_task(self._refresh_secrets(), name="secrets"))
+            self._spawn("secrets", self._refresh_secrets)
+
+    def _spawn(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._tasks.append(asyncio.create_task(self._supervised(name, loop), name=name))
+
+    async def _supervised(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run a background loop for the life of the process. A task that dies leaves no trace by
+        itself (its exception waits, unlogged, for a reader that never comes) and a dead sweeper
+        would stop every decision; so an unexpected error is logged with its traceback, counted,
+        and the loop started again after a pause."""
+        while True:
+            try:
+                await loop()
+                return
+            except Exception:
+                log.exception("background task %s failed; restarting it in %.0fs", name, TASK_RESTART_SECONDS)
+                self.metrics.task_failures.labels(name).inc()
+                await asyncio.sleep(TASK_RESTART_SECONDS)
 
     async def _refresh_secrets(self) -> None:
         """Token files and the HTTP receiver's certificate are re-read when they change (the gRPC
@@ -202,8 +221,7 @@ class App:
         self.metrics.registry.register(PeerCollector(membership, self.forwarder))
         if peers.dns is not None and self.worker is None:
             dns = peers.dns
-            self._tasks.append(asyncio.create_task(watch_dns(membership, dns.name, dns.port, dns.interval),
-                                                   name="peer-dns"))
+            self._spawn("peer-dns", functools.partial(watch_dns, membership, dns.name, dns.port, dns.interval))
         log.info("sharding traces among %d members (self %s)", len(membership.members), membership.self_addr)
 
     def _keep_here(self, chunks: list[Chunk]) -> None:

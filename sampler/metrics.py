@@ -101,7 +101,8 @@ class PeerCollector(Collector):
                                   stats.failures)
         fallback = CounterMetricFamily(
             "tailsampler_spans_forward_fallback",
-            "Spans kept here instead of at their owner, by reason (owner_left, owner_unreachable, queue_full).",
+            "Spans kept here instead of at their owner, by reason (owner_left, owner_unreachable, queue_full, "
+            "error: an unexpected failure, logged).",
             labels=["reason"],
         )
         for reason, n in sorted(stats.fallback.items()):
@@ -136,6 +137,14 @@ class Metrics:
         )
         for result in ("success", "failure"):
             self.policy_reloads.labels(result)
+        self.task_failures = Counter(
+            "tailsampler_background_task_failures",
+            "Background loops (sweeper, policy-watch, secrets, peer-dns) that failed unexpectedly and "
+            "were restarted; each failure is logged with its traceback.",
+            ["task"], registry=self.registry,
+        )
+        for task in ("sweeper", "policy-watch", "secrets", "peer-dns"):
+            self.task_failures.labels(task)
         self.export_queue_bytes = Gauge(
             "tailsampler_export_queue_bytes",
             "Span bytes of kept traces waiting for (or in) export; bounded by exporter.queue_max_bytes.",

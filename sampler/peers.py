@@ -102,7 +102,7 @@ class PeerStats:
     def __init__(self) -> None:
         self.forwarded = 0  # spans delivered to their owner
         self.failures = 0  # forward attempts that failed
-        self.fallback: dict[str, int] = {"owner_left": 0, "owner_unreachable": 0, "queue_full": 0}
+        self.fallback: dict[str, int] = {"owner_left": 0, "owner_unreachable": 0, "queue_full": 0, "error": 0}
 
 
 class Forwarder:
@@ -187,6 +187,10 @@ class Forwarder:
             self.in_flight += 1
             try:
                 await self._send(owner, call, batch)
+            except Exception:  # a bug, not a network failure: keep the spans, and this drain alive
+                log.exception("forwarding to %s failed unexpectedly; handling %d spans here", owner, spans)
+                self.stats.fallback["error"] += spans
+                self.local(batch)
             finally:
                 self.in_flight -= 1
                 self.sizes[owner] -= sum(c.nbytes for c in batch)

@@ -3,15 +3,18 @@ across reloads, JSON log lines, and a dashboard that only queries metrics we exp
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from sampler.app import keep_unchanged
+from sampler.app import App, keep_unchanged
 from sampler.buffer import Buffer
+from sampler.config import load_config
 from sampler.core import Backpressure, Core, KeptTrace
 from sampler.decisions import DecisionCache
 from sampler.logs import JsonFormatter
@@ -20,6 +23,7 @@ from sampler.policy.loader import load_policies
 from sampler.policy.rate_limiting import RateLimiting
 from sampler.yamlfile import parse_yaml
 from tests.spans import S, request, tid
+from tests.test_exporters import value
 
 ROOT = Path(__file__).resolve().parent.parent
 ALWAYS = "policies: [{name: all, type: always_sample}]"
@@ -114,3 +118,62 @@ def test_decision_lag_histogram_counts_how_late_the_sweep_decided() -> None:
     assert samples[bucket, "2.5"] == samples[bucket, "+Inf"] == 3
     assert samples["tailsampler_decision_lag_seconds_count", None] == 3
     assert samples["tailsampler_decision_lag_seconds_sum", None] == pytest.approx(2.006)
+
+
+class _Collect:
+    """An exporter that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.traces: list[bytes] = []
+
+    async def send(self, batch: list[KeptTrace]) -> int:
+        self.traces.extend(t.trace_id for t in batch)
+        return 0
+
+    async def close(self) -> None:
+        pass
+
+
+def test_a_failing_sweeper_is_logged_counted_and_restarted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = tmp_path / "tailsampler.yaml"
+    config.write_text("""
+receivers: {otlp: {grpc: {endpoint: "127.0.0.1:0"}, http: null}}
+buffer: {decision_wait: 50ms, sweep_interval: 20ms}
+admin: {endpoint: null}
+policies: [{name: all, type: always_sample}]
+""")
+    sender = _Collect()
+
+    async def wait_for(condition: Callable[[], bool]) -> None:
+        for _ in range(500):  # at most 5 s
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("condition not reached within 5 s")
+
+    async def main() -> None:
+        app = App(load_config(config), sender=sender)
+        await app.start()
+        failures = 0
+
+        def fail_once(summary: object, verdict: object, reason: str) -> None:
+            nonlocal failures
+            failures += 1
+            if failures == 1:
+                raise RuntimeError("a bug in the decision path")
+
+        app.core.on_decision = fail_once
+        try:
+            app._ingest(request([S(1, 1)]), "grpc")
+            await wait_for(lambda: value(app.metrics, "tailsampler_background_task_failures_total",
+                                         task="sweeper") == 1)
+            app._ingest(request([S(2, 1)]), "grpc")  # decided by the restarted sweeper
+            await wait_for(lambda: tid(2) in sender.traces)
+        finally:
+            await app.shutdown()
+
+    with caplog.at_level(logging.ERROR, logger="tailsampler"):
+        asyncio.run(main())
+    failed = [r for r in caplog.records if "background task sweeper failed" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info is not None
+    assert "a bug in the decision path" in str(failed[0].exc_info[1])

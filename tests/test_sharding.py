@@ -3,14 +3,18 @@ a leaving member moves only its own share, and forwarded spans are never forward
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
+from typing import ClassVar
+
+import grpc
 
 from sampler.buffer import Buffer
 from sampler.core import Core
 from sampler.decisions import DecisionCache
 from sampler.otlp.split import Chunk
-from sampler.peers import Membership
+from sampler.peers import Forwarder, Membership
 from sampler.policy.loader import load_policies
 from sampler.yamlfile import parse_yaml
 from tests.spans import S, request, tid
@@ -116,3 +120,35 @@ def test_dns_discovery_resolves_the_name_and_updates_membership() -> None:
     m = asyncio.run(main())
     assert "127.0.0.1:4317" in m.members and "10.9.9.9:4317" in m.members  # self is always a member
     assert m.changes == 1
+
+
+def test_an_unexpected_forwarding_error_keeps_the_spans_here_and_the_forwarder_alive() -> None:
+    core, forwarded = make_core()
+    core.ingest(request([S(n, n) for n in range(1, 61)]), "grpc", 0.0)
+    owner, chunks = next((o, c) for o, c in forwarded.items() if len(c) >= 2)
+    first, second = chunks[:1], chunks[1:]
+
+    class Flaky(Forwarder):
+        """Its first send fails as a bug would; later sends succeed without a network."""
+
+        failed = False
+        sent: ClassVar[list[Chunk]] = []
+
+        async def _send(self, owner: str, call: grpc.aio.UnaryUnaryMultiCallable, batch: list[Chunk]) -> None:
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("a bug in the forwarding path")
+            self.sent.extend(batch)
+
+    async def main() -> None:
+        kept: list[Chunk] = []
+        forwarder = Flaky(Membership(MEMBERS[0], MEMBERS), kept.extend)
+        forwarder.forward(owner, first)
+        assert await forwarder.flush(5)
+        assert kept == first and forwarder.stats.fallback["error"] == len(first[0].spans)
+        forwarder.forward(owner, second)  # the same drain task sends the next batch
+        assert await forwarder.flush(5)
+        assert forwarder.sent == second and kept == first
+        await forwarder.close()
+
+    asyncio.run(main())
