@@ -27,7 +27,7 @@ from sampler.exporters.base import Sender
 from sampler.exporters.queue import ExportQueue
 from sampler.metrics import Metrics, PeerCollector
 from sampler.otlp.split import Chunk
-from sampler.peers import Forwarder, Membership, watch_dns
+from sampler.peers import Forwarder, Membership, resolve_names, watch_dns
 from sampler.policy.base import Policy
 from sampler.policy.engine import Verdict
 from sampler.policy.loader import load_policies
@@ -43,6 +43,7 @@ RELOAD_POLL_SECONDS = 1.0
 # whose kept traces would have nowhere to go.
 QUEUE_HIGH_WATER = 0.9
 TASK_RESTART_SECONDS = 1.0
+PEER_NAMES_SECONDS = 30.0  # how often static members given by name are resolved again
 SWEEP_CHUNK = 256  # traces decided between two chances for the receivers to run
 GC_THRESHOLDS = (50_000, 20, 20)  # a full collection every ~20M allocations: ~40 s at 100k spans/s
 
@@ -120,10 +121,11 @@ class App:
         otlp = cfg.receivers.otlp
         limit = cfg.receivers.max_request_bytes
         shared = self.worker is not None
+        trusted = self.membership.trusts if self.forwarder is not None else None
         if otlp.grpc is not None:
             host, port = split_host_port(otlp.grpc.endpoint)
             grpc_rx = GrpcReceiver(host, port, self._ingest, limit, self._refused("grpc"), reuse_port=shared,
-                                   tls=otlp.grpc.tls, auth=self.auth)
+                                   tls=otlp.grpc.tls, auth=self.auth, trusted=trusted)
             self.ports["grpc"] = await grpc_rx.start()
             self.receivers.append(grpc_rx)
         if otlp.http is not None:
@@ -134,7 +136,8 @@ class App:
             self.receivers.append(http_rx)
         if self.worker is not None:
             host, port = split_host_port(self.worker.peers[self.worker.index])
-            peer_rx = GrpcReceiver(host, port, self._ingest, limit, self._refused("peer"), auth=self.auth)
+            peer_rx = GrpcReceiver(host, port, self._ingest, limit, self._refused("peer"), auth=self.auth,
+                                   trusted=trusted)
             self.ports["peer"] = await peer_rx.start()
             self.receivers.append(peer_rx)
         self.admin: AdminServer | None = None
@@ -222,6 +225,8 @@ class App:
         if peers.dns is not None and self.worker is None:
             dns = peers.dns
             self._spawn("peer-dns", functools.partial(watch_dns, membership, dns.name, dns.port, dns.interval))
+        if membership.host_names:  # static members given by name: trust their forwards by address
+            self._spawn("peer-names", functools.partial(resolve_names, membership, PEER_NAMES_SECONDS))
         log.info("sharding traces among %d members (self %s)", len(membership.members), membership.self_addr)
 
     def _keep_here(self, chunks: list[Chunk]) -> None:

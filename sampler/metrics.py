@@ -139,11 +139,11 @@ class Metrics:
             self.policy_reloads.labels(result)
         self.task_failures = Counter(
             "tailsampler_background_task_failures",
-            "Background loops (sweeper, policy-watch, secrets, peer-dns) that failed unexpectedly and "
+            "Background loops (sweeper, policy-watch, secrets, peer-dns, peer-names) that failed unexpectedly and "
             "were restarted; each failure is logged with its traceback.",
             ["task"], registry=self.registry,
         )
-        for task in ("sweeper", "policy-watch", "secrets", "peer-dns"):
+        for task in ("sweeper", "policy-watch", "secrets", "peer-dns", "peer-names"):
             self.task_failures.labels(task)
         self.export_queue_bytes = Gauge(
             "tailsampler_export_queue_bytes",

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import socket
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -41,6 +43,8 @@ class Membership:
         self.down: dict[str, float] = {}  # member -> until when it is left out
         self._keys: list[tuple[bytes, str]] = []
         self.changes = 0
+        self.resolved: dict[str, frozenset[str]] = {}  # member host name -> its addresses
+        self.addresses: frozenset[str] = frozenset()  # every member's IP address: whom to trust
         self.set(members)
 
     @property
@@ -63,7 +67,28 @@ class Membership:
         self.members = new
         self.down = {m: t for m, t in self.down.items() if m in new}
         self._rehash("discovery", before)
+        self.update_addresses()
         return True
+
+    @property
+    def host_names(self) -> list[str]:
+        """Members given by name rather than IP address; their addresses come from `resolve_names`."""
+        return sorted({h for h in map(_host, self.members) if not _is_ip(h)})
+
+    def update_addresses(self) -> None:
+        hosts = {_host(m) for m in self.members}
+        names = {h for h in hosts if not _is_ip(h)}
+        self.addresses = frozenset(hosts - names).union(*(self.resolved.get(n, frozenset()) for n in names))
+
+    def trusts(self, peer: str) -> bool:
+        """Whether a gRPC caller (`context.peer()`, e.g. `ipv4:10.0.0.2:51234`) is a member, whose
+        `tailsampler-forwarded` header may be honoured. Any client can send that header; honouring
+        it from one would let its spans skip their owner and split its traces."""
+        scheme, _, rest = peer.partition(":")
+        if scheme not in ("ipv4", "ipv6"):
+            return False
+        host = urllib.parse.unquote(rest).rpartition(":")[0].strip("[]")
+        return host in self.addresses
 
     def mark_down(self, member: str, until: float) -> None:
         if member == self.self_addr or member in self.down:
@@ -241,6 +266,34 @@ class Forwarder:
                 self.stats.fallback["owner_unreachable"] += _spans(chunks)
                 self.local(chunks)
             await self.channels[owner].close()
+
+
+def _host(member: str) -> str:
+    return member.rpartition(":")[0].strip("[]")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+async def resolve_names(membership: Membership, interval: float) -> None:
+    """Keep the addresses of members given by name current, so their forwarded spans are trusted;
+    a failed lookup keeps the addresses last seen."""
+    loop = asyncio.get_running_loop()
+    while True:
+        for name in membership.host_names:
+            try:
+                infos = await loop.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                log.warning("peer %s: cannot resolve its address (%s); its forwarded spans are routed anew", name, exc)
+                continue
+            membership.resolved[name] = frozenset(str(info[4][0]) for info in infos)
+        membership.update_addresses()
+        await asyncio.sleep(interval)
 
 
 def _spans(chunks: list[Chunk]) -> int:

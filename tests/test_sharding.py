@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from collections.abc import Callable
 from typing import ClassVar
 
 import grpc
@@ -14,8 +15,9 @@ from sampler.buffer import Buffer
 from sampler.core import Core
 from sampler.decisions import DecisionCache
 from sampler.otlp.split import Chunk
-from sampler.peers import Forwarder, Membership
+from sampler.peers import Forwarder, Membership, resolve_names
 from sampler.policy.loader import load_policies
+from sampler.receivers.grpc import EXPORT_METHOD, FORWARDED_HEADER, GrpcReceiver
 from sampler.yamlfile import parse_yaml
 from tests.spans import S, request, tid
 
@@ -150,5 +152,63 @@ def test_an_unexpected_forwarding_error_keeps_the_spans_here_and_the_forwarder_a
         assert await forwarder.flush(5)
         assert forwarder.sent == second and kept == first
         await forwarder.close()
+
+    asyncio.run(main())
+
+
+def test_only_members_are_trusted_with_the_forwarded_header() -> None:
+    m = Membership("10.0.0.1:4317", ["10.0.0.1:4317", "[fd00::2]:4317", "tailsampler-2.example:4317"])
+    assert m.trusts("ipv4:10.0.0.1:50000")
+    assert m.trusts("ipv6:[fd00::2]:50000") and m.trusts("ipv6:%5Bfd00::2%5D:50000")  # both spellings grpc uses
+    assert not m.trusts("ipv4:10.0.0.9:50000")
+    assert not m.trusts("unix:/tmp/socket") and not m.trusts("ipv4:10.0.0.11:1")
+    assert m.host_names == ["tailsampler-2.example"]
+    assert not m.trusts("ipv4:10.0.0.3:50000")  # a member by name: trusted once resolved
+    m.resolved["tailsampler-2.example"] = frozenset({"10.0.0.3"})
+    m.update_addresses()
+    assert m.trusts("ipv4:10.0.0.3:50000")
+    m.set(["10.0.0.1:4317"])  # members that leave are no longer trusted
+    assert not m.trusts("ipv4:10.0.0.3:50000") and not m.trusts("ipv6:[fd00::2]:1")
+
+
+def test_member_names_are_resolved_to_the_addresses_to_trust() -> None:
+    m = Membership("10.0.0.1:4317", ["10.0.0.1:4317", "localhost:4318"])
+    assert not m.trusts("ipv4:127.0.0.1:1234")
+
+    async def main() -> None:
+        task = asyncio.create_task(resolve_names(m, 60))
+        for _ in range(500):
+            if "localhost" in m.resolved:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    asyncio.run(main())
+    assert "127.0.0.1" in m.resolved["localhost"] or "::1" in m.resolved["localhost"]
+    assert m.trusts("ipv4:127.0.0.1:1234")
+
+
+def test_the_grpc_receiver_honours_the_forwarded_header_only_from_members() -> None:
+    seen: list[str] = []
+
+    def ingest(data: bytes, protocol: str) -> int:
+        seen.append(protocol)
+        return 0
+
+    async def send(trusted: Callable[[str], bool] | None) -> str:
+        rx = GrpcReceiver("127.0.0.1", 0, ingest, 2**20, lambda reason: None, trusted=trusted)
+        port = await rx.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                await channel.unary_unary(EXPORT_METHOD)(request([S(1, 1)]), metadata=((FORWARDED_HEADER, "1"),),
+                                                         timeout=5)
+        finally:
+            await rx.stop(None)
+        return seen[-1]
+
+    async def main() -> None:
+        assert await send(None) == "grpc"  # no sharding: nobody forwards here
+        assert await send(Membership("10.0.0.1:4317", ["10.0.0.1:4317", "10.0.0.2:4317"]).trusts) == "grpc"
+        assert await send(Membership("10.0.0.1:4317", ["10.0.0.1:4317", "127.0.0.1:4317"]).trusts) == "peer"
 
     asyncio.run(main())

@@ -129,7 +129,10 @@ def test_three_instances_decide_each_trace_once_and_whole(tmp_path: Path, otlp_b
             else:
                 normal.add(trace_id)
         check_exactly_once(otlp_backend, errors, normal)
-        assert total(instances, "tailsampler_spans_forwarded_total") > 0
+        forwarded = total(instances, "tailsampler_spans_forwarded_total")
+        assert forwarded > 0
+        # members trust each other's forwarded header: the spans arrive at their owner as "peer"
+        assert total(instances, "tailsampler_spans_received_total", {"protocol": "peer"}) == forwarded
         assert total(instances, "tailsampler_traces_decided_total", {"decision": "keep", "policy": "errors"}) == 10
         assert all(ts.metric("tailsampler_peer_members") == 3 for ts in instances)
     finally:

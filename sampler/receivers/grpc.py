@@ -36,8 +36,9 @@ def _retry_details(message: str) -> tuple[tuple[str, bytes], ...]:
 class GrpcReceiver:
     def __init__(self, host: str, port: int, ingest: Ingest, max_request_bytes: int,
                  refused: Callable[[str], None], reuse_port: bool = False, tls: TlsServer | None = None,
-                 auth: Authenticator | None = None) -> None:
+                 auth: Authenticator | None = None, trusted: Callable[[str], bool] | None = None) -> None:
         self.host = host
+        self.trusted = trusted  # whose FORWARDED_HEADER counts (sharding members); None: nobody's
         self.port = port
         self.ingest = ingest
         self.refused = refused
@@ -58,7 +59,8 @@ class GrpcReceiver:
             if not self.auth.check(given if isinstance(given, str) else None):
                 self.refused("unauthenticated")
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
-        forwarded = any(key == FORWARDED_HEADER for key, _ in metadata)
+        forwarded = (self.trusted is not None and any(key == FORWARDED_HEADER for key, _ in metadata)
+                     and self.trusted(context.peer()))
         try:
             self.ingest(request, "peer" if forwarded else "grpc")
         except WireError as exc:
