@@ -30,7 +30,7 @@ test: lint
 	$(BIN)/pytest
 
 bench: $(STAMP)
-	$(BIN)/python bench/hotpath.py
+	$(BIN)/python bench/hotpath.py --depth 500
 
 bench-e2e: $(STAMP)
 	$(BIN)/python bench/e2e.py

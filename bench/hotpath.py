@@ -2,7 +2,14 @@
 buffer -> decide -> encode the export request; no sockets), beside the floor measured in the same
 run on the same payloads: protobuf's own ExportTraceServiceRequest.FromString (upb).
 
-    .venv/bin/python bench/hotpath.py [--requests N] [--repeat R] [--json]
+    .venv/bin/python bench/hotpath.py [--requests N] [--repeat R] [--json] [--depth D]
+
+Each request's traces are decided as soon as the next request has arrived, so the buffer stays
+small and warm in the CPU caches. `--depth D` runs the same path a second time with D requests
+buffered before their traces are decided (D=500 holds about 256k spans, like bench/e2e.py's buffer
+at full speed), on 3*D distinct requests, and adds `depth`, `deep_spans_per_s`,
+`deep_floor_spans_per_s` (upb on those same requests) and `deep_ratio`: the cost of a buffer far
+larger than the CPU caches.
 """
 
 from __future__ import annotations
@@ -41,21 +48,22 @@ def make_requests(n: int, seed: int = 1) -> tuple[list[bytes], int]:
     return requests, spans
 
 
-def new_core(kept: list[KeptTrace]) -> Core:
+def new_core(kept: list[KeptTrace], depth: int = 1) -> Core:
+    """A core whose traces are due `depth` requests after they arrive (one request per clock second)."""
     engine = load_policies(default_policies_doc()).engine()
-    return Core(Buffer(10**7, 2**40, 0.5, 60.0), engine, DecisionCache(100_000, 1_000_000), kept.append)
+    return Core(Buffer(10**7, 2**40, depth - 0.5, 1e9), engine, DecisionCache(100_000, 1_000_000), kept.append)
 
 
-def run_hotpath(requests: list[bytes]) -> float:
+def run_hotpath(requests: list[bytes], depth: int = 1) -> float:
     """Seconds to ingest every request, decide every trace and encode the kept ones for export."""
     kept: list[KeptTrace] = []
-    core = new_core(kept)
+    core = new_core(kept, depth)
     start = time.perf_counter()
     now = 0.0
     for data in requests:
         core.ingest(data, "grpc", now)
         now += 1.0
-        core.sweep(now)  # the previous request's traces are now quiet
+        core.sweep(now)  # the traces of the request `depth` requests back are now quiet
         if kept:
             encode_batch(kept, annotate=True)
             kept.clear()
@@ -92,6 +100,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--depth", type=int, default=0, help="also measure with this many requests buffered")
     args = parser.parse_args()
     requests, spans = make_requests(args.requests)
     tune_gc()  # as `tailsampler run` does
@@ -108,6 +117,12 @@ def main() -> None:
         "bytes_per_buffered_span": round(per_span, 1),
         "serialized_bytes_per_span": round(serialized, 1),
     }
+    if args.depth > 1:
+        deep_requests, deep_spans = make_requests(max(args.requests, 3 * args.depth), seed=2)
+        deep = statistics.median(deep_spans / run_hotpath(deep_requests, args.depth) for _ in range(3))
+        deep_floor = statistics.median(deep_spans / run_floor(deep_requests) for _ in range(3))
+        result.update(depth=args.depth, deep_spans_per_s=round(deep), deep_floor_spans_per_s=round(deep_floor),
+                      deep_ratio=round(deep / deep_floor, 3))
     if args.json:
         print(json.dumps(result))
         return
@@ -117,6 +132,9 @@ def main() -> None:
     print(f"  ratio                             {result['ratio']:>12}")
     print(f"  buffered bytes per span           {result['bytes_per_buffered_span']:>12}")
     print(f"  serialized bytes per span         {result['serialized_bytes_per_span']:>12}")
+    if "depth" in result:
+        print(f"  with {result['depth']} requests buffered     {result['deep_spans_per_s']:>12,} spans/s, floor "
+              f"{result['deep_floor_spans_per_s']:,} on the same requests, ratio {result['deep_ratio']}")
 
 
 if __name__ == "__main__":
