@@ -173,7 +173,8 @@ class Config(_Model):
 
 DEFAULT_CONFIG_ENV = "TAILSAMPLER_CONFIG"
 _ENV_PREFIX = "TAILSAMPLER_"
-_TOP_LEVEL_ENV_KEYS = frozenset({"policies_file", "shutdown_timeout", "log_level"})
+_TOP_LEVEL_ENV_KEYS = frozenset({"policies", "policies_file", "shutdown_timeout", "log_level"})
+POLICIES_ENV = "TAILSAMPLER_POLICIES"  # an inline policy list (YAML), like the file's `policies:`
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -247,7 +248,9 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     except ValidationError as exc:
         raise ConfigError(doc.problems_from(exc)) from None
     policies_path: Path | None = None
-    if config.policies is not None:
+    if environ.get(POLICIES_ENV) and config.policies is not None:  # the environment wins, as for every key
+        policy_set = load_policies(parse_yaml(environ[POLICIES_ENV], f"${POLICIES_ENV}"), ())
+    elif config.policies is not None:
         policy_set = load_policies(doc, ("policies",))
     elif config.policies_file is not None:
         # Absolute but not resolved: a ConfigMap mount swaps symlinks, and each poll must follow them anew.

@@ -143,3 +143,17 @@ def test_a_bad_tail_sampling_decision_wait_fails_validate_at_its_line(tmp_path: 
                     "  policies: [{name: a, type: always_sample}]\n")
     got = {(p.line, p.field) for p in validate_file(path)}
     assert got == {(2, "tail_sampling.decision_wait"), (3, "tail_sampling.num_traces")}
+
+
+def test_an_inline_policy_list_from_the_environment_wins_over_the_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("policies_file: p.yaml\n")
+    (tmp_path / "p.yaml").write_text("policies: [{name: from-file, type: always_sample}]\n")
+    env = {"TAILSAMPLER_POLICIES": "[{name: errors-only, type: status_code, status_code: {status_codes: [ERROR]}}]"}
+    loaded = load_config(cfg, env)
+    assert [p.name for p in loaded.policies.policies] == ["errors-only"]
+    assert loaded.policies_path is None  # nothing to watch: the environment does not change under a process
+    with pytest.raises(ConfigError) as exc:
+        load_config(cfg, {"TAILSAMPLER_POLICIES": "[{name: x, type: nonsense}]"})
+    problem = exc.value.problems[0]
+    assert problem.path == "$TAILSAMPLER_POLICIES" and "policies[0].type" in str(problem)
