@@ -173,8 +173,10 @@ class Config(_Model):
 
 DEFAULT_CONFIG_ENV = "TAILSAMPLER_CONFIG"
 _ENV_PREFIX = "TAILSAMPLER_"
-_TOP_LEVEL_ENV_KEYS = frozenset({"policies", "policies_file", "shutdown_timeout", "log_level"})
-POLICIES_ENV = "TAILSAMPLER_POLICIES"  # an inline policy list (YAML), like the file's `policies:`
+_TOP_LEVEL_ENV_KEYS = frozenset({"policies_file", "shutdown_timeout", "log_level"})
+# Policies inline (YAML: a list, or any form a policies file takes); read by load_config itself, so
+# their mistakes are reported against the variable, and an empty value counts as unset.
+POLICIES_ENV = "TAILSAMPLER_POLICIES"
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -248,8 +250,10 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     except ValidationError as exc:
         raise ConfigError(doc.problems_from(exc)) from None
     policies_path: Path | None = None
-    if environ.get(POLICIES_ENV) and config.policies is not None:  # the environment wins, as for every key
-        policy_set = load_policies(parse_yaml(environ[POLICIES_ENV], f"${POLICIES_ENV}"), ())
+    env_policies = environ.get(POLICIES_ENV, "").strip()
+    if env_policies:  # the environment wins over the file, as for every key
+        env_doc = parse_yaml(env_policies, f"${POLICIES_ENV}")
+        policy_set = load_policies(env_doc, () if isinstance(env_doc.data, list) else None)
     elif config.policies is not None:
         policy_set = load_policies(doc, ("policies",))
     elif config.policies_file is not None:

@@ -28,6 +28,8 @@ from sampler.receivers.grpc import EXPORT_METHOD, FORWARDED_HEADER
 
 log = logging.getLogger("tailsampler.peers")
 
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+
 
 class Membership:
     """The member list (host:port strings, self included) and the owner of each trace id.
@@ -44,7 +46,7 @@ class Membership:
         self._keys: list[tuple[bytes, str]] = []
         self.changes = 0
         self.resolved: dict[str, frozenset[str]] = {}  # member host name -> its addresses
-        self.addresses: frozenset[str] = frozenset()  # every member's IP address: whom to trust
+        self.addresses: frozenset[IP] = frozenset()  # every member's IP address: whom to trust
         self.set(members)
 
     @property
@@ -73,12 +75,12 @@ class Membership:
     @property
     def host_names(self) -> list[str]:
         """Members given by name rather than IP address; their addresses come from `resolve_names`."""
-        return sorted({h for h in map(_host, self.members) if not _is_ip(h)})
+        return sorted({h for h in map(_host, self.members) if _ip(h) is None})
 
     def update_addresses(self) -> None:
         hosts = {_host(m) for m in self.members}
-        names = {h for h in hosts if not _is_ip(h)}
-        self.addresses = frozenset(hosts - names).union(*(self.resolved.get(n, frozenset()) for n in names))
+        addresses = {_ip(h) for h in hosts} | {_ip(a) for h in hosts for a in self.resolved.get(h, ())}
+        self.addresses = frozenset(a for a in addresses if a is not None)
 
     def trusts(self, peer: str) -> bool:
         """Whether a gRPC caller (`context.peer()`, e.g. `ipv4:10.0.0.2:51234`) is a member, whose
@@ -87,8 +89,8 @@ class Membership:
         scheme, _, rest = peer.partition(":")
         if scheme not in ("ipv4", "ipv6"):
             return False
-        host = urllib.parse.unquote(rest).rpartition(":")[0].strip("[]")
-        return host in self.addresses
+        address = _ip(urllib.parse.unquote(rest).rpartition(":")[0].strip("[]"))
+        return address is not None and address in self.addresses
 
     def mark_down(self, member: str, until: float) -> None:
         if member == self.self_addr or member in self.down:
@@ -212,17 +214,19 @@ class Forwarder:
             self.in_flight += 1
             try:
                 await self._send(owner, call, batch)
-            except Exception:  # a bug, not a network failure: keep the spans, and this drain alive
-                log.exception("forwarding to %s failed unexpectedly; handling %d spans here", owner, spans)
-                self.stats.fallback["error"] += spans
-                self.local(batch)
+            except Exception:  # _send hands its spans back on any failure it can see; this keeps the drain alive
+                log.exception("forwarding to %s failed unexpectedly", owner)
             finally:
                 self.in_flight -= 1
                 self.sizes[owner] -= sum(c.nbytes for c in batch)
 
     async def _send(self, owner: str, call: grpc.aio.UnaryUnaryMultiCallable, batch: list[Chunk]) -> None:
-        body = encode_request((c.spans, c.groups, b"") for c in batch)
         spans = _spans(batch)
+        try:
+            body = encode_request((c.spans, c.groups, b"") for c in batch)
+        except Exception:
+            self._failed_unexpectedly(owner, batch, spans)
+            return
         deadline = time.monotonic() + self.max_elapsed
         delay = 0.05
         while True:
@@ -244,8 +248,17 @@ class Forwarder:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
+            except Exception:  # not a network failure (a bug, a closed channel)
+                self._failed_unexpectedly(owner, batch, spans)
+                return
             self.stats.forwarded += spans
             return
+
+    def _failed_unexpectedly(self, owner: str, batch: list[Chunk], spans: int) -> None:
+        """Called from an except block: log the traceback, count it, keep the spans here."""
+        log.exception("forwarding %d spans to %s failed unexpectedly; handling them here", spans, owner)
+        self.stats.fallback["error"] += spans
+        self.local(batch)
 
     async def flush(self, timeout: float) -> bool:
         if not self._pending():
@@ -272,12 +285,16 @@ def _host(member: str) -> str:
     return member.rpartition(":")[0].strip("[]")
 
 
-def _is_ip(host: str) -> bool:
+def _ip(host: str) -> IP | None:
+    """The address a host string spells, in one form whatever the spelling (`FD00::2`, `fd00::2`;
+    an IPv4-mapped IPv6 address as its IPv4 address, the way gRPC reports such a peer); None for a name."""
     try:
-        ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host)
     except ValueError:
-        return False
-    return True
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 async def resolve_names(membership: Membership, interval: float) -> None:

@@ -157,3 +157,9 @@ def test_an_inline_policy_list_from_the_environment_wins_over_the_file(tmp_path:
         load_config(cfg, {"TAILSAMPLER_POLICIES": "[{name: x, type: nonsense}]"})
     problem = exc.value.problems[0]
     assert problem.path == "$TAILSAMPLER_POLICIES" and "policies[0].type" in str(problem)
+    block = "tail_sampling: {policies: [{name: whole-block, type: always_sample}]}"  # a policies file's forms
+    assert [p.name for p in load_config(cfg, {"TAILSAMPLER_POLICIES": block}).policies.policies] == ["whole-block"]
+    assert load_config(cfg, {"TAILSAMPLER_POLICIES": " "}).policies_path == tmp_path / "p.yaml"  # empty: unset
+    with pytest.raises(ConfigError) as exc:
+        load_config(cfg, {"TAILSAMPLER_POLICIES": "[{name: x"})
+    assert exc.value.problems[0].path == "$TAILSAMPLER_POLICIES"

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import grpc
+import pytest
 from aiohttp import web
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -20,6 +21,7 @@ from sampler.buffer import Buffer
 from sampler.config import Retry
 from sampler.core import Core, KeptTrace
 from sampler.decisions import DecisionCache
+from sampler.exporters.base import RetryableError
 from sampler.exporters.otlp_grpc import GrpcSender
 from sampler.exporters.otlp_http import HttpSender, http_url
 from sampler.exporters.queue import ExportQueue
@@ -227,3 +229,12 @@ def test_http_url_appends_the_default_path_only_when_missing() -> None:
 
 def test_grpc_status_codes_module_is_consistent() -> None:
     assert grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] == code_pb2.RESOURCE_EXHAUSTED
+
+
+def test_a_call_on_a_channel_closed_by_a_reconnect_is_retried() -> None:
+    sender = GrpcSender("127.0.0.1:9", {}, "none", 1, True)
+    call = sender.call
+    sender.channel.close()  # what a certificate rotation does to the channel of a queued call
+    with pytest.raises(RetryableError):
+        sender._export(call, b"")
+    asyncio.run(sender.close())

@@ -4,12 +4,14 @@ a leaving member moves only its own share, and forwarded spans are never forward
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections import Counter
 from collections.abc import Callable
 from typing import ClassVar
 
 import grpc
+import pytest
 
 from sampler.buffer import Buffer
 from sampler.core import Core
@@ -131,16 +133,20 @@ def test_an_unexpected_forwarding_error_keeps_the_spans_here_and_the_forwarder_a
     first, second = chunks[:1], chunks[1:]
 
     class Flaky(Forwarder):
-        """Its first send fails as a bug would; later sends succeed without a network."""
+        """Its first call fails as a bug would; later calls succeed without a network."""
 
         failed = False
         sent: ClassVar[list[Chunk]] = []
 
         async def _send(self, owner: str, call: grpc.aio.UnaryUnaryMultiCallable, batch: list[Chunk]) -> None:
-            if not self.failed:
-                self.failed = True
+            async def broken(body: bytes, **kwargs: object) -> None:
                 raise RuntimeError("a bug in the forwarding path")
-            self.sent.extend(batch)
+
+            async def delivered(body: bytes, **kwargs: object) -> None:
+                self.sent.extend(batch)
+
+            first, self.failed = not self.failed, True
+            await super()._send(owner, broken if first else delivered, batch)
 
     async def main() -> None:
         kept: list[Chunk] = []
@@ -157,8 +163,10 @@ def test_an_unexpected_forwarding_error_keeps_the_spans_here_and_the_forwarder_a
 
 
 def test_only_members_are_trusted_with_the_forwarded_header() -> None:
-    m = Membership("10.0.0.1:4317", ["10.0.0.1:4317", "[fd00::2]:4317", "tailsampler-2.example:4317"])
+    m = Membership("10.0.0.1:4317", ["10.0.0.1:4317", "[FD00:0::2]:4317", "tailsampler-2.example:4317",
+                                     "[::ffff:10.0.0.4]:4317"])
     assert m.trusts("ipv4:10.0.0.1:50000")
+    assert m.trusts("ipv4:10.0.0.4:50000")  # an IPv4-mapped member, reported by gRPC as IPv4
     assert m.trusts("ipv6:[fd00::2]:50000") and m.trusts("ipv6:%5Bfd00::2%5D:50000")  # both spellings grpc uses
     assert not m.trusts("ipv4:10.0.0.9:50000")
     assert not m.trusts("unix:/tmp/socket") and not m.trusts("ipv4:10.0.0.11:1")
@@ -188,7 +196,7 @@ def test_member_names_are_resolved_to_the_addresses_to_trust() -> None:
     assert m.trusts("ipv4:127.0.0.1:1234")
 
 
-def test_the_grpc_receiver_honours_the_forwarded_header_only_from_members() -> None:
+def test_the_grpc_receiver_honours_the_forwarded_header_only_from_members(caplog: pytest.LogCaptureFixture) -> None:
     seen: list[str] = []
 
     def ingest(data: bytes, protocol: str) -> int:
@@ -211,4 +219,7 @@ def test_the_grpc_receiver_honours_the_forwarded_header_only_from_members() -> N
         assert await send(Membership("10.0.0.1:4317", ["10.0.0.1:4317", "10.0.0.2:4317"]).trusts) == "grpc"
         assert await send(Membership("10.0.0.1:4317", ["10.0.0.1:4317", "127.0.0.1:4317"]).trusts) == "peer"
 
-    asyncio.run(main())
+    with caplog.at_level(logging.WARNING, logger="tailsampler"):
+        asyncio.run(main())
+    ignored = [r for r in caplog.records if "forwarded header from ipv4:127.0.0.1" in r.getMessage()]
+    assert len(ignored) == 2  # one per receiver that did not trust the caller

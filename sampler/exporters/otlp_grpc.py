@@ -96,6 +96,8 @@ class GrpcSender:
             if code in RETRYABLE or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None):
                 raise RetryableError(message, delay) from None
             raise PermanentError(message) from None
+        except ValueError as exc:  # its channel was closed for a reconnect after the call was queued
+            raise RetryableError(f"gRPC channel replaced: {exc}") from None
         return int(response.partial_success.rejected_spans)
 
     async def close(self) -> None:

@@ -39,6 +39,7 @@ class GrpcReceiver:
                  auth: Authenticator | None = None, trusted: Callable[[str], bool] | None = None) -> None:
         self.host = host
         self.trusted = trusted  # whose FORWARDED_HEADER counts (sharding members); None: nobody's
+        self._untrusted: set[str] = set()  # callers already warned about
         self.port = port
         self.ingest = ingest
         self.refused = refused
@@ -59,8 +60,7 @@ class GrpcReceiver:
             if not self.auth.check(given if isinstance(given, str) else None):
                 self.refused("unauthenticated")
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
-        forwarded = (self.trusted is not None and any(key == FORWARDED_HEADER for key, _ in metadata)
-                     and self.trusted(context.peer()))
+        forwarded = any(key == FORWARDED_HEADER for key, _ in metadata) and self._trusts(context.peer())
         try:
             self.ingest(request, "peer" if forwarded else "grpc")
         except WireError as exc:
@@ -71,6 +71,17 @@ class GrpcReceiver:
             message = f"tailsampler is overloaded ({exc.reason}); retry later"
             await context.abort(grpc.StatusCode.UNAVAILABLE, message, _retry_details(message))
         return b""  # an empty ExportTraceServiceResponse: full success
+
+    def _trusts(self, peer: str) -> bool:
+        if self.trusted is not None and self.trusted(peer):
+            return True
+        host = peer.rpartition(":")[0]
+        if len(self._untrusted) < 64 and host not in self._untrusted:  # once per address, bounded
+            self._untrusted.add(host)
+            log.warning("ignoring the %s header from %s, which is not a peer: its spans are routed like any "
+                        "client's (behind a service mesh or NAT, peers' own addresses are hidden)",
+                        FORWARDED_HEADER, host)
+        return False
 
     async def start(self) -> int:
         address = f"{self.host}:{self.port}"
