@@ -36,7 +36,7 @@ bench-e2e: $(STAMP)
 	$(BIN)/python bench/e2e.py
 
 bench-plot: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet --no-build-isolation -e '.[test,bench]'
 	$(BIN)/python bench/e2e.py --plot bench/plots
 
 wheel: $(STAMP)
