@@ -170,17 +170,17 @@ class App:
         if self.auth is not None or self.http_tls_files is not None:
             self._spawn("secrets", self._refresh_secrets)
 
-    def _spawn(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        self._tasks.append(asyncio.create_task(self._supervised(name, loop), name=name))
+    def _spawn(self, name: str, body: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._tasks.append(asyncio.create_task(self._supervised(name, body), name=name))
 
-    async def _supervised(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    async def _supervised(self, name: str, body: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run a background loop for the life of the process. A task that dies leaves no trace by
         itself (its exception waits, unlogged, for a reader that never comes) and a dead sweeper
         would stop every decision; so an unexpected error is logged with its traceback, counted,
         and the loop started again after a pause."""
         while True:
             try:
-                await loop()
+                await body()
                 return
             except Exception:
                 log.exception("background task %s failed; restarting it in %.0fs", name, TASK_RESTART_SECONDS)
