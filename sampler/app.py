@@ -210,7 +210,7 @@ class App:
         if self.worker is not None:
             membership = Membership(self.worker.peers[self.worker.index], self.worker.peers)
         elif peers.enabled:
-            membership = Membership(peers.self_, peers.static)
+            membership = Membership(peers.self_, peers.static, peers.trusted_networks)
         else:
             return
         self.membership = membership

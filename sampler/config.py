@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from importlib import resources
@@ -141,6 +142,9 @@ class PeersConfig(_Model):
     tls: TlsClient | None = None  # when the peers' gRPC receivers use TLS
     forward_max_elapsed: Duration = 5.0  # retrying a peer this long, then its spans are kept here
     down_cooldown: Duration = 30.0  # ...and it is left out of the hashing this long
+    # Callers whose forwarded header counts besides the members' own addresses: where a service mesh
+    # or NAT hides those addresses (Istio delivers from 127.0.0.6), e.g. ["127.0.0.6/32"].
+    trusted_networks: list[str] = Field(default_factory=list)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -148,6 +152,11 @@ class PeersConfig(_Model):
     def _members(self) -> PeersConfig:
         for member in (self.self_, *self.static):
             split_host_port(member)
+        for network in self.trusted_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_networks: {network!r} is not an IP network (e.g. 10.0.0.0/8)") from None
         if self.static and self.dns is not None:
             raise ValueError("use either a static member list or dns discovery, not both")
         if self.static and self.self_ not in self.static:

@@ -39,8 +39,9 @@ class Membership:
     trace instead of each keeping its own part of the dead member's traces.
     """
 
-    def __init__(self, self_addr: str, members: Sequence[str]) -> None:
+    def __init__(self, self_addr: str, members: Sequence[str], trusted_networks: Sequence[str] = ()) -> None:
         self.self_addr = self_addr
+        self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_networks)
         self.members: tuple[str, ...] = ()
         self.down: dict[str, float] = {}  # member -> until when it is left out
         self._keys: list[tuple[bytes, str]] = []
@@ -90,7 +91,9 @@ class Membership:
         if scheme not in ("ipv4", "ipv6"):
             return False
         address = _ip(urllib.parse.unquote(rest).rpartition(":")[0].strip("[]"))
-        return address is not None and address in self.addresses
+        if address is None:
+            return False
+        return address in self.addresses or any(address in network for network in self.networks)
 
     def mark_down(self, member: str, until: float) -> None:
         if member == self.self_addr or member in self.down:

@@ -163,3 +163,14 @@ def test_an_inline_policy_list_from_the_environment_wins_over_the_file(tmp_path:
     with pytest.raises(ConfigError) as exc:
         load_config(cfg, {"TAILSAMPLER_POLICIES": "[{name: x"})
     assert exc.value.problems[0].path == "$TAILSAMPLER_POLICIES"
+
+
+def test_trusted_networks_must_be_ip_networks(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("peers: {self: '10.0.0.1:4317', static: ['10.0.0.1:4317', '10.0.0.2:4317'], "
+                   "trusted_networks: ['127.0.0.6/32', 'fd00::/8']}\n")
+    assert load_config(cfg, {}).config.peers.trusted_networks == ["127.0.0.6/32", "fd00::/8"]
+    cfg.write_text("peers: {self: '10.0.0.1:4317', trusted_networks: ['mesh']}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(cfg, {})
+    assert "'mesh' is not an IP network" in str(exc.value.problems[0])

@@ -223,3 +223,10 @@ def test_the_grpc_receiver_honours_the_forwarded_header_only_from_members(caplog
         asyncio.run(main())
     ignored = [r for r in caplog.records if "forwarded header from ipv4:127.0.0.1" in r.getMessage()]
     assert len(ignored) == 2  # one per receiver that did not trust the caller
+
+
+def test_trusted_networks_extend_trust_to_callers_a_mesh_puts_in_front() -> None:
+    m = Membership("10.0.0.1:4317", ["10.0.0.1:4317", "10.0.0.2:4317"], ["127.0.0.6/32", "fd00::/8"])
+    assert m.trusts("ipv4:127.0.0.6:40000") and m.trusts("ipv6:[fd12::3]:40000")
+    assert not m.trusts("ipv4:127.0.0.7:40000") and not m.trusts("ipv6:[::1]:40000")
+    assert m.trusts("ipv4:10.0.0.2:1")  # members still are
