@@ -7,6 +7,7 @@ prometheus_client metrics, per request or per batch, never per span.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -69,11 +70,8 @@ class CoreCollector(Collector):
         for name, n in sorted(stats.policy_errors.items()):
             errors.add_metric([name], n)
         yield errors
-        cumulative = 0
-        buckets: list[tuple[str, float]] = []
-        for bound, n in zip((*(str(b) for b in LAG_BUCKETS), "+Inf"), stats.lag_counts, strict=True):
-            cumulative += n
-            buckets.append((bound, cumulative))
+        bounds = (*map(str, LAG_BUCKETS), "+Inf")
+        buckets = list(zip(bounds, itertools.accumulate(stats.lag_counts), strict=True))
         yield HistogramMetricFamily(
             "tailsampler_decision_lag_seconds",
             "How late a trace was decided: decision time minus due time (quiet or max age).",

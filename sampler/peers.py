@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
+from sampler.config import split_host_port
 from sampler.exporters.otlp_grpc import channel_options
 from sampler.otlp.splice import encode_request
 from sampler.otlp.split import Chunk
@@ -79,7 +80,7 @@ class Membership:
         return sorted({h for h in map(_host, self.members) if _ip(h) is None})
 
     def update_addresses(self) -> None:
-        hosts = {_host(m) for m in self.members}
+        hosts = set(map(_host, self.members))
         addresses = {_ip(h) for h in hosts} | {_ip(a) for h in hosts for a in self.resolved.get(h, ())}
         self.addresses = frozenset(a for a in addresses if a is not None)
 
@@ -90,7 +91,10 @@ class Membership:
         scheme, _, rest = peer.partition(":")
         if scheme not in ("ipv4", "ipv6"):
             return False
-        address = _ip(urllib.parse.unquote(rest).rpartition(":")[0].strip("[]"))
+        try:
+            address = _ip(_host(urllib.parse.unquote(rest)))
+        except ValueError:
+            return False
         if address is None:
             return False
         return address in self.addresses or any(address in network for network in self.networks)
@@ -284,8 +288,8 @@ class Forwarder:
             await self.channels[owner].close()
 
 
-def _host(member: str) -> str:
-    return member.rpartition(":")[0].strip("[]")
+def _host(host_port: str) -> str:
+    return split_host_port(host_port)[0]
 
 
 def _ip(host: str) -> IP | None:
