@@ -201,7 +201,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         value: Any = raw
         try:
             parsed = yaml.safe_load(raw) if raw else None
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, OverflowError, RecursionError):  # not YAML: taken as the string
             parsed = raw
         # Only null and YAML collections are taken as parsed; scalars stay strings (a token of
         # digits must stay a string) and pydantic converts them where a number or bool is wanted.

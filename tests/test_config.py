@@ -174,3 +174,25 @@ def test_trusted_networks_must_be_ip_networks(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(cfg, {})
     assert "'mesh' is not an IP network" in str(exc.value.problems[0])
+
+
+@pytest.mark.parametrize("text, field", [
+    ("policies:\n  - name: a\n    type: [errors]\n", "policies[0].type"),  # found by test_fuzz
+    ("policies:\n  - name: a\n    type: {errors: 1}\n", "policies[0].type"),
+    ('policies: "\\UFFFFFFFF"\n', "(document)"),  # PyYAML raised OverflowError
+    ('policies: "\\U00110000"\n', "(document)"),  # ... and ValueError
+    ("policies: 2001-13-45\n", "(document)"),  # ... and ValueError from the date
+])
+def test_odd_policy_documents_are_reported_not_raised(text: str, field: str) -> None:
+    from sampler.policy.loader import load_policies
+    from sampler.yamlfile import parse_yaml
+
+    with pytest.raises(ConfigError) as caught:
+        load_policies(parse_yaml(text, "p.yaml"))
+    assert [p.field for p in caught.value.problems] == [field]
+
+
+def test_an_env_value_yaml_cannot_construct_is_taken_as_a_string() -> None:
+    with pytest.raises(ConfigError) as caught:  # was: ValueError out of the environment parsing
+        load_config(None, {"TAILSAMPLER_BUFFER__DECISION_WAIT": "2001-13-45"})
+    assert [p.field for p in caught.value.problems] == ["buffer.decision_wait"]

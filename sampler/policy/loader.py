@@ -162,7 +162,7 @@ class _Builder:
         if not named:
             self.problems.append(doc.problem((*loc, "name"), "a policy needs a non-empty name"))
         kind = item.get("type")
-        if kind not in ALL_TYPES:
+        if not isinstance(kind, str) or kind not in ALL_TYPES:
             known = ", ".join(sorted(ALL_TYPES))
             self.problems.append(doc.problem((*loc, "type"), f"unknown policy type {kind!r} (known: {known})"))
             return None
