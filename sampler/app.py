@@ -73,9 +73,9 @@ class Worker:
 
 
 def tune_gc() -> None:
-    """The buffer holds hundreds of thousands of long-lived objects without reference cycles; the
-    default thresholds make the collector walk all of them several times a second, stalling every
-    request for tens of milliseconds. Collect the young generation rarely, the old one rarer."""
+    """The buffer's own objects are hidden from the cycle collector (sampler/untrack.py); what it
+    still sees is per-request garbage (grpc.aio leaves a few cycles per call) and whatever else lives
+    long. Collect the young generation rarely, the old one rarer: each collection stalls requests."""
     gc.freeze()
     gc.set_threshold(GC_THRESHOLDS[0], GC_THRESHOLDS[1], GC_THRESHOLDS[2])
 

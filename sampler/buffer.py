@@ -11,17 +11,29 @@ from collections import OrderedDict
 
 from sampler.otlp.wire import Group
 from sampler.summary import TraceSummary
+from sampler.untrack import untrack
 
 
 class TraceEntry:
+    """One buffered trace. It adopts the lists of its first chunk (no copy); it, its summary and
+    its lists are hidden from the cycle collector (sampler/untrack.py says why that is safe)."""
+
     __slots__ = ("first_seen", "groups", "last_seen", "spans", "summary")
 
-    def __init__(self, trace_id: bytes, now: float) -> None:
-        self.spans: list[bytes] = []
-        self.groups: list[Group] = []  # groups[i] is the resource/scope of spans[i]
+    def __init__(self, trace_id: bytes, now: float, spans: list[bytes], groups: list[Group]) -> None:
         self.first_seen = now
         self.last_seen = now
-        self.summary = TraceSummary(trace_id)
+        self.hold(TraceSummary(trace_id), spans, groups)
+        untrack(self)
+
+    def hold(self, summary: TraceSummary, spans: list[bytes], groups: list[Group]) -> None:
+        """Take these as the trace's summary and spans (groups[i] is the resource/scope of spans[i])."""
+        self.summary = summary
+        self.spans = spans
+        self.groups = groups
+        untrack(summary)
+        untrack(spans)
+        untrack(groups)
 
     @property
     def nbytes(self) -> int:
@@ -55,8 +67,9 @@ class Buffer:
     def get(self, trace_id: bytes) -> TraceEntry | None:
         return self.by_first.get(trace_id)
 
-    def create(self, trace_id: bytes, now: float) -> TraceEntry:
-        entry = TraceEntry(trace_id, now)
+    def create(self, trace_id: bytes, now: float, spans: list[bytes], groups: list[Group]) -> TraceEntry:
+        """A new trace holding `spans` (the lists are the entry's from now on)."""
+        entry = TraceEntry(trace_id, now, spans, groups)
         self.by_first[trace_id] = entry
         self.by_last[trace_id] = entry
         return entry

@@ -154,10 +154,11 @@ class Core:
             if verdict is not None:
                 self._late(chunk, verdict)
                 return
-            entry = buffer.create(trace_id, now)
+            entry = buffer.create(trace_id, now, chunk.spans, chunk.groups)
+        else:
+            entry.spans.extend(chunk.spans)
+            entry.groups.extend(chunk.groups)
         entry.summary.merge(chunk)
-        entry.spans.extend(chunk.spans)
-        entry.groups.extend(chunk.groups)
         buffer.touched(entry, now, chunk.nbytes)
         if entry.summary.spans > buffer.max_spans_per_trace or entry.nbytes > buffer.max_bytes_per_trace:
             self.stats.limited += 1
@@ -223,9 +224,7 @@ class Core:
                 summary.merge(chunk)
                 spans.extend(chunk.spans)
                 groups.extend(chunk.groups)
-            entry.summary = summary
-            entry.spans = spans
-            entry.groups = groups
+            entry.hold(summary, spans, groups)
 
 
 def _splitter(engine: Engine) -> Splitter:

@@ -200,3 +200,45 @@ def test_bounds_hold_and_every_span_is_forwarded_once_or_dropped(
     assert set(forwarded) == should_forward  # kept traces' spans forwarded, all others dropped
     late_dropped = h.core.stats.late_spans["drop"]
     assert late_dropped <= len(sent) - len(forwarded)
+
+
+def _buffered_objects(core: Core) -> list[object]:
+    return [o for e in core.buffer.entries() for o in (e, e.summary, e.spans, e.groups)]
+
+
+def test_buffered_traces_are_hidden_from_the_cycle_collector_and_still_freed() -> None:
+    import gc
+    import tracemalloc
+
+    h = Harness(policies="policies: [{name: none, type: probabilistic, probabilistic: {sampling_percentage: 0}}]")
+    h.send(0.0, S(1, 1), S(2, 1))
+    h.send(1.0, S(1, 2, parent=1))  # a second chunk extends the first one's (adopted) lists
+    h.core.set_engine(engine())  # a reload replaces every entry's summary and lists
+    assert len(h.core.buffer) == 2 and not any(gc.is_tracked(o) for o in _buffered_objects(h.core))
+    assert [len(e.spans) for e in h.core.buffer.entries()] == [2, 1]
+    # untracked objects are still freed by reference counting when their trace is decided
+    h.core.sweep(100.0)
+    tracemalloc.start()
+    try:
+        before = 0
+        for round_ in range(40):  # the first 20 fill the decision cache and the splitter's caches
+            if round_ == 20:
+                before = tracemalloc.get_traced_memory()[0]
+            fresh = range(100 * round_ + 3, 100 * round_ + 53)
+            h.send(1000.0 * round_, *(S(t, s, attrs={"filler": "x" * 300}) for t in fresh for s in (1, 2)))
+            assert h.core.sweep(1000.0 * round_ + 100) == 50
+            h.decided.clear()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 20_000, grown  # 20 rounds of ~40 KB of spans each, all gone
+
+
+def test_untrack_without_the_compiled_module() -> None:
+    import gc
+
+    from sampler.untrack import _untrack
+
+    held = [[1]]
+    _untrack(held)
+    assert not gc.is_tracked(held) and held == [[1]]

@@ -1,0 +1,3 @@
+"""Type stub of the Cython-compiled untrack (_untrack.pyx); the same contract as untrack._untrack."""
+
+def untrack(obj: object) -> None: ...
