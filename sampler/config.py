@@ -10,7 +10,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
 
 from sampler.policy.loader import PolicySet, load_policies
@@ -199,9 +198,9 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         if not all(parts) or (len(parts) == 1 and parts[0] not in _TOP_LEVEL_ENV_KEYS):
             continue
         value: Any = raw
-        try:
-            parsed = yaml.safe_load(raw) if raw else None
-        except (yaml.YAMLError, ValueError, OverflowError, RecursionError):  # not YAML: taken as the string
+        try:  # parse_yaml: its limits on aliases and nesting, and every error as a ConfigError
+            parsed = parse_yaml(raw, name).data if raw else None
+        except ConfigError:  # not YAML: taken as the string
             parsed = raw
         # Only null and YAML collections are taken as parsed; scalars stay strings (a token of
         # digits must stay a string) and pydantic converts them where a number or bool is wanted.

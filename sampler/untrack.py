@@ -16,16 +16,23 @@ object is never collected.
 from __future__ import annotations
 
 import ctypes
+import gc
 from collections.abc import Callable
 
-_gc_untrack = ctypes.pythonapi.PyObject_GC_UnTrack
-_gc_untrack.argtypes = (ctypes.py_object,)
-_gc_untrack.restype = None
+_gc_untrack: Callable[[object], None] | None
+try:
+    _gc_untrack = ctypes.pythonapi.PyObject_GC_UnTrack
+    _gc_untrack.argtypes = (ctypes.py_object,)
+    _gc_untrack.restype = None
+except (AttributeError, ValueError):  # an interpreter without CPython's C API
+    _gc_untrack = None
 
 
 def _untrack(obj: object) -> None:
-    """Without the compiled module: the same C call through ctypes (slower, same effect)."""
-    _gc_untrack(obj)
+    """Without the compiled module: the same C call through ctypes (slower, same effect), or
+    nothing where there is no such call (the collector then just keeps walking these objects)."""
+    if _gc_untrack is not None and gc.is_tracked(obj):  # only tracked objects have a GC link to undo
+        _gc_untrack(obj)
 
 
 untrack: Callable[[object], None]

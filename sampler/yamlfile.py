@@ -118,8 +118,10 @@ def parse_yaml(text: str, path: str) -> YamlDoc:
         raise ConfigError([Problem(path, 1, "(document)", f"invalid YAML: {first}")]) from None
     except RecursionError:
         raise ConfigError([Problem(path, 1, "(document)", "invalid YAML: nested too deeply")]) from None
-    except (ValueError, OverflowError) as exc:  # PyYAML lets these out: a "\U" escape beyond Unicode, a 13th month
-        raise ConfigError([Problem(path, 1, "(document)", f"invalid YAML: {exc}")]) from None
+    # PyYAML's scanner and constructors let these out too: a "\U" escape beyond Unicode, a 13th month,
+    # `!!int ""` (IndexError), `!!bool maybe` (KeyError), `!!timestamp x` (AttributeError)
+    except (ValueError, OverflowError, LookupError, AttributeError, TypeError) as exc:
+        raise ConfigError([Problem(path, 1, "(document)", f"invalid YAML: cannot read a value: {exc}")]) from None
     except _TooLarge:
         reason = f"document too large: more than {MAX_NODES} values (aliases expanded)"
         raise ConfigError([Problem(path, 1, "(document)", reason)]) from None

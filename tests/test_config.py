@@ -182,6 +182,9 @@ def test_trusted_networks_must_be_ip_networks(tmp_path: Path) -> None:
     ('policies: "\\UFFFFFFFF"\n', "(document)"),  # PyYAML raised OverflowError
     ('policies: "\\U00110000"\n', "(document)"),  # ... and ValueError
     ("policies: 2001-13-45\n", "(document)"),  # ... and ValueError from the date
+    ('policies: !!int ""\n', "(document)"),  # ... IndexError
+    ("policies: !!bool maybe\n", "(document)"),  # ... KeyError
+    ("policies: !!timestamp x\n", "(document)"),  # ... AttributeError
 ])
 def test_odd_policy_documents_are_reported_not_raised(text: str, field: str) -> None:
     from sampler.policy.loader import load_policies
@@ -192,7 +195,17 @@ def test_odd_policy_documents_are_reported_not_raised(text: str, field: str) -> 
     assert [p.field for p in caught.value.problems] == [field]
 
 
-def test_an_env_value_yaml_cannot_construct_is_taken_as_a_string() -> None:
-    with pytest.raises(ConfigError) as caught:  # was: ValueError out of the environment parsing
-        load_config(None, {"TAILSAMPLER_BUFFER__DECISION_WAIT": "2001-13-45"})
+@pytest.mark.parametrize("raw", ["2001-13-45", "!!bool maybe", '!!int ""'])
+def test_an_env_value_yaml_cannot_construct_is_taken_as_a_string(raw: str) -> None:
+    with pytest.raises(ConfigError) as caught:  # was: ValueError and others out of the environment parsing
+        load_config(None, {"TAILSAMPLER_BUFFER__DECISION_WAIT": raw})
     assert [p.field for p in caught.value.problems] == ["buffer.decision_wait"]
+
+
+def test_an_alias_bomb_in_an_env_value_is_refused_not_expanded() -> None:
+    bomb = "[" + ", ".join(["&a0 [x, x, x, x, x, x, x, x, x, x]"] + [
+        f"&a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]"
+        for i in range(1, 9)]) + "]"
+    with pytest.raises(ConfigError) as caught:  # taken as a string, which no headers mapping is
+        load_config(None, {"TAILSAMPLER_EXPORTER__HEADERS": bomb})
+    assert [p.field for p in caught.value.problems] == ["exporter.headers"]

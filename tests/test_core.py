@@ -242,3 +242,12 @@ def test_untrack_without_the_compiled_module() -> None:
     held = [[1]]
     _untrack(held)
     assert not gc.is_tracked(held) and held == [[1]]
+
+
+def test_untrack_leaves_objects_the_collector_never_tracked_alone() -> None:
+    from sampler.untrack import _untrack, untrack
+
+    for fn in (untrack, _untrack):
+        for obj in (None, "text", b"bytes", 7, (1, 2)):  # no GC header, or (the tuple) perhaps untracked
+            fn(obj)
+            fn(obj)
