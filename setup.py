@@ -27,6 +27,25 @@ MYPYC_MODULES = [
     "sampler/policy/engine.py",
     "sampler/decisions.py",
     "sampler/otlp/splice.py",
+    # The policy types the engine evaluates per decided trace (their pydantic models are in
+    # policy/configs.py, interpreted; loader, regex and the OTTL parser stay interpreted too).
+    "sampler/policy/base.py",
+    "sampler/policy/always_sample.py",
+    "sampler/policy/boolean_attribute.py",
+    "sampler/policy/composite.py",
+    "sampler/policy/compound.py",
+    "sampler/policy/errors.py",
+    "sampler/policy/latency.py",
+    "sampler/policy/limiter.py",
+    "sampler/policy/numeric_attribute.py",
+    "sampler/policy/probabilistic.py",
+    "sampler/policy/rate_limiting.py",
+    "sampler/policy/route.py",
+    "sampler/policy/span_count.py",
+    "sampler/policy/status_code.py",
+    "sampler/policy/string_attribute.py",
+    "sampler/policy/trace_flags.py",
+    "sampler/policy/trace_state.py",
 ]
 
 

@@ -26,7 +26,8 @@ from sampler.exporters.otlp_grpc import GrpcSender
 from sampler.exporters.otlp_http import HttpSender, http_url
 from sampler.exporters.queue import ExportQueue
 from sampler.metrics import Metrics
-from sampler.policy.always_sample import AlwaysSample, AlwaysSampleConfig
+from sampler.policy.always_sample import AlwaysSample
+from sampler.policy.configs import AlwaysSampleConfig
 from sampler.policy.engine import Engine
 from tests.spans import S, request
 

@@ -148,7 +148,8 @@ def test_threshold_is_exact() -> None:
 
 
 def test_probabilistic_rate_over_many_ids() -> None:
-    from sampler.policy.probabilistic import Probabilistic, ProbabilisticConfig
+    from sampler.policy.configs import ProbabilisticConfig
+    from sampler.policy.probabilistic import Probabilistic
 
     policy = Probabilistic("p", ProbabilisticConfig(sampling_percentage=10))
     rng = random.Random(11)
@@ -218,7 +219,8 @@ def test_a_failing_policy_abstains() -> None:
             raise RuntimeError("boom")
 
     errors: list[str] = []
-    from sampler.policy.always_sample import AlwaysSample, AlwaysSampleConfig
+    from sampler.policy.always_sample import AlwaysSample
+    from sampler.policy.configs import AlwaysSampleConfig
 
     engine = Engine([Broken("broken"), AlwaysSample("all", AlwaysSampleConfig())],
                     on_error=lambda p, e: errors.append(p.name))

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
-
 from sampler.policy.base import Policy, Vote
+from sampler.policy.configs import AlwaysSampleConfig
 from sampler.summary import TraceSummary
-
-
-class AlwaysSampleConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class AlwaysSample(Policy):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 
+from mypy_extensions import mypyc_attr
+
 from sampler.otlp.wire import AttrValue, SpanFields
 from sampler.summary import TraceSummary
 
@@ -33,6 +35,7 @@ def match_vote(hit: bool, invert: bool) -> Vote:
     return Vote.SAMPLED if hit else Vote.NOT_SAMPLED
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # ottl.py's policy and tests' subclass it
 class Policy:
     """A named rule over a trace summary.
 
@@ -46,13 +49,14 @@ class Policy:
       (its `keys`, if any, are still extracted into `span.attrs` and `span.group.attrs`).
     """
 
-    keys: frozenset[str] = frozenset()
-    span_level = False
-    predicate = True  # False: `keys` are only extracted (e.g. route reads them from the root span)
-
     def __init__(self, name: str) -> None:
         self.name = name
         self.bit = 0
+        # Instance attributes, not class attributes: subclasses (compiled, or interpreted like
+        # ottl.py's) override them by assignment after super().__init__(), which compiled readers see.
+        self.keys: frozenset[str] = frozenset()
+        self.span_level = False
+        self.predicate = True  # False: `keys` are only extracted (e.g. route reads them from the root span)
         self.spec: object = None  # the policy's definition as written (set by the loader), for reloads
 
     def matches(self, attrs: Mapping[str, AttrValue], is_resource: bool) -> bool:

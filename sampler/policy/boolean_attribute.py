@@ -5,18 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from sampler.otlp.wire import AttrValue
 from sampler.policy.base import Policy, Vote, match_vote
+from sampler.policy.configs import BooleanAttributeConfig
 from sampler.summary import TraceSummary
-
-
-class BooleanAttributeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    key: str = Field(min_length=1)
-    value: bool
-    invert_match: bool = False
 
 
 class BooleanAttribute(Policy):

@@ -11,40 +11,10 @@ upstream does not change the evaluation order).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sampler.policy.base import KEEP_VOTES, Policy, Vote
+from sampler.policy.configs import CompositeConfig
 from sampler.summary import TraceSummary
-
-
-class RateAllocation(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    policy: str
-    percent: int = Field(default=0, ge=0, le=100)
-
-
-class CompositeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    max_total_spans_per_second: int = Field(gt=0)
-    policy_order: list[str] = Field(default_factory=list)
-    composite_sub_policy: list[dict[str, Any]] = Field(min_length=1)
-    rate_allocation: list[RateAllocation] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _allocations(self) -> CompositeConfig:
-        total = sum(r.percent for r in self.rate_allocation)
-        if total > 100:
-            raise ValueError(f"rate_allocation adds up to {total}%, over 100%")
-        names = {s.get("name") for s in self.composite_sub_policy}
-        for r in self.rate_allocation:
-            if r.policy not in names:
-                raise ValueError(f"rate_allocation names {r.policy!r}, which is not a composite_sub_policy")
-        for n in self.policy_order:
-            if n not in names:
-                raise ValueError(f"policy_order names {n!r}, which is not a composite_sub_policy")
-        return self
 
 
 class Composite(Policy):

@@ -10,27 +10,9 @@ A sub-policy's evaluation error propagates, so the compound policy abstains.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from sampler.policy.base import Policy, Vote
 from sampler.summary import TraceSummary
-
-
-class AndConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    and_sub_policy: list[dict[str, Any]] = Field(min_length=1)
-
-
-class NotConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    not_sub_policy: dict[str, Any]
-
-
-class DropConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    drop_sub_policy: list[dict[str, Any]] = Field(min_length=1)
 
 
 class And(Policy):

@@ -6,25 +6,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from sampler.otlp.wire import AttrValue
 from sampler.policy.base import Policy, Vote
+from sampler.policy.configs import ErrorsConfig
 from sampler.summary import STATUS_ERROR, TraceSummary
 
 HTTP_STATUS_KEYS = ("http.response.status_code", "http.status_code")
 
 
-class ErrorsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    http_status_min: int = Field(default=500, ge=100, le=999)
-
-
 class Errors(Policy):
-    keys = frozenset(HTTP_STATUS_KEYS)
-
     def __init__(self, name: str, config: ErrorsConfig) -> None:
         super().__init__(name)
+        self.keys = frozenset(HTTP_STATUS_KEYS)
         self.minimum = config.http_status_min
 
     def matches(self, attrs: Mapping[str, AttrValue], is_resource: bool) -> bool:

@@ -6,22 +6,9 @@ too, threshold < duration <= upper samples. Durations are truncated to whole mil
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, model_validator
-
 from sampler.policy.base import Policy, Vote
+from sampler.policy.configs import LatencyConfig
 from sampler.summary import TraceSummary
-
-
-class LatencyConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    threshold_ms: int = 0
-    upper_threshold_ms: int = 0
-
-    @model_validator(mode="after")
-    def _bounds(self) -> LatencyConfig:
-        if self.upper_threshold_ms and self.upper_threshold_ms < self.threshold_ms:
-            raise ValueError("upper_threshold_ms must be at least threshold_ms")
-        return self
 
 
 class Latency(Policy):

@@ -14,24 +14,44 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from sampler.policy.always_sample import AlwaysSample, AlwaysSampleConfig
+from sampler.policy.always_sample import AlwaysSample
 from sampler.policy.base import Policy
-from sampler.policy.boolean_attribute import BooleanAttribute, BooleanAttributeConfig
-from sampler.policy.composite import Composite, CompositeConfig
-from sampler.policy.compound import And, AndConfig, Drop, DropConfig, Not, NotConfig
+from sampler.policy.boolean_attribute import BooleanAttribute
+from sampler.policy.composite import Composite
+from sampler.policy.compound import And, Drop, Not
+from sampler.policy.configs import (
+    AlwaysSampleConfig,
+    AndConfig,
+    BooleanAttributeConfig,
+    BytesLimitingConfig,
+    CompositeConfig,
+    DropConfig,
+    ErrorsConfig,
+    LatencyConfig,
+    NotConfig,
+    NumericAttributeConfig,
+    ProbabilisticConfig,
+    RateLimitingConfig,
+    RouteConfig,
+    SpanCountConfig,
+    StatusCodeConfig,
+    StringAttributeConfig,
+    TraceFlagsConfig,
+    TraceStateConfig,
+)
 from sampler.policy.engine import Engine
-from sampler.policy.errors import Errors, ErrorsConfig
-from sampler.policy.latency import Latency, LatencyConfig
-from sampler.policy.numeric_attribute import NumericAttribute, NumericAttributeConfig
+from sampler.policy.errors import Errors
+from sampler.policy.latency import Latency
+from sampler.policy.numeric_attribute import NumericAttribute
 from sampler.policy.ottl import OttlCondition, OttlConditionConfig
-from sampler.policy.probabilistic import Probabilistic, ProbabilisticConfig
-from sampler.policy.rate_limiting import BytesLimiting, BytesLimitingConfig, RateLimiting, RateLimitingConfig
-from sampler.policy.route import Route, RouteConfig
-from sampler.policy.span_count import SpanCount, SpanCountConfig
-from sampler.policy.status_code import StatusCode, StatusCodeConfig
-from sampler.policy.string_attribute import StringAttribute, StringAttributeConfig
-from sampler.policy.trace_flags import TraceFlags, TraceFlagsConfig
-from sampler.policy.trace_state import TraceState, TraceStateConfig
+from sampler.policy.probabilistic import Probabilistic
+from sampler.policy.rate_limiting import BytesLimiting, RateLimiting
+from sampler.policy.route import Route
+from sampler.policy.span_count import SpanCount
+from sampler.policy.status_code import StatusCode
+from sampler.policy.string_attribute import StringAttribute
+from sampler.policy.trace_flags import TraceFlags
+from sampler.policy.trace_state import TraceState
 from sampler.units import parse_duration
 from sampler.yamlfile import ConfigError, Loc, Problem, YamlDoc
 

@@ -5,30 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 from sampler.otlp.wire import AttrValue
 from sampler.policy.base import Policy, Vote, match_vote
+from sampler.policy.configs import NumericAttributeConfig
 from sampler.summary import TraceSummary
 
 _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
-
-
-class NumericAttributeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    key: str = Field(min_length=1)
-    min_value: int | None = None
-    max_value: int | None = None
-    invert_match: bool = False
-
-    @model_validator(mode="after")
-    def _bounds(self) -> NumericAttributeConfig:
-        if self.min_value is None and self.max_value is None:
-            raise ValueError("at least one of min_value or max_value must be set")
-        if self.min_value is not None and self.max_value is not None and self.min_value > self.max_value:
-            raise ValueError(f"min_value {self.min_value} is greater than max_value {self.max_value}")
-        return self
 
 
 class NumericAttribute(Policy):

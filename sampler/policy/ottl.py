@@ -318,10 +318,9 @@ def _primitive(value: AnyValue) -> AttrValue | None:
 
 
 class OttlCondition(Policy):
-    span_level = True
-
     def __init__(self, name: str, config: OttlConditionConfig) -> None:
         super().__init__(name)
+        self.span_level = True
         keys: set[str] = set()
         self.span_conditions: list[Condition] = []
         self.event_conditions: list[Condition] = []

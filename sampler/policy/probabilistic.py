@@ -3,17 +3,10 @@ so tailsampler and a Collector with the same salt keep the same traces."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from sampler.policy.base import Policy, Vote
+from sampler.policy.configs import ProbabilisticConfig
 from sampler.policy.hashing import DEFAULT_SALT, SaltedHash, rate_for, threshold
 from sampler.summary import TraceSummary
-
-
-class ProbabilisticConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    hash_salt: str = DEFAULT_SALT
-    sampling_percentage: float = Field(ge=0, le=100)
 
 
 class Probabilistic(Policy):

@@ -11,23 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from sampler.policy.base import Policy, Vote
+from sampler.policy.configs import BytesLimitingConfig, RateLimitingConfig
 from sampler.policy.limiter import TokenBucket
 from sampler.summary import TraceSummary
-
-
-class RateLimitingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    spans_per_second: int = Field(gt=0)
-    burst_capacity: int | None = Field(default=None, gt=0)
-
-
-class BytesLimitingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    bytes_per_second: int = Field(gt=0)
-    burst_capacity: int | None = Field(default=None, gt=0)
 
 
 class RateLimiting(Policy):

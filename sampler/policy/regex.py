@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Literal, Protocol, cast
 
-import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
+import re2  # type: ignore[import-untyped,unused-ignore]  # google-re2 ships no type information
 
 
 class _Set(Protocol):

@@ -11,45 +11,19 @@ from __future__ import annotations
 import fnmatch
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 from sampler.policy.base import Policy, Vote
-from sampler.policy.hashing import DEFAULT_SALT, SaltedHash, rate_for, threshold
+from sampler.policy.configs import RouteConfig
+from sampler.policy.hashing import SaltedHash, rate_for, threshold
 from sampler.policy.regex import compile_pattern
 from sampler.summary import TraceSummary
 
 FALLBACK_KEYS = ("url.path", "http.target")
 
 
-class RouteRule(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    match: str = Field(min_length=1)
-    sample_percentage: float = Field(ge=0, le=100)
-    regex: bool = False
-
-    @model_validator(mode="after")
-    def _regex(self) -> RouteRule:
-        if self.regex:
-            try:
-                compile_pattern(self.match)
-            except ValueError as exc:
-                raise ValueError(f"invalid regex {self.match!r}: {exc}") from None
-        return self
-
-
-class RouteConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    attribute: str = "http.route"
-    rules: list[RouteRule] = Field(default_factory=list)
-    default_percentage: float = Field(default=0, ge=0, le=100)
-    hash_salt: str = DEFAULT_SALT
-
-
 class Route(Policy):
-    predicate = False  # reads the root span's attributes from the summary, per trace
-
     def __init__(self, name: str, config: RouteConfig) -> None:
         super().__init__(name)
+        self.predicate = False  # reads the root span's attributes from the summary, per trace
         self.lookup = (config.attribute, *(k for k in FALLBACK_KEYS if k != config.attribute))
         self.keys = frozenset(self.lookup)
         # a glob is anchored (fnmatch's translation, kept on `re`: it is linear); a regex is RE2, unanchored

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
-
 from sampler.policy.base import Policy, Vote
+from sampler.policy.configs import StatusCodeConfig
 from sampler.summary import STATUS_ERROR, STATUS_OK, STATUS_UNSET, TraceSummary
 
 _BITS = {"UNSET": STATUS_UNSET, "OK": STATUS_OK, "ERROR": STATUS_ERROR}
-
-
-class StatusCodeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    status_codes: list[Literal["OK", "ERROR", "UNSET"]] = Field(min_length=1)
 
 
 class StatusCode(Policy):

@@ -7,35 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 from sampler.otlp.wire import AttrValue
 from sampler.policy.base import Policy, Vote, match_vote
+from sampler.policy.configs import StringAttributeConfig
 from sampler.policy.regex import compile_pattern, joined
 from sampler.summary import TraceSummary
-
-
-class StringAttributeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    key: str = Field(min_length=1)
-    values: list[str] = Field(min_length=1)
-    enabled_regex_matching: bool = False
-    cache_max_size: int = Field(default=0, ge=0)
-    invert_match: bool = False
-
-    @model_validator(mode="after")
-    def _regexes(self) -> StringAttributeConfig:
-        if self.enabled_regex_matching:
-            for v in self.values:
-                try:
-                    compile_pattern(v)
-                except ValueError as exc:
-                    raise ValueError(f"invalid regex {v!r}: {exc}") from None
-            try:
-                compile_pattern(joined(self.values))
-            except ValueError as exc:
-                raise ValueError(f"invalid regex (all values together): {exc}") from None
-        return self
 
 
 class StringAttribute(Policy):

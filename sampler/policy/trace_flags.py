@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
-
 from sampler.otlp.wire import SpanFields
 from sampler.policy.base import Policy, Vote
+from sampler.policy.configs import TraceFlagsConfig
 from sampler.summary import TraceSummary
 
 SAMPLED_FLAG = 0x01
 
 
-class TraceFlagsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 class TraceFlags(Policy):
-    span_level = True
-
     def __init__(self, name: str, config: TraceFlagsConfig) -> None:
         super().__init__(name)
+        self.span_level = True
 
     def matches_span(self, span: SpanFields) -> bool:
         return bool(span.flags & SAMPLED_FLAG)

@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from sampler.otlp.wire import SpanFields
 from sampler.policy.base import Policy, Vote
+from sampler.policy.configs import TraceStateConfig
 from sampler.summary import TraceSummary
-
-
-class TraceStateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    key: str = Field(min_length=1)
-    values: list[str] = Field(min_length=1)
 
 
 def tracestate_get(raw: str, key: str) -> str | None:
@@ -25,10 +18,9 @@ def tracestate_get(raw: str, key: str) -> str | None:
 
 
 class TraceState(Policy):
-    span_level = True
-
     def __init__(self, name: str, config: TraceStateConfig) -> None:
         super().__init__(name)
+        self.span_level = True
         self.key = config.key
         # As upstream: empty values and pairs over the 256-character member limit never match.
         self.values = frozenset(v for v in config.values if v and len(config.key) + len(v) < 256)
