@@ -47,6 +47,9 @@ class Policy:
       resource's attributes;
     - a policy that reads other span fields sets `span_level` and implements `matches_span`
       (its `keys`, if any, are still extracted into `span.attrs` and `span.group.attrs`).
+
+    Set `keys`, `span_level` and `predicate` on the instance after `super().__init__()`: this class
+    is compiled (mypyc), and a class-level override in a subclass is not seen by compiled readers.
     """
 
     def __init__(self, name: str) -> None:
