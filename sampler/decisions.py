@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from cachetools import LRUCache
 
-from sampler.policy.engine import Verdict
-
-_DROPPED = Verdict(False, None, 0.0)
+from sampler.policy.engine import NO_KEEP, Verdict
 
 
 class DecisionCache:
@@ -36,7 +34,7 @@ class DecisionCache:
         if verdict is not None:
             return verdict
         if trace_id in self.dropped or trace_id in self.dropped_old:
-            return _DROPPED
+            return NO_KEEP
         return None
 
     def __len__(self) -> int:
