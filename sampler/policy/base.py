@@ -55,8 +55,6 @@ class Policy:
     def __init__(self, name: str) -> None:
         self.name = name
         self.bit = 0
-        # Instance attributes, not class attributes: subclasses (compiled, or interpreted like
-        # ottl.py's) override them by assignment after super().__init__(), which compiled readers see.
         self.keys: frozenset[str] = frozenset()
         self.span_level = False
         self.predicate = True  # False: `keys` are only extracted (e.g. route reads them from the root span)

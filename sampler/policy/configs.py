@@ -15,14 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sampler.policy.hashing import DEFAULT_SALT
 from sampler.policy.regex import compile_pattern, joined
 
-# always_sample
 
+# always_sample
 class AlwaysSampleConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 # boolean_attribute
-
 class BooleanAttributeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     key: str = Field(min_length=1)
@@ -31,7 +30,6 @@ class BooleanAttributeConfig(BaseModel):
 
 
 # composite
-
 class RateAllocation(BaseModel):
     model_config = ConfigDict(extra="forbid")
     policy: str
@@ -61,7 +59,6 @@ class CompositeConfig(BaseModel):
 
 
 # compound
-
 class AndConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     and_sub_policy: list[dict[str, Any]] = Field(min_length=1)
@@ -78,14 +75,12 @@ class DropConfig(BaseModel):
 
 
 # errors
-
 class ErrorsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     http_status_min: int = Field(default=500, ge=100, le=999)
 
 
 # latency
-
 class LatencyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     threshold_ms: int = 0
@@ -99,7 +94,6 @@ class LatencyConfig(BaseModel):
 
 
 # numeric_attribute
-
 class NumericAttributeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     key: str = Field(min_length=1)
@@ -117,7 +111,6 @@ class NumericAttributeConfig(BaseModel):
 
 
 # probabilistic
-
 class ProbabilisticConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     hash_salt: str = DEFAULT_SALT
@@ -125,7 +118,6 @@ class ProbabilisticConfig(BaseModel):
 
 
 # rate_limiting
-
 class RateLimitingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     spans_per_second: int = Field(gt=0)
@@ -139,7 +131,6 @@ class BytesLimitingConfig(BaseModel):
 
 
 # route
-
 class RouteRule(BaseModel):
     model_config = ConfigDict(extra="forbid")
     match: str = Field(min_length=1)
@@ -165,7 +156,6 @@ class RouteConfig(BaseModel):
 
 
 # span_count
-
 class SpanCountConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     min_spans: int = Field(default=0, ge=0)
@@ -179,14 +169,12 @@ class SpanCountConfig(BaseModel):
 
 
 # status_code
-
 class StatusCodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     status_codes: list[Literal["OK", "ERROR", "UNSET"]] = Field(min_length=1)
 
 
 # string_attribute
-
 class StringAttributeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     key: str = Field(min_length=1)
@@ -211,13 +199,11 @@ class StringAttributeConfig(BaseModel):
 
 
 # trace_flags
-
 class TraceFlagsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 # trace_state
-
 class TraceStateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     key: str = Field(min_length=1)
