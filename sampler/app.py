@@ -25,7 +25,19 @@ from sampler.decisions import DecisionCache
 from sampler.exporters import build_sender
 from sampler.exporters.base import Sender
 from sampler.exporters.queue import ExportQueue
-from sampler.metrics import Metrics, PeerCollector
+from sampler.memory import (
+    MIN_BUFFER,
+    NO_LIMIT_BUFFER,
+    Governor,
+    InFlight,
+    Plan,
+    bounds,
+    container_limit,
+    effective_limit,
+    malloc_trim,
+    read_rss,
+)
+from sampler.metrics import MemoryCollector, Metrics, PeerCollector
 from sampler.otlp.split import Chunk
 from sampler.peers import Forwarder, Membership, resolve_names, watch_dns
 from sampler.policy.base import Policy
@@ -101,22 +113,40 @@ class App:
         tune_gc()
         self.loop = asyncio.get_running_loop()
         buf = cfg.buffer
+        self.limit = effective_limit(cfg, container_limit())
+        if self.limit is not None and self.worker is not None:  # --workers N share one container
+            self.limit //= len(self.worker.peers)
+        decisions = DecisionCache(buf.decision_cache_kept, buf.decision_cache_dropped)
+        self.bounds = bounds(cfg, self.limit, decisions.nbytes, cfg.peers.enabled or self.worker is not None)
+        auto_buffer = not isinstance(buf.max_bytes, int)
+        max_bytes = buf.max_bytes if isinstance(buf.max_bytes, int) else NO_LIMIT_BUFFER
+        if auto_buffer and self.limit is not None:
+            max_bytes = MIN_BUFFER  # until the plan below sizes it
         self.core = Core(
-            Buffer(buf.max_traces, buf.max_bytes, buf.decision_wait, buf.max_trace_age,
+            Buffer(buf.max_traces, max_bytes, buf.decision_wait, buf.max_trace_age,
                    buf.max_spans_per_trace, buf.max_bytes_per_trace, buf.min_eviction_age),
             self.loaded.policies.engine(),
-            DecisionCache(buf.decision_cache_kept, buf.decision_cache_dropped),
+            decisions,
             self._emit,
             on_decision=self._log_decision if log.isEnabledFor(logging.DEBUG) else None,
         )
         self.metrics = Metrics(self.core)
         sender = self._sender or build_sender(cfg.exporter)
-        self.queue = ExportQueue(sender, self.metrics, cfg.exporter.queue_max_bytes,
+        self.queue = ExportQueue(sender, self.metrics, self.bounds["export_queue"] or 0,
                                  cfg.exporter.batch_max_spans, cfg.exporter.retry)
         queue = self.queue
         self.metrics.export_queue_bytes.set_function(lambda: queue.nbytes)
+        self.inflight = InFlight(self.bounds["requests"])
+        self.baseline = read_rss()
+        self.governor: Governor | None = None
+        self._trimming = False
+        self.pressure = 0
+        self._pressure_seen = 0  # the highest pressure acted on since the last sweep
+        self._evicted_seen = 0
         self._secure()
         self._start_peers()
+        if self.limit is not None:
+            self._plan(auto_buffer)  # before the receivers open: a plan that cannot work stops the start
         self.receivers: list[GrpcReceiver | HttpReceiver] = []
         otlp = cfg.receivers.otlp
         limit = cfg.receivers.max_request_bytes
@@ -131,7 +161,7 @@ class App:
         if otlp.http is not None:
             host, port = split_host_port(otlp.http.endpoint)
             http_rx = HttpReceiver(host, port, self._ingest, limit, self._refused("http"), reuse_port=shared,
-                                   tls=self.http_tls, auth=self.auth)
+                                   tls=self.http_tls, auth=self.auth, admit=self._admit, release=self.inflight.release)
             self.ports["http"] = await http_rx.start()
             self.receivers.append(http_rx)
         if self.worker is not None:
@@ -140,6 +170,10 @@ class App:
                                    trusted=trusted)
             self.ports["peer"] = await peer_rx.start()
             self.receivers.append(peer_rx)
+        if self.governor is not None and auto_buffer:
+            self._plan(auto_buffer, final=True)  # again, with what the servers themselves took
+        self.metrics.registry.register(MemoryCollector(self.memory_report, lambda: self.pressure,
+                                                       self.limit or 0))
         self.admin: AdminServer | None = None
         if cfg.admin.endpoint is not None:
             host, port = split_host_port(cfg.admin.endpoint)
@@ -152,6 +186,43 @@ class App:
             self._spawn("policy-watch", functools.partial(self._watch, self.loaded.policies_path))
         self.ready = True
         log.info("tailsampler ready: %d policies, exporter %s", len(self.core.engine.policies), cfg.exporter.protocol)
+
+    def _plan(self, auto_buffer: bool, final: bool = False) -> None:
+        """Share memory_limit out (sampler/memory.py): the process as it stands now, every
+        component's bound, and what is left for the buffer when its max_bytes is auto. The first
+        plan, before the receivers open, stops a start that cannot work; the final one only refines."""
+        assert self.limit is not None
+        plan = Plan(self.limit, read_rss(), self.bounds)
+        buffer = self.core.buffer
+        if auto_buffer:
+            try:
+                plan.check()
+            except ValueError as exc:
+                if not final:
+                    raise StartupError(str(exc)) from None
+            buffer.max_bytes = buffer.bound = max(MIN_BUFFER, plan.buffer)
+        elif plan.buffer < buffer.max_bytes:
+            log.warning("buffer.max_bytes (%d) is more than memory_limit leaves it (%d): near the limit the "
+                        "oldest traces will be decided early", buffer.max_bytes, max(0, plan.buffer))
+        self.baseline = plan.baseline
+        self.governor = Governor(self.limit, buffer.max_bytes)
+
+    def memory_report(self) -> tuple[dict[str, int], int]:
+        """What each component holds now, in bytes, and the resident memory: `baseline` is the
+        process as it started, `other` what the resident memory holds beyond everything counted."""
+        core = self.core
+        report = {
+            "buffer": core.buffer.nbytes,
+            "decision_cache": core.decisions.nbytes,
+            "export_queue": self.queue.nbytes,
+            "forward_queues": self.forwarder.nbytes if self.forwarder is not None else 0,
+            "requests": self.inflight.nbytes,
+            "splitter": core.splitter.nbytes,
+            "baseline": self.baseline,
+        }
+        rss = read_rss()
+        report["other"] = max(0, rss - sum(report.values()))
+        return report, rss
 
     def _secure(self) -> None:
         """Bearer tokens and receiver TLS; bad files stop the start with a clear StartupError."""
@@ -215,7 +286,8 @@ class App:
             return
         self.membership = membership
         self.forwarder = Forwarder(
-            membership, self._keep_here, max_elapsed=peers.forward_max_elapsed, down_cooldown=peers.down_cooldown,
+            membership, self._keep_here, max_bytes=self.bounds["forward_queues"] or 0,
+            max_elapsed=peers.forward_max_elapsed, down_cooldown=peers.down_cooldown,
             credentials=grpc_channel_credentials(peers.tls) if peers.tls is not None else None,
             authorization=self.auth.header if self.auth is not None else None,
         )
@@ -240,18 +312,34 @@ class App:
 
     def _ingest(self, data: bytes, protocol: str) -> int:
         try:
+            if self.governor is not None and self.governor.refusing:
+                raise Backpressure("memory")
             if self.queue.nbytes >= self.queue.max_bytes * QUEUE_HIGH_WATER:
                 raise Backpressure("export_queue_full")
             n = self.core.ingest(data, protocol, self.loop.time())
         except Backpressure as exc:
-            if self._pushing_back is None:
-                log.warning("pushing back on senders (%s): answering with retryable errors", exc.reason)
-            self._pushing_back = exc.reason
+            self._pushed_back(exc.reason)
             raise
-        if self._pushing_back is not None:
-            log.info("accepting spans again after pushing back (%s)", self._pushing_back)
-            self._pushing_back = None
         return n
+
+    def _pushed_back(self, reason: str) -> None:
+        """A request was refused for lack of room: logged when pushback starts (the sweep logs its
+        end), and raised to the pressure the next sweep reports."""
+        self._pressure_seen = 2
+        if self._pushing_back is None:
+            log.warning("pushing back on senders (%s): answering with retryable errors", reason)
+        self._pushing_back = reason
+
+    def _admit(self, cost: int) -> str | None:
+        """Room for a request body costing `cost` bytes to receive and decode (HTTP, before reading
+        it): None, or the reason for refusing it (release the cost afterwards when admitted)."""
+        if self.governor is not None and self.governor.refusing:
+            self._pushed_back("memory")
+            return "memory"
+        reason = self.inflight.admit(cost)
+        if reason == "memory":
+            self._pushed_back(reason)
+        return reason
 
     def _emit(self, trace: KeptTrace) -> None:
         self.queue.put(trace)
@@ -265,8 +353,33 @@ class App:
             # not hold the event loop (and every Export call waiting on it) for its whole duration.
             while self.core.sweep(now, SWEEP_CHUNK) == SWEEP_CHUNK:
                 await asyncio.sleep(0)
+            self._govern(now)
             if self.forwarder is not None:
                 self.membership.revive(time.monotonic())
+
+    def _govern(self, now: float) -> None:
+        """Hold the resident memory under memory_limit (sampler/memory.py), and report the pressure
+        acted on since the last sweep: 2 if any request was refused for lack of room, 1 if traces
+        were decided early by a bound on bytes, else 0."""
+        governor = self.governor
+        if governor is not None:
+            buffer = self.core.buffer
+            governor.update(read_rss(), buffer.nbytes, settled=not self._trimming)
+            buffer.bound = governor.bound
+            if self.core.make_room(now) and not self._trimming:
+                self._trimming = True  # hand what was just freed back to the system, off the loop
+                self.loop.run_in_executor(None, malloc_trim).add_done_callback(self._trimmed)
+            self._pressure_seen = max(self._pressure_seen, governor.pressure)
+        if self.core.stats.evicted > self._evicted_seen:
+            self._pressure_seen = max(self._pressure_seen, 1)
+        self._evicted_seen = self.core.stats.evicted
+        self.pressure, self._pressure_seen = self._pressure_seen, 0
+        if self.pressure < 2 and self._pushing_back is not None:
+            log.info("accepting spans again after pushing back (%s)", self._pushing_back)
+            self._pushing_back = None
+
+    def _trimmed(self, future: asyncio.Future[bool]) -> None:
+        self._trimming = False
 
     async def _watch(self, path: Path) -> None:
         files = Files(str(path))  # stat follows the kubelet's `..data` symlink anew each time

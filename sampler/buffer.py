@@ -13,16 +13,29 @@ from sampler.otlp.wire import Group
 from sampler.summary import TraceSummary
 from sampler.untrack import untrack
 
+# What holding spans costs besides their serialized bytes, as tracemalloc sees it (tests/test_memory.py
+# holds these to it): per span, its bytes object's header and its slots in the span and group lists;
+# per trace, its entry, summary, lists, id, root span name and attributes, and its places in both
+# orders of the buffer.
+SPAN_OVERHEAD = 52
+TRACE_OVERHEAD = 720
+
+
+def spans_cost(nbytes: int, spans: int) -> int:
+    """Memory held by `spans` span bytes objects of `nbytes` serialized bytes in all."""
+    return nbytes + spans * SPAN_OVERHEAD
+
 
 class TraceEntry:
     """One buffered trace. It adopts the lists of its first chunk (no copy); it, its summary and
     its lists are hidden from the cycle collector (sampler/untrack.py says why that is safe)."""
 
-    __slots__ = ("first_seen", "groups", "last_seen", "spans", "summary")
+    __slots__ = ("cost", "first_seen", "groups", "last_seen", "spans", "summary")
 
     def __init__(self, trace_id: bytes, now: float, spans: list[bytes], groups: list[Group]) -> None:
         self.first_seen = now
         self.last_seen = now
+        self.cost = TRACE_OVERHEAD  # memory held, spans added as they are folded in (Buffer.touched)
         self.hold(TraceSummary(trace_id), spans, groups)
         untrack(self)
 
@@ -52,6 +65,7 @@ class Buffer:
     ) -> None:
         self.max_traces = max_traces
         self.max_bytes = max_bytes
+        self.bound = max_bytes  # what it may hold now: max_bytes, or less while memory is short
         self.max_spans_per_trace = max_spans_per_trace
         self.max_bytes_per_trace = max_bytes_per_trace
         self.min_eviction_age = min_eviction_age
@@ -59,7 +73,8 @@ class Buffer:
         self.max_trace_age = max_trace_age
         self.by_last: OrderedDict[bytes, TraceEntry] = OrderedDict()
         self.by_first: OrderedDict[bytes, TraceEntry] = OrderedDict()
-        self.nbytes = 0
+        self.nbytes = 0  # memory held by the buffered traces (spans_cost plus TRACE_OVERHEAD each)
+        self.spans = 0
 
     def __len__(self) -> int:
         return len(self.by_first)
@@ -68,33 +83,48 @@ class Buffer:
         return self.by_first.get(trace_id)
 
     def create(self, trace_id: bytes, now: float, spans: list[bytes], groups: list[Group]) -> TraceEntry:
-        """A new trace holding `spans` (the lists are the entry's from now on)."""
+        """A new trace holding `spans` (the lists are the entry's from now on; `touched` counts them)."""
         entry = TraceEntry(trace_id, now, spans, groups)
         self.by_first[trace_id] = entry
         self.by_last[trace_id] = entry
+        self.nbytes += entry.cost
         return entry
 
-    def touched(self, entry: TraceEntry, now: float, added_bytes: int) -> None:
-        """Record that spans of `added_bytes` were just folded into `entry`: it becomes the most
-        recently active."""
+    def touched(self, entry: TraceEntry, now: float, added_spans: int, added_cost: int) -> None:
+        """Record that `added_spans` spans costing `added_cost` bytes were just folded into `entry`:
+        it becomes the most recently active."""
         entry.last_seen = now
-        self.nbytes += added_bytes
+        entry.cost += added_cost
+        self.nbytes += added_cost
+        self.spans += added_spans
         self.by_last.move_to_end(entry.trace_id)
 
     def remove(self, entry: TraceEntry) -> None:
         del self.by_first[entry.trace_id]
         del self.by_last[entry.trace_id]
-        self.nbytes -= entry.nbytes
+        self.nbytes -= entry.cost
+        self.spans -= entry.summary.spans
 
     def over_bounds(self) -> bool:
-        return len(self.by_first) > self.max_traces or self.nbytes > self.max_bytes
+        return len(self.by_first) > self.max_traces or self.nbytes > self.bound
 
-    def would_evict_young(self, new_traces: int, new_bytes: int, now: float) -> bool:
-        """Whether admitting this much would force deciding a trace younger than min_eviction_age:
-        bounds are being hit faster than decisions free room, so the sender should retry later."""
-        if len(self.by_first) + new_traces <= self.max_traces and self.nbytes + new_bytes <= self.max_bytes:
+    def would_evict_young(self, new_traces: int, new_cost: int, now: float) -> bool:
+        """Whether admitting this much would force deciding a trace younger than min_eviction_age
+        (any of those the bounds would decide, oldest first, not only the oldest): bounds are being
+        hit faster than decisions free room, so the sender should retry later."""
+        excess_traces = len(self.by_first) + new_traces - self.max_traces
+        excess_bytes = self.nbytes + new_cost - self.bound
+        if excess_traces <= 0 and excess_bytes <= 0:
             return False
-        return bool(self.by_first) and self.oldest().first_seen + self.min_eviction_age > now
+        young = now - self.min_eviction_age
+        for entry in self.by_first.values():
+            if excess_traces <= 0 and excess_bytes <= 0:
+                return False
+            if entry.first_seen > young:
+                return True
+            excess_traces -= 1
+            excess_bytes -= entry.cost
+        return False
 
     def oldest(self) -> TraceEntry:
         return next(iter(self.by_first.values()))

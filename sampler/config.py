@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
 
@@ -18,8 +18,23 @@ from sampler.yamlfile import ConfigError, Problem, YamlDoc, load_yaml, parse_yam
 
 _DURATION_SCHEMA = {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": _DURATION.pattern}]}
 _SIZE_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": _SIZE.pattern}]}
+_AUTO_SIZE_SCHEMA = {"anyOf": [*_SIZE_SCHEMA["anyOf"], {"const": "auto"}]}
+AUTO: Final = "auto"
 Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(_DURATION_SCHEMA)]
 Size = Annotated[int, BeforeValidator(parse_size), WithJsonSchema(_SIZE_SCHEMA)]
+
+
+def _auto_size(value: Any) -> int | str:
+    if value == AUTO:
+        return AUTO
+    size = parse_size(value)
+    if size == 0:
+        raise ValueError("a size here must be greater than 0 (or auto)")
+    return size
+
+
+# A size, or `auto`: derived from memory_limit at start (sampler/memory.py).
+AutoSize = Annotated[int | Literal["auto"], BeforeValidator(_auto_size), WithJsonSchema(_AUTO_SIZE_SCHEMA)]
 
 
 class _Model(BaseModel):
@@ -90,13 +105,18 @@ class Receivers(_Model):
     otlp: OtlpReceivers = OtlpReceivers()
     auth: Auth | None = None
     max_request_bytes: Size = Field(default=16 * 2**20, gt=0)  # after decompression
+    # Request bodies being received, inflated and decoded at once (estimated decoded cost); beyond it
+    # requests are refused with retryable errors. auto: a tenth of memory_limit (none without one).
+    max_inflight_bytes: AutoSize | None = AUTO
 
 
 class BufferConfig(_Model):
     decision_wait: Duration = 5.0
     max_trace_age: Duration = 60.0
     max_traces: int = Field(default=100_000, gt=0)
-    max_bytes: Size = Field(default=256 * 2**20, gt=0)
+    # What the buffered traces may hold in memory, overhead included. auto: what memory_limit leaves
+    # after the other components' bounds (256MiB without a memory_limit).
+    max_bytes: AutoSize = AUTO
     max_spans_per_trace: int = Field(default=20_000, gt=0)  # beyond it the trace is decided early
     max_bytes_per_trace: Size = Field(default=16 * 2**20, gt=0)  # ...likewise
     min_eviction_age: Duration = 1.0  # evicting younger traces to make room means push back instead
@@ -118,7 +138,7 @@ class ExporterConfig(_Model):
     compression: Literal["gzip", "none"] = "gzip"
     retry: Retry = Retry()
     timeout: Duration = 10.0
-    queue_max_bytes: Size = Field(default=64 * 2**20, gt=0)
+    queue_max_bytes: AutoSize = AUTO  # kept spans waiting for export; auto: 64MiB, or a tenth of memory_limit
     batch_max_spans: int = Field(default=4096, gt=0)
     annotate: bool = True  # add tailsampling.policy / tailsampling.sample_rate to kept spans
     tls: TlsClient = TlsClient()  # for https:// endpoints
@@ -141,6 +161,8 @@ class PeersConfig(_Model):
     tls: TlsClient | None = None  # when the peers' gRPC receivers use TLS
     forward_max_elapsed: Duration = 5.0  # retrying a peer this long, then its spans are kept here
     down_cooldown: Duration = 30.0  # ...and it is left out of the hashing this long
+    # Spans on their way to other members, all peers together; auto: 32MiB, or a sixteenth of memory_limit
+    queue_max_bytes: AutoSize = AUTO
     # Callers whose forwarded header counts besides the members' own addresses: where a service mesh
     # or NAT hides those addresses (Istio delivers from 127.0.0.6), e.g. ["127.0.0.6/32"].
     trusted_networks: list[str] = Field(default_factory=list)
@@ -168,6 +190,9 @@ class PeersConfig(_Model):
 
 
 class Config(_Model):
+    # The process's resident memory stays under this (sampler/memory.py). auto: 80% of the container's
+    # memory limit (cgroup), none when there is none; null: no limit.
+    memory_limit: AutoSize | None = AUTO
     receivers: Receivers = Receivers()
     buffer: BufferConfig = BufferConfig()
     exporter: ExporterConfig = ExporterConfig()
@@ -181,7 +206,7 @@ class Config(_Model):
 
 DEFAULT_CONFIG_ENV = "TAILSAMPLER_CONFIG"
 _ENV_PREFIX = "TAILSAMPLER_"
-_TOP_LEVEL_ENV_KEYS = frozenset({"policies_file", "shutdown_timeout", "log_level"})
+_TOP_LEVEL_ENV_KEYS = frozenset({"policies_file", "shutdown_timeout", "log_level", "memory_limit"})
 # Policies inline (YAML: a list, or any form a policies file takes); read by load_config itself, so
 # their mistakes are reported against the variable, and an empty value counts as unset.
 POLICIES_ENV = "TAILSAMPLER_POLICIES"

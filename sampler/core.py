@@ -10,7 +10,7 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
 
-from sampler.buffer import Buffer, TraceEntry
+from sampler.buffer import TRACE_OVERHEAD, Buffer, TraceEntry, spans_cost
 from sampler.decisions import DecisionCache
 from sampler.otlp.splice import encode_request
 from sampler.otlp.split import Chunk, Splitter, split_request
@@ -22,7 +22,7 @@ from sampler.summary import TraceSummary
 class KeptTrace:
     """Spans of a kept trace (or late spans of one), ready to be spliced into an export request."""
 
-    __slots__ = ("groups", "nbytes", "policy", "sample_rate", "spans", "summary", "trace_id")
+    __slots__ = ("cost", "groups", "policy", "sample_rate", "spans", "summary", "trace_id")
 
     def __init__(
         self, trace_id: bytes, spans: list[bytes], groups: list[Group], verdict: Verdict,
@@ -34,7 +34,11 @@ class KeptTrace:
         self.policy = verdict.policy
         self.sample_rate = verdict.sample_rate
         self.summary = summary  # None for late spans
-        self.nbytes = summary.nbytes if summary is not None else sum(len(s) for s in spans)
+        # Memory held while it waits for export: the buffer's own measure of these spans and summary.
+        if summary is not None:
+            self.cost = spans_cost(summary.nbytes, summary.spans) + TRACE_OVERHEAD
+        else:
+            self.cost = spans_cost(sum(len(s) for s in spans), len(spans)) + TRACE_OVERHEAD
 
 
 class Backpressure(Exception):
@@ -123,12 +127,13 @@ class Core:
         buffer = self.buffer
         if buffer.min_eviction_age > 0:
             new = 0
-            local_bytes = 0
+            local_cost = 0
             for chunk in local:
-                local_bytes += chunk.nbytes
+                local_cost += spans_cost(chunk.nbytes, len(chunk.spans))
                 if buffer.get(chunk.trace_id) is None:
                     new += 1
-            if buffer.would_evict_young(new, local_bytes, now):
+                    local_cost += TRACE_OVERHEAD
+            if buffer.would_evict_young(new, local_cost, now):
                 raise Backpressure
         self.stats.spans_received[protocol] += nspans
         for chunk in local:
@@ -159,13 +164,22 @@ class Core:
             entry.spans.extend(chunk.spans)
             entry.groups.extend(chunk.groups)
         entry.summary.merge(chunk)
-        buffer.touched(entry, now, chunk.nbytes)
+        buffer.touched(entry, now, len(chunk.spans), spans_cost(chunk.nbytes, len(chunk.spans)))
         if entry.summary.spans > buffer.max_spans_per_trace or entry.nbytes > buffer.max_bytes_per_trace:
             self.stats.limited += 1
             self._decide(entry, now, LIMITED)
+        self.make_room(now)
+
+    def make_room(self, now: float) -> int:
+        """Decide the oldest traces early until the buffer is within its bounds (the bound on bytes
+        may have just been lowered for lack of memory); returns how many were decided."""
+        n = 0
+        buffer = self.buffer
         while buffer.over_bounds():
-            self.stats.evicted += 1
             self._decide(buffer.oldest(), now, EVICTED)
+            n += 1
+        self.stats.evicted += n
+        return n
 
     def _late(self, chunk: Chunk, verdict: Verdict) -> None:
         if verdict.keep:

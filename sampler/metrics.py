@@ -8,7 +8,7 @@ prometheus_client metrics, per request or per batch, never per span.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -40,11 +40,19 @@ class CoreCollector(Collector):
             decided.add_metric([decision, policy], n)
         yield decided
         yield GaugeMetricFamily("tailsampler_traces_in_buffer", "Traces held awaiting a decision.", len(core.buffer))
-        yield GaugeMetricFamily("tailsampler_buffer_bytes", "Span bytes held in the buffer.", core.buffer.nbytes)
+        yield GaugeMetricFamily("tailsampler_buffer_bytes",
+                                "Memory the buffered traces hold: their span bytes and all their overhead.",
+                                core.buffer.nbytes)
+        yield GaugeMetricFamily("tailsampler_buffer_spans", "Spans held in the buffer (buffer_bytes / buffer_spans is "
+                                "the true cost of a buffered span).", core.buffer.spans)
         yield GaugeMetricFamily("tailsampler_buffer_max_traces", "Configured bound on traces held.",
                                 core.buffer.max_traces)
-        yield GaugeMetricFamily("tailsampler_buffer_max_bytes", "Configured bound on span bytes held.",
+        yield GaugeMetricFamily("tailsampler_buffer_max_bytes",
+                                "Bound on tailsampler_buffer_bytes (buffer.max_bytes, auto resolved).",
                                 core.buffer.max_bytes)
+        yield GaugeMetricFamily("tailsampler_buffer_bound_bytes",
+                                "What the buffer may hold now: buffer.max_bytes, or less while memory is short.",
+                                core.buffer.bound)
         yield CounterMetricFamily(
             "tailsampler_traces_evicted",
             "Traces decided early because max_traces or max_bytes was reached (oldest first).",
@@ -76,6 +84,40 @@ class CoreCollector(Collector):
             "tailsampler_decision_lag_seconds",
             "How late a trace was decided: decision time minus due time (quiet or max age).",
             buckets=buckets, sum_value=stats.lag_sum,
+        )
+
+
+MemoryReport = Callable[[], tuple[dict[str, int], int]]
+
+
+class MemoryCollector(Collector):
+    """The memory limit, what each component holds, the resident memory and the pressure."""
+
+    def __init__(self, report: MemoryReport, pressure: Callable[[], int], limit: int) -> None:
+        self.report = report
+        self.pressure = pressure
+        self.limit = limit
+
+    def collect(self) -> Iterator[Metric]:
+        components, rss = self.report()
+        yield GaugeMetricFamily("tailsampler_memory_limit_bytes",
+                                "memory_limit in bytes (auto resolved); 0 when there is none.", self.limit)
+        held = GaugeMetricFamily(
+            "tailsampler_memory_bytes",
+            "Memory held by component: buffer, decision_cache, export_queue, forward_queues, requests (bodies "
+            "being received and decoded), splitter (its caches), baseline (the process as it started), other "
+            "(resident memory beyond all of these).",
+            labels=["component"],
+        )
+        for name, n in components.items():
+            held.add_metric([name], n)
+        yield held
+        yield GaugeMetricFamily("tailsampler_memory_rss_bytes", "Resident memory of the process (VmRSS).", rss)
+        yield GaugeMetricFamily(
+            "tailsampler_memory_pressure",
+            "0 normal; 1 deciding traces early for lack of room; 2 refusing requests for lack of room "
+            "(over the last sweep interval).",
+            self.pressure(),
         )
 
 
@@ -145,15 +187,15 @@ class Metrics:
             self.task_failures.labels(task)
         self.export_queue_bytes = Gauge(
             "tailsampler_export_queue_bytes",
-            "Span bytes of kept traces waiting for (or in) export; bounded by exporter.queue_max_bytes.",
+            "Memory held by kept traces waiting for (or in) export; bounded by exporter.queue_max_bytes.",
             registry=self.registry,
         )
         self.requests_refused = Counter(
             "tailsampler_requests_refused",
             "Requests refused by a receiver, by protocol and reason (malformed, too_large, "
-            "unsupported_media_type, unsupported_encoding, buffer_full, export_queue_full).",
+            "unsupported_media_type, unsupported_encoding, buffer_full, export_queue_full, memory).",
             ["protocol", "reason"], registry=self.registry,
         )
         for protocol in ("grpc", "http"):
-            for reason in ("malformed", "unauthenticated", "buffer_full", "export_queue_full"):
+            for reason in ("malformed", "unauthenticated", "buffer_full", "export_queue_full", "memory"):
                 self.requests_refused.labels(protocol, reason)

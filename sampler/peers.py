@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
+from sampler.buffer import spans_cost
 from sampler.config import split_host_port
 from sampler.exporters.otlp_grpc import channel_options
 from sampler.otlp.splice import encode_request
@@ -143,8 +144,9 @@ class Forwarder:
     """Per-peer bounded queues of trace chunks to forward, drained by one sender task per peer.
 
     Forwarding is retried for up to `max_elapsed` seconds; after that, or at once when the owner has
-    left the membership or its queue is full, the spans are handed to `local` (ingested here): a
-    trace may then be decided in two places, but no span is lost. Every such case is counted.
+    left the membership or the queues are full, the spans are handed to `local` (ingested here): a
+    trace may then be decided in two places, but no span is lost. Every such case is counted. The
+    queues of all peers together hold at most `max_bytes` of memory (spans as the buffer counts them).
     """
 
     def __init__(
@@ -171,6 +173,7 @@ class Forwarder:
         self.stats = PeerStats()
         self.queues: dict[str, deque[list[Chunk]]] = {}
         self.sizes: dict[str, int] = {}
+        self.nbytes = 0  # all queues together, batches in flight included
         self.wakes: dict[str, asyncio.Event] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.channels: dict[str, grpc.aio.Channel] = {}
@@ -180,8 +183,8 @@ class Forwarder:
 
     def forward(self, owner: str, chunks: list[Chunk]) -> None:
         """Queue trace chunks for `owner` (called by the core for every owner of a request's traces)."""
-        size = sum(c.nbytes for c in chunks)
-        if self.sizes.get(owner, 0) + size > self.max_bytes:
+        size = _cost(chunks)
+        if self.nbytes + size > self.max_bytes:
             self.stats.fallback["queue_full"] += _spans(chunks)
             self.local(chunks)
             return
@@ -197,6 +200,7 @@ class Forwarder:
             self.tasks[owner] = asyncio.create_task(self._drain(owner), name=f"forward-{owner}")
         self.queues[owner].append(chunks)
         self.sizes[owner] += size
+        self.nbytes += size
         self.idle.clear()
         self.wakes[owner].set()
 
@@ -225,7 +229,9 @@ class Forwarder:
                 log.exception("forwarding to %s failed unexpectedly", owner)
             finally:
                 self.in_flight -= 1
-                self.sizes[owner] -= sum(c.nbytes for c in batch)
+                size = _cost(batch)
+                self.sizes[owner] -= size
+                self.nbytes -= size
 
     async def _send(self, owner: str, call: grpc.aio.UnaryUnaryMultiCallable, batch: list[Chunk]) -> None:
         spans = _spans(batch)
@@ -322,6 +328,10 @@ async def resolve_names(membership: Membership, interval: float) -> None:
 
 def _spans(chunks: list[Chunk]) -> int:
     return sum(len(c.spans) for c in chunks)
+
+
+def _cost(chunks: list[Chunk]) -> int:
+    return sum(spans_cost(c.nbytes, len(c.spans)) for c in chunks)
 
 
 async def resolve(name: str, port: int) -> list[str]:

@@ -53,7 +53,8 @@ def test_defaults_without_a_file() -> None:
     c = loaded.config
     assert c.receivers.otlp.grpc is not None and c.receivers.otlp.grpc.endpoint == "0.0.0.0:4317"
     assert c.admin.endpoint == "0.0.0.0:8888"
-    assert (c.buffer.decision_wait, c.buffer.max_traces, c.buffer.max_bytes) == (5.0, 100_000, 256 * 2**20)
+    assert (c.buffer.decision_wait, c.buffer.max_traces, c.buffer.max_bytes) == (5.0, 100_000, "auto")
+    assert c.memory_limit == "auto" and c.exporter.queue_max_bytes == "auto"
     assert [p.name for p in loaded.policies.policies] == ["errors", "slow", "baseline"]
 
 

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import random
+import tracemalloc
 from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 
-from sampler.app import App
-from sampler.config import load_config
+from sampler import memory
+from sampler.app import App, StartupError
+from sampler.buffer import Buffer
+from sampler.config import Config, default_policies_doc, load_config
+from sampler.core import Core
+from sampler.decisions import DecisionCache
+from sampler.policy.loader import load_policies
 from tests.otlp_backend import EXPORT_METHOD, GRPC_OPTIONS, http_request
-from tests.spans import S, request
+from tests.spans import S, parse, request
 
 
 def _payload_holders(size: int) -> int:
@@ -84,3 +92,155 @@ policies: [{name: all, type: always_sample}]
     codes, holders = asyncio.run(main())
     assert codes[0] == "OK" and codes[1:] == ["UNAVAILABLE"] * (len(payloads) - 1)  # every other one refused
     assert holders == 0
+
+
+def _traffics() -> dict[str, list[bytes]]:
+    from sampler.demo import build_template
+
+    rng = random.Random(5)
+    templates = [build_template(rng) for _ in range(8)]
+    return {
+        "realistic": [templates[i % 8].stamp(rng) for i in range(40)],
+        "one-span traces": [request([S(n * 1000 + i, i) for i in range(500)]) for n in range(40)],
+        "500-span traces": [request([S(n, i, parent=None if i == 0 else 0) for i in range(500)]) for n in range(40)],
+    }
+
+
+@pytest.mark.parametrize("traffic", ["realistic", "one-span traces", "500-span traces"])
+def test_the_buffer_holds_the_bytes_it_counts(traffic: str) -> None:
+    """`buffer.nbytes` (tailsampler_buffer_bytes) is the memory the buffered traces hold, overhead
+    included, within 20% of what tracemalloc sees."""
+    requests = _traffics()[traffic]
+    core = Core(Buffer(10**9, 2**40, 1e9, 1e9), load_policies(default_policies_doc()).engine(),
+                DecisionCache(10, 10), lambda t: None)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for data in requests:
+            core.ingest(data, "grpc", 0.0)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert core.buffer.spans == sum(len(ss.spans) for d in requests for rs in parse(d).resource_spans
+                                    for ss in rs.scope_spans)
+    assert abs(core.buffer.nbytes - held) <= 0.2 * held, (core.buffer.nbytes, held)
+
+
+def _fake_root(tmp_path: Path, cgroup: str, files: dict[str, str]) -> Path:
+    (tmp_path / "proc/self").mkdir(parents=True)
+    (tmp_path / "proc/self/cgroup").write_text(cgroup)
+    for rel, text in files.items():
+        path = tmp_path / "sys/fs/cgroup" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return tmp_path
+
+
+def test_container_limit_reads_cgroup_v2(tmp_path: Path) -> None:
+    root = _fake_root(tmp_path, "0::/kubepods/pod1/ctr\n", {"kubepods/pod1/ctr/memory.max": "536870912\n"})
+    assert memory.container_limit(root) == 512 * 2**20
+
+
+def test_container_limit_v2_inside_a_namespace_and_unlimited(tmp_path: Path) -> None:
+    assert memory.container_limit(_fake_root(tmp_path / "a", "0::/\n", {"memory.max": "268435456\n"})) == 2**28
+    assert memory.container_limit(_fake_root(tmp_path / "b", "0::/\n", {"memory.max": "max\n"})) is None
+
+
+def test_container_limit_reads_cgroup_v1(tmp_path: Path) -> None:
+    cgroup = "5:cpu,cpuacct:/x\n4:memory:/process_api/abc\n0::/\n"
+    root = _fake_root(tmp_path / "a", cgroup, {"memory/process_api/abc/memory.limit_in_bytes": "1073741824\n"})
+    assert memory.container_limit(root) == 2**30
+    unlimited = _fake_root(tmp_path / "b", cgroup, {"memory/process_api/abc/memory.limit_in_bytes":
+                                                    "9223372036854771712\n"})
+    assert memory.container_limit(unlimited) is None
+
+
+def test_container_limit_without_cgroups(tmp_path: Path) -> None:
+    assert memory.container_limit(tmp_path) is None
+    assert memory.container_limit(_fake_root(tmp_path / "a", "0::/\n", {})) is None
+
+
+def test_read_rss_is_this_process(tmp_path: Path) -> None:
+    rss = memory.read_rss()
+    assert 10 * 2**20 < rss < 4 * 2**30
+    (tmp_path / "statm").write_text("garbage")
+    assert memory.read_rss(tmp_path / "statm") == 0
+
+
+def _config(text: str) -> Config:
+    return Config.model_validate(yaml.safe_load(text) or {})
+
+
+def test_auto_sizes_follow_the_limit() -> None:
+    cfg = _config("memory_limit: auto")
+    assert memory.effective_limit(cfg, None) is None
+    assert memory.effective_limit(cfg, 1000 * 2**20) == 800 * 2**20
+    assert memory.effective_limit(_config("memory_limit: 300MiB"), 1000 * 2**20) == 300 * 2**20
+    assert memory.effective_limit(_config("memory_limit: null"), 1000 * 2**20) is None
+    limited = memory.bounds(cfg, 256 * 2**20, 7, sharding=False)
+    assert limited == {"decision_cache": 7, "export_queue": int(256 * 2**20 * 0.1), "forward_queues": 0,
+                       "requests": int(256 * 2**20 * 0.1), "splitter": memory.SPLITTER_BOUND}
+    unlimited = memory.bounds(cfg, None, 7, sharding=True)
+    assert unlimited["export_queue"] == 64 * 2**20 and unlimited["forward_queues"] == 32 * 2**20
+    assert unlimited["requests"] is None
+    explicit = memory.bounds(_config("exporter: {queue_max_bytes: 5MiB}\nreceivers: {max_inflight_bytes: 3MiB}"),
+                             256 * 2**20, 7, sharding=False)
+    assert explicit["export_queue"] == 5 * 2**20 and explicit["requests"] == 3 * 2**20
+
+
+def test_a_plan_gives_the_buffer_what_the_limit_leaves() -> None:
+    plan = memory.Plan(256 * 2**20, 80 * 2**20, {"a": 20 * 2**20, "b": None})
+    assert plan.buffer == int(256 * 2**20 * memory.TARGET) - 100 * 2**20
+    plan.check()
+    too_small = memory.Plan(128 * 2**20, 80 * 2**20, {"export_queue": 30 * 2**20})
+    with pytest.raises(ValueError, match=r"memory_limit 128MiB is too small.*export_queue 30MiB"):
+        too_small.check()
+
+
+def test_the_governor_sheds_what_is_over_soft_and_refuses_over_hard() -> None:
+    mib = 2**20
+    g = memory.Governor(limit=100 * mib, max_bytes=40 * mib)
+    g.update(rss=60 * mib, buffer_bytes=10 * mib)
+    assert (g.bound, g.pressure, g.refusing) == (40 * mib, memory.NORMAL, False)  # room: up to max_bytes
+    g.update(rss=92 * mib, buffer_bytes=30 * mib)  # 2 MiB over soft (90): the buffer gives 2 MiB back
+    assert g.bound == 28 * mib and g.pressure == memory.DECIDING_EARLY
+    g.update(rss=93 * mib, buffer_bytes=28 * mib, settled=False)  # freed memory not handed back yet: hold
+    assert g.bound == 28 * mib
+    g.update(rss=96 * mib, buffer_bytes=28 * mib)
+    assert g.refusing and g.pressure == memory.REFUSING and g.bound == 22 * mib
+    g.update(rss=92 * mib, buffer_bytes=22 * mib)  # under hard but over soft: still refusing (no flapping)
+    assert g.refusing
+    g.update(rss=85 * mib, buffer_bytes=22 * mib)
+    assert not g.refusing and g.pressure == memory.NORMAL and g.bound == 27 * mib
+    g.update(rss=200 * mib, buffer_bytes=5 * mib)
+    assert g.bound == 0
+
+
+def test_inflight_admits_within_its_bound() -> None:
+    inflight = memory.InFlight(100)
+    assert inflight.admit(60) is None
+    assert inflight.admit(50) == "memory"
+    assert inflight.admit(101) == "too_large"
+    inflight.release(60)
+    assert inflight.admit(100) is None and inflight.nbytes == 100
+    unbounded = memory.InFlight(None)
+    assert unbounded.admit(10**12) is None
+
+
+def test_a_limit_too_small_for_the_process_stops_the_start(tmp_path: Path) -> None:
+    config = tmp_path / "tailsampler.yaml"
+    config.write_text("""
+memory_limit: 64MiB
+receivers: {otlp: {grpc: {endpoint: "127.0.0.1:0"}, http: null}}
+exporter: {protocol: stdout}
+admin: {endpoint: null}
+""")
+
+    async def main() -> None:
+        app = App(load_config(config, environ={}))
+        await app.start()
+
+    with pytest.raises(StartupError, match="memory_limit 64MiB is too small"):
+        asyncio.run(main())

@@ -1,7 +1,8 @@
 """The bounded export queue: kept traces wait here, are batched, sent, and retried with backoff.
 
-The bound is in span bytes and covers batches in flight, so a slow or dead backend can hold at most
-`queue_max_bytes` of memory; beyond it kept traces are dropped and counted, never silently. The
+The bound is in bytes of memory held (spans and their overhead, as the buffer counts them) and covers
+batches in flight, so a slow or dead backend can hold at most `queue_max_bytes` of memory; beyond it
+kept traces are dropped and counted, never silently. The
 receive path only ever calls `put`, which never waits, so a slow backend cannot slow ingest.
 """
 
@@ -49,7 +50,7 @@ class ExportQueue:
 
     def put(self, trace: KeptTrace) -> bool:
         """Queue a kept trace; False (and counted) when the bound leaves no room for it."""
-        size = trace.nbytes
+        size = trace.cost
         if self.nbytes + size > self.max_bytes and self.nbytes > 0:
             self.metrics.spans_dropped.labels("export_queue_full").inc(len(trace.spans))
             return False

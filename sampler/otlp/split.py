@@ -17,6 +17,11 @@ from collections.abc import Callable, Mapping
 from sampler.otlp.wire import AttrValue, Group, SpanFields, walk_request
 
 CACHE_SIZE = 4096  # bound on cached predicate results per attribute key, and on interned groups
+CACHE_MAX_BYTES = 4 * 2**20  # bound on the memory of all of a splitter's caches together
+# Estimated memory of one cache entry besides the bytes and strings it holds (its dict slots, the
+# Group object and its attributes; a cached value's bits).
+_GROUP_COST = 600
+_VALUE_COST = 120
 
 
 class Splitter:
@@ -44,6 +49,15 @@ class Splitter:
         self.groups: dict[tuple[bytes, bytes], Group] = {}
         self.cache_str: dict[str, dict[AttrValue, int]] = {}
         self.cache_int: dict[str, dict[AttrValue, int]] = {}
+        self.nbytes = 0  # estimated memory of the caches; all are cleared beyond CACHE_MAX_BYTES
+
+    def _grew(self, nbytes: int) -> None:
+        self.nbytes += nbytes
+        if self.nbytes > CACHE_MAX_BYTES:
+            self.groups.clear()
+            self.cache_str.clear()
+            self.cache_int.clear()
+            self.nbytes = 0
 
     def group(self, group: Group) -> Group:
         """The shared Group with these resource and scope bytes, with its predicate bits."""
@@ -54,6 +68,7 @@ class Splitter:
         group.match_bits = self.resource_bits(group.attrs)
         if len(self.groups) >= CACHE_SIZE:
             self.groups.clear()
+        self._grew(len(group.resource) + len(group.scope) + _GROUP_COST)
         self.groups[key] = group
         return group
 
@@ -71,7 +86,9 @@ class Splitter:
         if bits is None:
             if len(per_key) >= CACHE_SIZE:
                 per_key.clear()
-            bits = per_key[value] = self.value_bits(key, value)
+            bits = self.value_bits(key, value)
+            self._grew(_VALUE_COST + (len(value) if type(value) is str else 0))
+            caches.setdefault(key, {})[value] = bits
         return bits
 
 

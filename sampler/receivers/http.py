@@ -2,6 +2,10 @@
 
 Bodies are inflated here rather than by aiohttp so the size limit applies to the decompressed
 bytes: a gzip bomb is refused with 413 after inflating at most the limit, never whole.
+
+Memory: a body is taken only when `admit` finds room for it (before reading it, by its
+Content-Length), then again for what decoding it costs (once inflated: its size times the cost per
+byte of its format); a request without room is refused with 503 and Retry-After before it is read.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from google.rpc import status_pb2
 
 from sampler.auth import Authenticator
 from sampler.core import Backpressure
+from sampler.memory import JSON_COST, PROTOBUF_COST
 from sampler.otlp.jsonconv import json_to_protobuf
 from sampler.otlp.wire import WireError
 from sampler.receivers.grpc import RETRY_AFTER_SECONDS
@@ -26,6 +31,7 @@ PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 
 Ingest = Callable[[bytes, str], int]
+Admit = Callable[[int], str | None]  # bytes wanted -> None (taken; release them after) or why not
 
 
 _CODES = {400: 3, 401: 16, 413: 8, 503: 14}  # INVALID_ARGUMENT, UNAUTHENTICATED, RESOURCE_EXHAUSTED, UNAVAILABLE
@@ -58,8 +64,11 @@ def inflate(body: bytes, limit: int) -> bytes:
 class HttpReceiver:
     def __init__(self, host: str, port: int, ingest: Ingest, max_request_bytes: int,
                  refused: Callable[[str], None], reuse_port: bool = False, tls: ssl.SSLContext | None = None,
-                 auth: Authenticator | None = None) -> None:
+                 auth: Authenticator | None = None, admit: Admit | None = None,
+                 release: Callable[[int], None] | None = None) -> None:
         self.host = host
+        self.admit = admit
+        self.release = release
         self.port = port
         self.ingest = ingest
         self.refused = refused
@@ -72,6 +81,34 @@ class HttpReceiver:
         self.runner = web.AppRunner(self.app, access_log=None, auto_decompress=False)
 
     async def _traces(self, request: web.Request) -> web.Response:
+        if self.admit is None:
+            return await self._handle(request, None)
+        held = [0]
+        try:
+            return await self._handle(request, held)
+        finally:
+            if held[0] and self.release is not None:
+                self.release(held[0])
+
+    def _reserve(self, held: list[int] | None, cost: int, ctype: str) -> web.Response | None:
+        """Hold `cost` bytes for this request instead of what it held so far, or the refusal."""
+        if held is None or self.admit is None or self.release is None:
+            return None
+        if held[0]:
+            self.release(held[0])
+            held[0] = 0
+        reason = self.admit(cost)
+        if reason is None:
+            held[0] = cost
+            return None
+        self.refused(reason)
+        if reason == "too_large":
+            return _error(413, f"decoding this request would take {cost} bytes, more than this instance's "
+                               "memory_limit lets requests hold at once", ctype)
+        return _error(503, f"tailsampler is overloaded ({reason}); retry later", ctype,
+                      {"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    async def _handle(self, request: web.Request, held: list[int] | None) -> web.Response:
         ctype = request.content_type
         if self.auth is not None and not self.auth.check(request.headers.get("Authorization")):
             self.refused("unauthenticated")
@@ -80,6 +117,9 @@ class HttpReceiver:
         if ctype not in (PROTOBUF, JSON):
             self.refused("unsupported_media_type")
             return _error(415, f"unsupported Content-Type {ctype!r}; use {PROTOBUF} or {JSON}", PROTOBUF)
+        refusal = self._reserve(held, min(request.content_length or self.limit, self.limit), ctype)
+        if refusal is not None:
+            return refusal
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -98,6 +138,9 @@ class HttpReceiver:
         elif encoding not in ("identity", ""):
             self.refused("unsupported_encoding")
             return _error(415, f"unsupported Content-Encoding {encoding!r}; use gzip or none", ctype)
+        refusal = self._reserve(held, len(body) * (JSON_COST if ctype == JSON else PROTOBUF_COST), ctype)
+        if refusal is not None:
+            return refusal
         try:
             data = json_to_protobuf(body) if ctype == JSON else body
             self.ingest(data, "http")

@@ -1,0 +1,225 @@
+"""One memory limit for the whole process: a plan that sizes every bounded structure within it, and
+a governor that holds the resident memory under it whatever the accounting misses.
+
+The plan (at start): the process's own baseline (interpreter, libraries, servers: its resident
+memory once listening) plus the bounds of every structure that grows with load (decision caches,
+export queue, forward queues, request bodies in flight, splitter caches) must fit within TARGET of
+the limit; `buffer.max_bytes: auto` gets what is left.
+
+The governor (every sweep, from the resident memory read then): allocator fragmentation, gRPC's own
+buffers and anything else uncounted show up in the resident set, not in the plan. Above SOFT of the
+limit the buffer's effective bound is lowered by the excess, so the oldest traces are decided early
+(and freed memory is handed back to the system); once back under it, the bound rises again toward
+`max_bytes` by the room measured. Above HARD of the limit receivers refuse requests with retryable
+errors until the resident memory falls. The rest of the limit is the margin for what arrives
+between two sweeps.
+
+Everything here takes plain values; reading /proc and the cgroup files is done by small functions
+that take their paths, so tests drive both with fakes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from sampler.config import AUTO, Config
+
+TARGET = 0.85  # the plan fills this share of the limit
+SOFT = 0.90  # resident memory above this: decide the oldest traces early
+HARD = 0.95  # ...above this: refuse requests until it falls
+AUTO_SHARE = 0.80  # memory_limit: auto takes this share of the container's limit
+MIN_BUFFER = 8 * 2**20  # a plan leaving the buffer less than this is refused at start
+SPLITTER_BOUND = 8 * 2**20  # the splitters' caches: the current one's bound, and a reloaded one's
+UNLIMITED = 1 << 62  # cgroup v1 reports "no limit" as a huge number near 2**63
+
+NORMAL = 0
+DECIDING_EARLY = 1
+REFUSING = 2
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def read_rss(statm: Path = Path("/proc/self/statm")) -> int:
+    """The resident set size in bytes (one short read of /proc/self/statm); 0 where there is none."""
+    try:
+        return int(statm.read_text().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def container_limit(root: Path = Path("/")) -> int | None:
+    """The memory limit of the cgroup this process runs in (v2 `memory.max`, else v1
+    `memory.limit_in_bytes`), or None when there is none. The process's own cgroup path is read from
+    /proc/self/cgroup; inside a container (a cgroup namespace) that path is `/`."""
+    try:
+        lines = (root / "proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    fs = root / "sys/fs/cgroup"
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        rel = path.lstrip("/")
+        if hierarchy == "0" and controllers == "":  # cgroup v2 (unified)
+            for base in (fs, fs / "unified"):
+                limit = _read_limit(base / rel / "memory.max")
+                if limit != -1:
+                    return limit
+        elif "memory" in controllers.split(","):  # cgroup v1
+            limit = _read_limit(fs / "memory" / rel / "memory.limit_in_bytes")
+            if limit != -1:
+                return limit
+    return None
+
+
+def _read_limit(path: Path) -> int | None:
+    """A cgroup limit file's value: None for no limit, -1 when the file is not there."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return -1
+    if text == "max":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        return -1
+    return None if value >= UNLIMITED else value
+
+
+_libc: ctypes.CDLL | None = None
+try:
+    _name = ctypes.util.find_library("c")
+    if _name is not None:
+        _libc = ctypes.CDLL(_name)
+        _libc.malloc_trim.argtypes = (ctypes.c_size_t,)
+        _libc.malloc_trim.restype = ctypes.c_int
+except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+    _libc = None
+
+
+def malloc_trim() -> bool:
+    """Hand memory freed inside the C heap back to the system (glibc releases whole free pages,
+    not only the top of the heap). Without it, memory freed by deciding traces early stays resident
+    and the governor would see no relief. Blocks for a while on a large heap: call it off the loop."""
+    if _libc is None:
+        return False
+    return bool(_libc.malloc_trim(0))
+
+
+NO_LIMIT_BUFFER = 256 * 2**20  # buffer.max_bytes: auto without a memory_limit
+NO_LIMIT_QUEUE = 64 * 2**20  # exporter.queue_max_bytes: auto without a memory_limit
+NO_LIMIT_FORWARD = 32 * 2**20  # peers.queue_max_bytes: auto without a memory_limit
+JSON_COST = 9  # memory to decode an OTLP/JSON body, per byte of it (the body, its objects, the protobuf made)
+PROTOBUF_COST = 2  # ...a protobuf body: itself and the span bytes split from it
+
+
+def effective_limit(config: Config, container: int | None) -> int | None:
+    """memory_limit in bytes: as set, AUTO_SHARE of the container's limit for auto, or None."""
+    if config.memory_limit == AUTO:
+        return None if container is None else int(container * AUTO_SHARE)
+    return config.memory_limit if isinstance(config.memory_limit, int) else None
+
+
+def _auto(setting: int | str, limit: int | None, share: float, low: int, high: int, without: int) -> int:
+    if isinstance(setting, int):
+        return setting
+    return without if limit is None else max(low, min(high, int(limit * share)))
+
+
+def bounds(config: Config, limit: int | None, decision_cache: int, sharding: bool) -> dict[str, int | None]:
+    """Every component's bound in bytes, `auto` resolved (None: unbounded, only without a limit)."""
+    inflight = config.receivers.max_inflight_bytes
+    return {
+        "decision_cache": decision_cache,
+        "export_queue": _auto(config.exporter.queue_max_bytes, limit, 0.10, 4 * 2**20, 64 * 2**20, NO_LIMIT_QUEUE),
+        "forward_queues": _auto(config.peers.queue_max_bytes, limit, 1 / 16, 2 * 2**20, 32 * 2**20,
+                                NO_LIMIT_FORWARD) if sharding else 0,
+        "requests": inflight if isinstance(inflight, int) else (None if limit is None else int(limit * 0.10)),
+        "splitter": SPLITTER_BOUND,
+    }
+
+
+class Plan:
+    """How the limit is shared: the baseline, each component's bound, and the buffer's share."""
+
+    def __init__(self, limit: int, baseline: int, bounds: Mapping[str, int | None]) -> None:
+        self.limit = limit
+        self.baseline = baseline
+        self.bounds = {name: n or 0 for name, n in bounds.items()}
+        self.buffer = int(limit * TARGET) - baseline - sum(self.bounds.values())
+
+    def check(self) -> None:
+        if self.buffer < MIN_BUFFER:
+            parts = ", ".join(f"{name} {_mib(n)}" for name, n in sorted(self.bounds.items()))
+            raise ValueError(
+                f"memory_limit {_mib(self.limit)} is too small: {TARGET:.0%} of it minus the process itself "
+                f"({_mib(self.baseline)}) and the other bounds ({parts}) leaves the buffer "
+                f"{_mib(max(0, self.buffer))}, below {_mib(MIN_BUFFER)}; raise memory_limit or lower those bounds"
+            )
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f}MiB"
+
+
+class InFlight:
+    """Bytes of request bodies being received, inflated and decoded at once (as estimated cost),
+    within a bound: a request that does not fit now is refused with a retryable error, one that could
+    never fit as too large."""
+
+    def __init__(self, bound: int | None) -> None:
+        self.bound = bound
+        self.nbytes = 0
+
+    def admit(self, cost: int) -> str | None:
+        """Take `cost` bytes (release them later), or say why not: "memory" or "too_large"."""
+        if self.bound is not None:
+            if cost > self.bound:
+                return "too_large"
+            if self.nbytes + cost > self.bound:
+                return "memory"
+        self.nbytes += cost
+        return None
+
+    def release(self, cost: int) -> None:
+        self.nbytes -= cost
+
+
+class Governor:
+    """Turns readings of the resident memory into the buffer's effective bound and the receivers'
+    refusal, for one limit. `update` is called every sweep; between calls, `bound` and `refusing`
+    hold."""
+
+    def __init__(self, limit: int, max_bytes: int) -> None:
+        self.limit = limit
+        self.max_bytes = max_bytes
+        self.soft = int(limit * SOFT)
+        self.hard = int(limit * HARD)
+        self.bound = max_bytes  # what the buffer may hold now (<= max_bytes)
+        self.refusing = False
+        self.rss = 0
+
+    def update(self, rss: int, buffer_bytes: int, settled: bool = True) -> None:
+        """Take a reading: above SOFT the bound drops by the excess (the buffer then decides its
+        oldest traces until under it); below it, the bound may grow by the room left, up to
+        max_bytes. Refuse from HARD until back under SOFT (so refusals do not flap). While memory
+        freed by the last drop is still being handed back (`settled` False), the resident memory
+        does not yet show it: the bound is held, not lowered again for the same excess."""
+        self.rss = rss
+        if rss >= self.hard:
+            self.refusing = True
+        elif rss < self.soft:
+            self.refusing = False
+        if settled:
+            self.bound = max(0, min(self.max_bytes, buffer_bytes + self.soft - rss))
+
+    @property
+    def pressure(self) -> int:
+        if self.refusing:
+            return REFUSING
+        return DECIDING_EARLY if self.rss >= self.soft else NORMAL
