@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -124,8 +123,13 @@ def test_broken_policy_edit_keeps_the_last_good_policies(tmp_path: Path, otlp_ba
         assert "policies.yaml:1: policies[0].latency.threshold_ms:" in ts.stderr()
         send(ts, request([S(1, 1, status=2)]))
         send(ts, request([S(2, 2)]))
-        assert otlp_backend.wait_for(lambda spans: len(spans) == 1, 10)
-        time.sleep(0.8)
+        # Both traces decided (one kept, one dropped) and the kept one exported: only then can the
+        # backend's content say that nothing else was kept.
+        assert wait_until(lambda: ts.metric("tailsampler_traces_decided_total", {"decision": "drop", "policy": ""})
+                          == 1, 10)
+        assert wait_until(lambda: ts.metric("tailsampler_spans_exported_total") == 1
+                          and ts.metric("tailsampler_export_queue_bytes") == 0, 10)
+        assert ts.metric("tailsampler_traces_decided_total", {"decision": "keep", "policy": "errors"}) == 1
         assert trace_ids(otlp_backend) == {tid(1).hex()}  # the old errors-only policies decided
         kubelet_swap(mounted, "v3", ALWAYS)
         assert wait_until(lambda: ts.metric("tailsampler_policy_reloads_total", {"result": "success"}) == 1, 5)
