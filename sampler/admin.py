@@ -1,5 +1,6 @@
-"""Admin HTTP: /healthz (alive), /readyz (receivers up and policies loaded, 503 while draining),
-/metrics (Prometheus text). Read-only by design."""
+"""Admin HTTP: /healthz (alive; under `run --workers`, 503 while a sibling worker is crash-looping),
+/readyz (receivers up and policies loaded, 503 while draining), /metrics (Prometheus text).
+Read-only by design."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ log = logging.getLogger("tailsampler.admin")
 
 
 class AdminServer:
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], bool]) -> None:
+    def __init__(self, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], bool],
+                 problem: Callable[[], str | None] | None = None) -> None:
         self.host = host
         self.port = port
         self.registry = registry
         self.ready = ready
+        self.problem = problem  # what makes this process not worth keeping alive, if anything
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -25,6 +28,9 @@ class AdminServer:
         self.runner = web.AppRunner(app, access_log=None)
 
     async def _healthz(self, request: web.Request) -> web.Response:
+        problem = self.problem() if self.problem is not None else None
+        if problem is not None:
+            return web.Response(status=503, text=f"unhealthy: {problem}\n")
         return web.Response(text="ok\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:

@@ -82,6 +82,7 @@ class Worker:
 
     index: int
     peers: tuple[str, ...]
+    group_problem: Callable[[], str | None] | None = None  # the supervisor's view (workers.GroupStatus)
 
 
 def tune_gc() -> None:
@@ -179,7 +180,8 @@ class App:
             host, port = split_host_port(cfg.admin.endpoint)
             if self.worker is not None and self.worker.index > 0 and port:
                 port += self.worker.index  # each worker's metrics on its own port: admin port + index
-            self.admin = AdminServer(host, port, self.metrics.registry, lambda: self.ready)
+            self.admin = AdminServer(host, port, self.metrics.registry, lambda: self.ready,
+                                     self.worker.group_problem if self.worker is not None else None)
             self.ports["admin"] = await self.admin.start()
         self._spawn("sweeper", self._sweeper)
         if self.loaded.policies_path is not None:

@@ -56,7 +56,7 @@ class Authenticator:
             ok |= hmac.compare_digest(given, expected)  # look at every token: no timing hint
         return ok
 
-    @property
     def header(self) -> str:
-        """What this instance sends to its peers (they share the configuration)."""
+        """What this instance sends to its peers now (they share the configuration): a method, not a
+        value to keep, since `refresh` may replace the tokens at any time."""
         return "Bearer " + self.tokens[0].decode()

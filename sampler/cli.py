@@ -25,7 +25,7 @@ def _event_loop() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from sampler.app import App, StartupError, Worker
-    from sampler.workers import parse_worker_of, supervise
+    from sampler.workers import GroupStatus, parse_worker_of, supervise
 
     path = args.config or os.environ.get(DEFAULT_CONFIG_ENV)
     try:
@@ -39,11 +39,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             print("--workers and peers cannot be combined in this version", file=sys.stderr)
             return 1
         run_args = ["--log-format", args.log_format] + (["--config", path] if path else [])
+        logs.setup("debug" if args.debug else loaded.config.log_level, args.log_format)
         return supervise(run_args + (["--debug"] if args.debug else []), args.workers)
     worker = None
     if args.worker_of:
         index, peers = parse_worker_of(args.worker_of)
-        worker = Worker(index, peers)
+        status = GroupStatus(args.worker_status) if args.worker_status is not None else None
+        worker = Worker(index, peers, status.problem if status is not None else None)
     logs.setup("debug" if args.debug else loaded.config.log_level, args.log_format)
     _event_loop()
     try:
@@ -100,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=1,
                      help="run N processes sharing the receiver ports and sharding traces between them")
     run.add_argument("--worker-of", help=argparse.SUPPRESS)  # set by the --workers supervisor
+    run.add_argument("--worker-status", type=int, help=argparse.SUPPRESS)  # ...and the group's health (an fd)
     run.set_defaults(func=cmd_run)
     validate = sub.add_parser("validate", help="check config and/or policy files")
     validate.add_argument("paths", nargs="+", metavar="PATH")

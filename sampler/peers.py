@@ -158,12 +158,12 @@ class Forwarder:
         timeout: float = 5.0,
         down_cooldown: float = 30.0,
         credentials: grpc.ChannelCredentials | None = None,
-        authorization: str | None = None,
+        authorization: Callable[[], str] | None = None,
     ) -> None:
         self.credentials = credentials
-        self.metadata: tuple[tuple[str, str], ...] = ((FORWARDED_HEADER, "1"),)
-        if authorization is not None:  # peers share the receivers' bearer tokens
-            self.metadata += (("authorization", authorization),)
+        # Peers share the receivers' bearer tokens, which may be rotated at any time: the header is
+        # asked for at every send (retries included), never kept.
+        self.authorization = authorization
         self.membership = membership
         self.local = local
         self.max_bytes = max_bytes
@@ -180,6 +180,12 @@ class Forwarder:
         self.idle = asyncio.Event()
         self.idle.set()
         self.in_flight = 0
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """What a forward carries: the forwarded mark and, with receiver auth, the current token."""
+        if self.authorization is None:
+            return ((FORWARDED_HEADER, "1"),)
+        return ((FORWARDED_HEADER, "1"), ("authorization", self.authorization()))
 
     def forward(self, owner: str, chunks: list[Chunk]) -> None:
         """Queue trace chunks for `owner` (called by the core for every owner of a request's traces)."""
@@ -248,7 +254,7 @@ class Forwarder:
                 self.local(batch)
                 return
             try:
-                await call(body, timeout=self.timeout, metadata=self.metadata)
+                await call(body, timeout=self.timeout, metadata=self.metadata())
             except grpc.aio.AioRpcError as exc:
                 self.stats.failures += 1
                 if time.monotonic() + delay > deadline:

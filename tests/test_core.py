@@ -248,9 +248,27 @@ def test_untrack_without_the_compiled_module() -> None:
 
 
 def test_untrack_leaves_objects_the_collector_never_tracked_alone() -> None:
+    """Objects without a GC header must be left alone (untracking one would write into the memory
+    before it), an untracked object may be passed again, and only the object itself is untracked."""
+    import gc
+
     from sampler.untrack import _untrack, untrack
 
     for fn in (untrack, _untrack):
-        for obj in (None, "text", b"bytes", 7, (1, 2)):  # no GC header, or (the tuple) perhaps untracked
+        atoms: list[object] = [None, "text", b"bytes", 7, 2**100, 1.5, True]  # no GC header at all
+        copies = [(repr(a), hash(a)) for a in atoms]
+        for obj in atoms:
             fn(obj)
             fn(obj)
+        assert [(repr(a), hash(a)) for a in atoms] == copies
+        inner = [b"span"]
+        held = (inner, {"k": [1]})  # a tuple holding containers: tracked
+        assert gc.is_tracked(held)
+        fn(held)
+        fn(held)  # already untracked: nothing to undo
+        assert not gc.is_tracked(held)
+        assert gc.is_tracked(inner) and gc.is_tracked(held[1])  # what it holds is not touched
+        inner.append(b"more")
+        assert held == ([b"span", b"more"], {"k": [1]})
+        gc.collect()  # the collector's own lists survived all of the above
+        assert held[0] is inner and not gc.is_tracked(held)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -292,17 +293,22 @@ def _offline_build_possible() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
-    if sys.platform == "win32":
-        pytest.skip("the image is Linux")
-    reason = _offline_build_possible()
-    if reason:
-        pytest.skip(reason)
-    tmp = tmp_path_factory.mktemp("image")
+def _compile_possible() -> str | None:
+    """What the builder stage compiles with (setup.py): Cython, mypyc and a C compiler."""
+    for module in ("Cython", "mypyc"):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed in the test environment"
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        return "no C compiler on PATH"
+    return None
+
+
+def _install_image(tmp: Path, compiled: bool) -> Installed:
+    """The builder stage (a wheel from the build context) and the runtime stage's install of it into a
+    fresh virtual environment, with the files the final stage copies, under `tmp`."""
     base_env = {
         **os.environ,
-        "TAILSAMPLER_NO_COMPILE": "1",
+        "TAILSAMPLER_NO_COMPILE": "0" if compiled else "1",  # the Dockerfile's ARG and its default
         "PIP_NO_INDEX": "1",  # nothing may come from the network
         "PIP_NO_CACHE_DIR": "1",
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
@@ -358,8 +364,30 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     run_env.update(_final_stage_env())
     run_env["HOME"] = "/nonexistent"  # the image's user has no home directory
     run_env["PATH"] = f"{venv / 'bin'}{os.pathsep}{run_env.get('PATH', '')}"
-    yield Installed(wheels[0], venv, site_packages, image_root, run_env)
+    return Installed(wheels[0], venv, site_packages, image_root, run_env)
+
+
+def _image_fixture(tmp_path_factory: pytest.TempPathFactory, compiled: bool) -> Iterator[Installed]:
+    if sys.platform == "win32":
+        pytest.skip("the image is Linux")
+    reason = _offline_build_possible() or (_compile_possible() if compiled else None)
+    if reason:
+        pytest.skip(reason)
+    tmp = tmp_path_factory.mktemp("image-compiled" if compiled else "image")
+    yield _install_image(tmp, compiled)
     _set_writable(tmp, True)  # let pytest clean up
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+    """The image built with --build-arg TAILSAMPLER_NO_COMPILE=1: pure Python."""
+    yield from _image_fixture(tmp_path_factory, compiled=False)
+
+
+@pytest.fixture(scope="module")
+def installed_compiled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+    """The image as built by default: the receive path compiled (Cython and mypyc, setup.py)."""
+    yield from _image_fixture(tmp_path_factory, compiled=True)
 
 
 def test_wheel_holds_package_data_and_console_script(installed: Installed) -> None:
@@ -408,7 +436,9 @@ def test_image_config_validates(installed: Installed) -> None:
     assert proc.stdout.splitlines() == [f"{config}: ok", f"{policies}: ok"]
 
 
-def test_entrypoint_serves_and_exits_cleanly_on_sigterm(installed: Installed) -> None:
+@pytest.mark.parametrize("build", ["installed", "installed_compiled"], ids=["no-compile", "compiled"])
+def test_entrypoint_serves_and_exits_cleanly_on_sigterm(build: str, request: pytest.FixtureRequest) -> None:
+    installed: Installed = request.getfixturevalue(build)
     entrypoint = json.loads(next(args for keyword, args in reversed(_final_stage()) if keyword == "ENTRYPOINT"))
     argv = [str(installed.bin(entrypoint[0]))] + [
         str(installed.image_path(arg)) if arg.startswith("/etc/") else arg for arg in entrypoint[1:]
@@ -468,6 +498,62 @@ def test_entrypoint_serves_and_exits_cleanly_on_sigterm(installed: Installed) ->
     # SIGTERM decided the buffered trace; the image's stdout exporter printed it as kept by `errors`.
     kept = [line for line in stdout.splitlines() if trace_id in line]
     assert len(kept) == 1 and "policy=errors" in kept[0], stdout
+
+
+SPLIT_PROBE = """
+import json, sys
+from pathlib import Path
+import sampler.otlp.split as split
+from sampler.otlp.split import Splitter
+mypyc = [line.split(".py")[0].replace("/", ".") for line in sys.argv[2].split(",")]
+modules = {name: __import__(name, fromlist=["_"]).__file__ for name in ["sampler._untrack", *mypyc]}
+data = Path(sys.argv[1]).read_bytes()
+def chunks(fn):
+    return [[c.trace_id.hex(), [s.hex() for s in c.spans]] for c in fn(data, Splitter(frozenset(), lambda k, v: 0,
+                                                                                          lambda a: 0))]
+print(json.dumps({"compiled": split.COMPILED, "module": split.split_request.__module__, "modules": modules,
+                  "chunks": chunks(split.split_request), "interpreted": chunks(split._split_request)}))
+"""
+
+
+def test_compiled_image_loads_the_compiled_receive_path_and_splits_correctly(installed_compiled: Installed,
+                                                                             tmp_path: Path) -> None:
+    """The shipped image compiles the receive path by default: the wheel carries the extension modules,
+    the fresh install loads them, and they split a request as protobuf groups it."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from tests.spans import S, request
+
+    with zipfile.ZipFile(installed_compiled.wheel) as wheel:
+        names = set(wheel.namelist())
+    assert not installed_compiled.wheel.name.endswith("-none-any.whl"), installed_compiled.wheel.name
+    assert any(n.startswith("sampler/otlp/_split.") and n.endswith(".so") for n in names), sorted(names)
+    setup = (ROOT / "setup.py").read_text(encoding="utf-8")
+    mypyc = re.findall(r'^    "(sampler/[\w/]+\.py)",', setup, re.MULTILINE)
+    assert len(mypyc) > 20, mypyc
+    data = request([S(1, 1, attrs={"http.route": "/a"}), S(2, 2, status=2), S(1, 3, parent=1, service="other"),
+                    S(3, 4, trace_state="k=v")])
+    (tmp_path / "request.bin").write_bytes(data)
+    out = subprocess.run(
+        [str(installed_compiled.bin("python")), "-c", SPLIT_PROBE, str(tmp_path / "request.bin"), ",".join(mypyc)],
+        cwd=installed_compiled.image_root, env=installed_compiled.env, check=True, capture_output=True, text=True,
+        timeout=60,
+    ).stdout
+    found = json.loads(out)
+    assert found["compiled"] is True and found["module"] == "sampler.otlp._split", found
+    for name, file in found["modules"].items():
+        assert Path(file).is_relative_to(installed_compiled.site_packages), (name, file)
+        assert file.endswith(".so"), f"{name} is not compiled: {file}"
+    expected: dict[str, list[str]] = {}
+    for rs in ExportTraceServiceRequest.FromString(data).resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                expected.setdefault(span.trace_id.hex(), []).append(span.SerializeToString().hex())
+    got: dict[str, list[str]] = {}
+    for trace_id, spans in found["chunks"]:
+        got.setdefault(trace_id, []).extend(spans)
+    assert got == expected
+    assert found["chunks"] == found["interpreted"]  # the same chunks as the interpreted fallback
 
 
 # --- Helm chart --------------------------------------------------------------------------------------

@@ -6,18 +6,22 @@ and backpressure is a retryable answer that the OpenTelemetry SDK's retry gets t
 from __future__ import annotations
 
 import gzip
+import itertools
+import logging
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import grpc
+import pytest
+from google.rpc.error_details_pb2 import RetryInfo
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+from sampler.receivers.grpc import RETRY_AFTER_SECONDS
 from tests.otlp_backend import (
     EXPORT_METHOD,
     GRPC_OPTIONS,
@@ -33,6 +37,7 @@ from tests.spans import S, request, tid
 
 ALWAYS = "policies: [{name: all, type: always_sample}]\n"
 ERRORS_ONLY = "policies: [{name: errors, type: errors}]\n"
+SDK_EXPORTER_LOGGER = "opentelemetry.exporter.otlp.proto.grpc.exporter"
 
 
 def send(ts: Tailsampler, data: bytes) -> None:
@@ -118,8 +123,13 @@ def test_broken_policy_edit_keeps_the_last_good_policies(tmp_path: Path, otlp_ba
         assert "policies.yaml:1: policies[0].latency.threshold_ms:" in ts.stderr()
         send(ts, request([S(1, 1, status=2)]))
         send(ts, request([S(2, 2)]))
-        assert otlp_backend.wait_for(lambda spans: len(spans) == 1, 10)
-        time.sleep(0.8)
+        # Both traces decided (one kept, one dropped) and the kept one exported: only then can the
+        # backend's content say that nothing else was kept.
+        assert wait_until(lambda: ts.metric("tailsampler_traces_decided_total", {"decision": "drop", "policy": ""})
+                          == 1, 10)
+        assert wait_until(lambda: ts.metric("tailsampler_spans_exported_total") == 1
+                          and ts.metric("tailsampler_export_queue_bytes") == 0, 10)
+        assert ts.metric("tailsampler_traces_decided_total", {"decision": "keep", "policy": "errors"}) == 1
         assert trace_ids(otlp_backend) == {tid(1).hex()}  # the old errors-only policies decided
         kubelet_swap(mounted, "v3", ALWAYS)
         assert wait_until(lambda: ts.metric("tailsampler_policy_reloads_total", {"result": "success"}) == 1, 5)
@@ -183,6 +193,52 @@ def test_backpressure_is_retryable_and_the_sdk_retry_succeeds(tmp_path: Path, ot
         assert (ts.metric("tailsampler_requests_refused_total", {"protocol": "grpc", "reason": "buffer_full"})
                 or 0) >= 2  # our probe, then the SDK's first attempt
         assert otlp_backend.wait_for(lambda spans: sdk_trace in {s.trace_id for s in spans}, 15)
+    finally:
+        assert ts.stop().code == 0
+
+
+def test_the_sdk_exporter_waits_the_delay_the_pushback_hints(tmp_path: Path, otlp_backend: OtlpBackend,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """The OpenTelemetry Python exporter reads RetryInfo from a `google.rpc.retryinfo-bin` trailer, not
+    from the status details; without it it backs off 1, 2, 4 s (+-20%) whatever the hint says. The buffer
+    refuses for 4 s (full of traces too young to evict), so the exporter retries several times: every
+    retry must wait exactly the hinted second."""
+    ts = start(tmp_path, otlp_backend.endpoint, ALWAYS, "{decision_wait: 60s, max_traces: 5, min_eviction_age: 4s}")
+    try:
+        for n in range(1, 6):
+            send(ts, request([S(n, n)]))
+        with grpc.insecure_channel(ts.grpc_target, options=GRPC_OPTIONS) as channel, \
+                pytest.raises(grpc.RpcError) as refused:
+            channel.unary_unary(EXPORT_METHOD)(request([S(99, 99)]), timeout=10)
+        trailers = dict(refused.value.trailing_metadata() or ())
+        hint = RetryInfo.FromString(trailers["google.rpc.retryinfo-bin"]).retry_delay
+        assert (hint.seconds, hint.nanos) == (RETRY_AFTER_SECONDS, 0)
+        assert "grpc-status-details-bin" in trailers  # where grpc-go, grpc-java and the Collector look
+        caplog.set_level(logging.WARNING, logger=SDK_EXPORTER_LOGGER)
+        # The SDK's logger passes one record per message template every 20 s; lift that filter (and
+        # only that: the exporter itself is untouched) so that every retry's line is seen.
+        sdk_logger = logging.getLogger(SDK_EXPORTER_LOGGER)
+        filters = list(sdk_logger.filters)
+        sdk_logger.filters.clear()
+        try:
+            provider = TracerProvider(resource=Resource.create({"service.name": "sdk"}))
+            provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=ts.grpc_target,
+                                                                             insecure=True, timeout=30)))
+            with provider.get_tracer("t").start_as_current_span("retried"):
+                pass
+            provider.shutdown()  # SimpleSpanProcessor exported (retries included) when the span ended
+        finally:
+            sdk_logger.filters[:] = filters
+        assert ts.metric("tailsampler_spans_received_total", {"protocol": "grpc"}) == 6  # it got through
+        retries = [r for r in caplog.records if r.name == SDK_EXPORTER_LOGGER and "Transient error" in r.getMessage()]
+        # each refusal was one retry (the SDK's default backoff waits 1.6-2.4 s at the second)
+        assert len(retries) >= 2, [r.getMessage() for r in retries]
+        assert ts.metric("tailsampler_requests_refused_total", {"protocol": "grpc", "reason": "buffer_full"}) \
+            == len(retries) + 1  # our probe too
+        assert all(f"retrying in {RETRY_AFTER_SECONDS:.2f}s" in r.getMessage() for r in retries), \
+            [r.getMessage() for r in retries]
+        gaps = [b.created - a.created for a, b in itertools.pairwise(retries)]
+        assert all(gap >= RETRY_AFTER_SECONDS - 0.01 for gap in gaps), gaps  # and it did wait that long
     finally:
         assert ts.stop().code == 0
 

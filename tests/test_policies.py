@@ -6,6 +6,7 @@ import itertools
 import random
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from sampler.buffer import Buffer
 from sampler.core import Core
@@ -15,10 +16,15 @@ from sampler.policy.hashing import fnv1a64, threshold
 from sampler.policy.loader import load_policies
 from sampler.summary import TraceSummary
 from sampler.yamlfile import ConfigError, parse_yaml
-from tests.spans import S, request, tid
+from tests.spans import S, request, span_message, tid
 
 
 def verdict(policies: str, spans: list[S], resource: dict[str, object] | None = None) -> Verdict:
+    return verdict_of(policies, request(spans, resource))  # type: ignore[arg-type]
+
+
+def verdict_of(policies: str, data: bytes) -> Verdict:
+    """The verdict on the one trace in the OTLP request `data`."""
     out: list[Verdict] = []
 
     def record(summary: TraceSummary, v: Verdict, reason: str) -> None:
@@ -26,7 +32,7 @@ def verdict(policies: str, spans: list[S], resource: dict[str, object] | None = 
 
     core = Core(Buffer(100, 10**9, 5, 60), Engine(load_policies(parse_yaml(policies, "p.yaml")).policies),
                 DecisionCache(10, 10), lambda t: None, on_decision=record)
-    core.ingest(request(spans, resource), "grpc", 0.0)  # type: ignore[arg-type]
+    core.ingest(data, "grpc", 0.0)
     core.decide_all(1.0)
     assert len(out) == 1
     return out[0]
@@ -43,11 +49,9 @@ def keeps(policies: str, spans: list[S], resource: dict[str, object] | None = No
 LATENCY = [
     # (threshold, upper, trace duration in ms, kept)
     (100, 0, 99, False),
-    (100, 0, 100, True),  # equal to the threshold keeps (>=)
+    (100, 0, 101, True),
     (100, 0, 5000, True),
-    (100, 200, 100, False),  # with an upper bound the lower bound is exclusive, as upstream
     (100, 200, 150, True),
-    (100, 200, 200, True),  # upper bound inclusive
     (100, 200, 201, False),
 ]
 
@@ -59,6 +63,46 @@ def test_latency_uses_the_whole_trace(low: int, high: int, ms: int, kept: bool) 
     spans = [S(1, 1, start_ms=0, end_ms=ms // 2), S(1, 2, parent=1, start_ms=ms // 2, end_ms=ms)]
     for order in itertools.permutations(spans):
         assert keeps(one("latency", body), list(order)) is kept
+
+
+MS = 1_000_000  # nanoseconds
+LATENCY_BOUNDS = [
+    # (threshold_ms, upper_threshold_ms, trace duration in ns, kept). As upstream since
+    # opentelemetry-collector-contrib #49595: the duration is truncated to whole milliseconds, the
+    # lower bound is exclusive with or without an upper bound, the upper bound inclusive.
+    (100, 0, 100 * MS - 1, False),
+    (100, 0, 100 * MS, False),  # exactly the threshold
+    (100, 0, 100 * MS + 1, False),  # still 100 ms once truncated
+    (100, 0, 101 * MS - 1, False),
+    (100, 0, 101 * MS, True),
+    (100, 200, 100 * MS - 1, False),
+    (100, 200, 100 * MS, False),
+    (100, 200, 100 * MS + 1, False),
+    (100, 200, 101 * MS, True),
+    (100, 200, 200 * MS - 1, True),
+    (100, 200, 200 * MS, True),  # exactly the upper bound
+    (100, 200, 200 * MS + 1, True),  # 200 ms once truncated
+    (100, 200, 201 * MS - 1, True),
+    (100, 200, 201 * MS, False),
+    (0, 0, 0, False),  # threshold 0: any trace of at least 1 ms
+    (0, 0, MS - 1, False),
+    (0, 0, MS, True),
+    (100, 100, 100 * MS, False),  # equal bounds: nothing fits
+    (100, 100, 101 * MS, False),
+]
+
+
+@pytest.mark.parametrize(("low", "high", "ns", "kept"), LATENCY_BOUNDS)
+def test_latency_bounds_to_the_nanosecond(low: int, high: int, ns: int, kept: bool) -> None:
+    body = f"{{threshold_ms: {low}, upper_threshold_ms: {high}}}"
+    start = 1_700_000_000 * 10**9 + 123_456_789  # a real epoch time, not aligned to a millisecond
+    msg = ExportTraceServiceRequest()
+    scope = msg.resource_spans.add().scope_spans.add()
+    for n, (begin, end) in enumerate([(start, start + ns // 2), (start + ns // 3, start + ns)]):
+        span = span_message(S(1, n, parent=None if n == 0 else 0))
+        span.start_time_unix_nano, span.end_time_unix_nano = begin, end
+        scope.spans.append(span)
+    assert verdict_of(one("latency", body), msg.SerializeToString()).keep is kept
 
 
 @pytest.mark.parametrize(("codes", "statuses", "kept"), [

@@ -268,3 +268,49 @@ def test_peers_forward_with_the_shared_bearer_token(tmp_path: Path) -> None:
     finally:
         for ts in instances:
             assert ts.stop().code == 0
+
+
+def test_peers_forward_with_the_token_in_force_after_a_rotation(tmp_path: Path) -> None:
+    """The token a peer forwards with is read per send: after the file is rotated to a new token only
+    (the old one no longer accepted anywhere), forwarded spans still reach their owner."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("token-one\n")
+    ports = [free_port(), free_port()]
+    peers = [f"127.0.0.1:{p}" for p in ports]
+    instances: list[Tailsampler] = []
+    try:
+        for i, port in enumerate(ports):
+            receivers = (f"receivers: {{{{otlp: {{{{grpc: {{{{endpoint: '127.0.0.1:{port}'}}}}, http: null}}}},"
+                         f" auth: {{{{bearer_token_file: '{tokens}'}}}}}}}}\n")
+            extra = f"peers: {{self: '{peers[i]}', static: {peers}, forward_max_elapsed: 2s}}\n"
+            ts = start(tmp_path / f"i{i}", receivers, extra)
+            ts.grpc_port = port
+            instances.append(ts)
+        sender, owner = instances
+
+        def decided() -> float:
+            return sum(ts.metric("tailsampler_traces_decided_total", {"decision": "keep", "policy": "all"}) or 0
+                       for ts in instances)
+
+        grpc_export(sender.grpc_target, None, request([S(n, n) for n in range(1, 21)]),
+                    (("authorization", "Bearer token-one"),))
+        assert wait_until(lambda: decided() == 20, 15)
+        before = sender.metric("tailsampler_spans_forwarded_total") or 0
+        assert before > 0
+        tokens.write_text("token-two\n")
+        assert wait_until(lambda: all("bearer tokens reloaded" in ts.stderr() for ts in instances), 10)
+        grpc_export(sender.grpc_target, None, request([S(n, n) for n in range(21, 41)]),
+                    (("authorization", "Bearer token-two"),))
+        assert wait_until(lambda: decided() == 40, 20)  # forwarded or, failing that, kept by the sender
+        forwarded = sender.metric("tailsampler_spans_forwarded_total") or 0
+        assert forwarded > before
+        assert owner.metric("tailsampler_spans_received_total", {"protocol": "peer"}) == forwarded
+        unauthenticated = {"protocol": "grpc", "reason": "unauthenticated"}
+        for ts in instances:
+            assert ts.metric("tailsampler_requests_refused_total", unauthenticated) == 0
+            assert ts.metric("tailsampler_forward_failures_total") == 0
+            for reason in ("owner_left", "owner_unreachable", "queue_full", "error"):
+                assert ts.metric("tailsampler_spans_forward_fallback_total", {"reason": reason}) == 0, reason
+    finally:
+        for ts in instances:
+            assert ts.stop().code == 0

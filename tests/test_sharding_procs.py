@@ -5,7 +5,6 @@ mid-run; and `run --workers 2` sharing one port."""
 from __future__ import annotations
 
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import Status, StatusCode
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.otlp_backend import (
     EXPORT_METHOD,
@@ -100,10 +100,29 @@ class Services:
             p.shutdown()
 
 
-def check_exactly_once(backend: OtlpBackend, errors: dict[str, set[str]], normal: set[str]) -> None:
+def metric_sum(admin: int, name: str) -> float:
+    """The sum of every sample of `name` (all label sets) on one instance's /metrics."""
+    text = http_request(f"http://127.0.0.1:{admin}/metrics").body.decode()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+
+def settled(admins: list[int], decided: int) -> bool:
+    """Nothing more can reach the backend from these instances: between them they decided at least
+    `decided` traces, hold none, and have nothing queued or in flight to the backend."""
+    return (sum(metric_sum(a, "tailsampler_traces_decided_total") for a in admins) >= decided
+            and all(metric_sum(a, "tailsampler_traces_in_buffer") == 0 for a in admins)
+            and all(metric_sum(a, "tailsampler_export_queue_bytes") == 0 for a in admins))
+
+
+def check_exactly_once(admins: list[int], backend: OtlpBackend, errors: dict[str, set[str]], normal: set[str],
+                       decided: int | None = None) -> None:
+    """Every span of the error traces arrived once, and nothing of the others. `admins`: the admin
+    ports of the instances still running; `decided`: how many traces they decided at least (default:
+    every trace sent)."""
     want = sum(len(s) for s in errors.values())
     assert backend.wait_for(lambda spans: len({s.span_id for s in spans if s.trace_id in errors}) >= want, 20)
-    time.sleep(1.5)  # anything duplicated or leaked would arrive by now
+    expected = len(errors) + len(normal) if decided is None else decided
+    assert wait_until(lambda: settled(admins, expected), 20)  # only then can absence mean anything
     spans = backend.spans
     counts = Counter(s.span_id for s in spans)
     assert max(counts.values()) == 1, "a span arrived twice"
@@ -128,7 +147,7 @@ def test_three_instances_decide_each_trace_once_and_whole(tmp_path: Path, otlp_b
                 errors[trace_id] = span_ids
             else:
                 normal.add(trace_id)
-        check_exactly_once(otlp_backend, errors, normal)
+        check_exactly_once([ts.admin_port for ts in instances], otlp_backend, errors, normal)
         forwarded = total(instances, "tailsampler_spans_forwarded_total")
         assert forwarded > 0
         # members trust each other's forwarded header: the spans arrive at their owner as "peer"
@@ -175,7 +194,9 @@ def test_stopping_one_instance_loses_nothing(tmp_path: Path, otlp_backend: OtlpB
                     normal.add(trace_id)
         finally:
             later.close()
-        check_exactly_once(otlp_backend, errors, normal | {tid(1000 + n).hex() for n in range(30)})
+        # the survivors decided at least the 15 later traces and the 30 probes
+        check_exactly_once([ts.admin_port for ts in survivors], otlp_backend, errors,
+                           normal | {tid(1000 + n).hex() for n in range(30)}, decided=45)
         assert total(survivors, "tailsampler_spans_forward_fallback_total", {"reason": "owner_unreachable"}) > 0
     finally:
         services.close()
@@ -237,7 +258,7 @@ def test_workers_share_one_port_and_shard_between_them(tmp_path: Path, otlp_back
         finally:
             for c in channels:
                 c.close()
-        check_exactly_once(otlp_backend, errors, normal)
+        check_exactly_once([admin, admin + 1], otlp_backend, errors, normal)
         forwarded = sum(worker_metric(admin, i, "tailsampler_spans_forwarded_total") for i in range(2))
         assert forwarded > 0
     finally:

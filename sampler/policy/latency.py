@@ -1,7 +1,9 @@
 """`latency`: samples traces whose whole duration (latest end - earliest start) is long.
 
-As upstream: with only `threshold_ms`, duration >= threshold samples; with `upper_threshold_ms`
-too, threshold < duration <= upper samples. Durations are truncated to whole milliseconds.
+As upstream (since opentelemetry-collector-contrib #49595, which made the lower bound agree in both
+modes): with only `threshold_ms`, duration > threshold samples; with `upper_threshold_ms` too,
+threshold < duration <= upper samples. Durations are truncated to whole milliseconds first, so a
+trace of threshold + 0.9 ms is not sampled either.
 """
 
 from __future__ import annotations
@@ -19,5 +21,5 @@ class Latency(Policy):
 
     def evaluate(self, trace: TraceSummary) -> Vote:
         ms = trace.duration_ns // 1_000_000
-        hit = ms >= self.lower if self.upper == 0 else self.lower < ms <= self.upper
+        hit = self.lower < ms and (self.upper == 0 or ms <= self.upper)
         return Vote.SAMPLED if hit else Vote.NOT_SAMPLED

@@ -27,10 +27,15 @@ RETRY_AFTER_SECONDS = 1  # what both receivers tell senders to wait when pushing
 
 
 def _retry_details(message: str) -> tuple[tuple[str, bytes], ...]:
-    """google.rpc.Status with RetryInfo, the detail OTLP clients read to know when to retry."""
+    """The retry hint as trailing metadata, in the two places OTLP clients look for it: RetryInfo
+    inside the google.rpc.Status details (the Collector, grpc-go and grpc-java clients), and RetryInfo
+    alone in a `google.rpc.retryinfo-bin` trailer (the OpenTelemetry Python exporter reads only that
+    one, and otherwise backs off 1, 2, 4... s whatever the hint)."""
+    info = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=RETRY_AFTER_SECONDS))
     status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=message)
-    status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=RETRY_AFTER_SECONDS)))
-    return (("grpc-status-details-bin", status.SerializeToString()),)
+    status.details.add().Pack(info)
+    return (("grpc-status-details-bin", status.SerializeToString()),
+            ("google.rpc.retryinfo-bin", info.SerializeToString()))
 
 
 def _fail(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str,
