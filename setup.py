@@ -27,6 +27,7 @@ MYPYC_MODULES = [
     "sampler/policy/engine.py",
     "sampler/decisions.py",
     "sampler/otlp/splice.py",
+    "sampler/otlp/jsonwire.py",
     # The policy types the engine evaluates per decided trace (their pydantic models are in
     # policy/configs.py, interpreted; loader, regex and the OTTL parser stay interpreted too).
     "sampler/policy/base.py",

@@ -1,8 +1,8 @@
 """OTLP/JSON <-> protobuf.
 
-OTLP/JSON is not protobuf's canonical JSON mapping: trace and span ids are hex, not base64. The
-protobuf library does the rest (lowerCamelCase keys, enums as integers, 64-bit integers as strings
-or numbers, unknown fields ignored); this module only converts the id fields in both directions.
+OTLP/JSON is not protobuf's canonical JSON mapping: trace and span ids are hex, not base64. Into
+protobuf, documents go through `jsonwire` (straight to wire bytes, compiled); out of it (the `file`
+exporter, tests), through the protobuf library, converting the id fields to hex.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from typing import Any
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from sampler.otlp import jsonwire
 from sampler.otlp.wire import WireError
+
+TRACES = jsonwire.schema_of(ExportTraceServiceRequest.DESCRIPTOR)
 
 _ID_KEYS = ("traceId", "spanId", "parentSpanId")
 
@@ -24,16 +27,6 @@ def _ids(obj: dict[str, Any], convert: Any) -> None:
     for key in _ID_KEYS:
         if key in obj:
             obj[key] = convert(obj[key], key)
-
-
-def _hex_to_b64(value: Any, key: str) -> str:
-    if not isinstance(value, str):
-        raise WireError(f"{key} must be a hex string")
-    try:
-        raw = bytes.fromhex(value)
-    except ValueError:
-        raise WireError(f"{key} {value!r} is not valid hex") from None
-    return base64.b64encode(raw).decode()
 
 
 def _b64_to_hex(value: Any, key: str) -> str:
@@ -72,17 +65,13 @@ def json_to_protobuf(body: bytes | str) -> bytes:
 
 
 def dict_to_protobuf(doc: Any) -> bytes:
+    """Serialized ExportTraceServiceRequest from a decoded OTLP/JSON document; WireError when invalid."""
     if not isinstance(doc, dict):
         raise WireError("expected a JSON object with resourceSpans")
-    _walk_spans(doc, _hex_to_b64)
     try:
-        msg = json_format.ParseDict(doc, ExportTraceServiceRequest(), ignore_unknown_fields=True)
-    except (json_format.ParseError, ValueError, OverflowError, TypeError) as exc:
+        return jsonwire.encode(doc, TRACES)
+    except WireError as exc:
         raise WireError(f"invalid OTLP/JSON: {exc}") from None
-    except RecursionError:
-        raise WireError("invalid OTLP/JSON: nested too deeply") from None
-    data: bytes = msg.SerializeToString()
-    return data
 
 
 def protobuf_to_dict(data: bytes) -> dict[str, Any]:
