@@ -13,6 +13,8 @@ Cases (all on 127.0.0.1, every process its own):
   `--dead-seconds` (30 by default), then up: the export queue fills, retries wait, nothing grows.
 - huge_trace: one trace of 100k spans (1,000-span requests) among normal traffic.
 - sharded_pushback: three sharded instances, one with a tiny buffer that pushes back.
+- oversized_buffer: grpc_overload with `buffer.max_bytes` set far above what the limit leaves it:
+  only the resident-memory governor (deciding early above 90%, refusing above 95%) keeps the limit.
 
 tests/test_memory_limit.py runs the same cases, shorter, and holds their figures to the limit.
 """
@@ -31,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,7 @@ import e2e  # bench/e2e.py: processes, ports, the gRPC load generator
 
 ROOT = e2e.ROOT
 HOST = e2e.HOST
-CASES = ("grpc_overload", "http_json", "backend_dead", "huge_trace", "sharded_pushback")
+CASES = ("grpc_overload", "http_json", "backend_dead", "huge_trace", "sharded_pushback", "oversized_buffer")
 READY_POLL = 0.25
 
 
@@ -339,6 +342,7 @@ policies: {policies}
                 "kept_traces": sum(float(line.split()[-1]) for line in text.splitlines()
                                    if line.startswith('tailsampler_traces_decided_total{decision="keep"')),
                 "buffer_max_bytes": e2e._metric(text, "tailsampler_buffer_max_bytes"),
+                "buffer_bound_bytes": e2e._metric(text, "tailsampler_buffer_bound_bytes"),
                 "log_tail": inst.log.read_text()[-1500:] if inst.proc.returncode else "",
             })
         return out
@@ -385,8 +389,9 @@ def run_case(name: str, limit: str, seconds: float, dead_seconds: float = 30.0) 
             load = {"dead": load, "after": after}
         else:
             run.start_sink()
-            if name == "grpc_overload":
-                inst = run.start("ts", "buffer: {decision_wait: 30s}", DEFAULT)
+            if name in ("grpc_overload", "oversized_buffer"):
+                oversized = ", max_bytes: 1GiB" if name == "oversized_buffer" else ""
+                inst = run.start("ts", f"buffer: {{decision_wait: 30s{oversized}}}", DEFAULT)
                 with run.watching():
                     load = _load_grpc(run, f"{HOST}:{inst.grpc_port}", seconds, 16)
             elif name == "http_json":
@@ -407,8 +412,9 @@ def run_case(name: str, limit: str, seconds: float, dead_seconds: float = 30.0) 
                     buffer = ("buffer: {decision_wait: 2s, max_bytes: 4MiB, min_eviction_age: 2s}" if i == 0
                               else "buffer: {decision_wait: 2s}")
                     run.start(f"ts{i}", buffer, DEFAULT, peers, p)
-                with run.watching():
-                    loads = [_load_grpc(run, f"{HOST}:{p[0]}", seconds, 4, seed=i + 1) for i, p in enumerate(ports)]
+                with run.watching(), ThreadPoolExecutor(3) as pool:  # the three loads at once
+                    loads = list(pool.map(lambda ip: _load_grpc(run, f"{HOST}:{ip[1][0]}", seconds, 4, seed=ip[0] + 1),
+                                          enumerate(ports)))
                 load = {"spans_per_s": sum(x["spans_per_s"] for x in loads), "failed": [x["failed"] for x in loads]}
             else:
                 raise ValueError(f"unknown case {name!r}")

@@ -359,19 +359,25 @@ class App:
             if self.forwarder is not None:
                 self.membership.revive(time.monotonic())
 
-    def _govern(self, now: float) -> None:
-        """Hold the resident memory under memory_limit (sampler/memory.py), and report the pressure
-        acted on since the last sweep: 2 if any request was refused for lack of room, 1 if traces
-        were decided early by a bound on bytes, else 0."""
+    def _hold_limit(self, now: float) -> None:
+        """Read the resident memory and act on it (sampler/memory.py): lower or raise the buffer's
+        bound, decide what no longer fits, and hand the memory freed back to the system."""
         governor = self.governor
-        if governor is not None:
-            buffer = self.core.buffer
-            governor.update(read_rss(), buffer.nbytes, settled=not self._trimming)
-            buffer.bound = governor.bound
-            if self.core.make_room(now) and not self._trimming:
-                self._trimming = True  # hand what was just freed back to the system, off the loop
-                self.loop.run_in_executor(None, malloc_trim).add_done_callback(self._trimmed)
-            self._pressure_seen = max(self._pressure_seen, governor.pressure)
+        assert governor is not None
+        buffer = self.core.buffer
+        governor.update(read_rss(), buffer.nbytes, settled=not self._trimming)
+        buffer.bound = governor.bound
+        if self.core.make_room(now) and not self._trimming:
+            self._trimming = True  # off the loop: trimming a large heap takes a while
+            self.loop.run_in_executor(None, malloc_trim).add_done_callback(self._trimmed)
+        self._pressure_seen = max(self._pressure_seen, governor.pressure)
+
+    def _govern(self, now: float) -> None:
+        """Hold the resident memory under memory_limit, and report the pressure acted on since the
+        last sweep: 2 if any request was refused for lack of room, 1 if traces were decided early by
+        a bound on bytes, else 0."""
+        if self.governor is not None:
+            self._hold_limit(now)
         if self.core.stats.evicted > self._evicted_seen:
             self._pressure_seen = max(self._pressure_seen, 1)
         self._evicted_seen = self.core.stats.evicted

@@ -29,8 +29,8 @@ from pathlib import Path
 from sampler.config import AUTO, Config
 
 TARGET = 0.85  # the plan fills this share of the limit
-SOFT = 0.90  # resident memory above this: decide the oldest traces early
-HARD = 0.95  # ...above this: refuse requests until it falls
+SOFT = 0.88  # resident memory above this: decide the oldest traces early
+HARD = 0.93  # ...above this: refuse requests until it falls
 AUTO_SHARE = 0.80  # memory_limit: auto takes this share of the container's limit
 MIN_BUFFER = 8 * 2**20  # a plan leaving the buffer less than this is refused at start
 SPLITTER_BOUND = 8 * 2**20  # the splitters' caches: the current one's bound, and a reloaded one's
@@ -51,10 +51,18 @@ def read_rss(statm: Path = Path("/proc/self/statm")) -> int:
         return 0
 
 
-def container_limit(root: Path = Path("/")) -> int | None:
-    """The memory limit of the cgroup this process runs in (v2 `memory.max`, else v1
-    `memory.limit_in_bytes`), or None when there is none. The process's own cgroup path is read from
-    /proc/self/cgroup; inside a container (a cgroup namespace) that path is `/`."""
+CONTAINER_LIMIT_ENV = "TAILSAMPLER_CONTAINER_MEMORY_LIMIT"  # bytes, e.g. from the downward API
+
+
+def container_limit(root: Path = Path("/"), environ: Mapping[str, str] = os.environ) -> int | None:
+    """The container's memory limit, or None when there is none: the downward API's value if the
+    Helm chart passed it (CONTAINER_LIMIT_ENV), else the limit of the cgroup this process runs in
+    (v2 `memory.max`, else v1 `memory.limit_in_bytes`). The cgroup's path comes from
+    /proc/self/cgroup; where the container sees its own cgroup mounted at the root of
+    /sys/fs/cgroup (a cgroup namespace, or v1 inside a container), the root is read instead."""
+    given = environ.get(CONTAINER_LIMIT_ENV, "").strip()
+    if given.isdigit() and int(given) > 0:
+        return int(given)
     try:
         lines = (root / "proc/self/cgroup").read_text().splitlines()
     except OSError:
@@ -65,12 +73,13 @@ def container_limit(root: Path = Path("/")) -> int | None:
         controllers, _, path = rest.partition(":")
         rel = path.lstrip("/")
         if hierarchy == "0" and controllers == "":  # cgroup v2 (unified)
-            for base in (fs, fs / "unified"):
-                limit = _read_limit(base / rel / "memory.max")
-                if limit != -1:
-                    return limit
+            candidates = [fs / rel / "memory.max", fs / "unified" / rel / "memory.max", fs / "memory.max"]
         elif "memory" in controllers.split(","):  # cgroup v1
-            limit = _read_limit(fs / "memory" / rel / "memory.limit_in_bytes")
+            candidates = [fs / "memory" / rel / "memory.limit_in_bytes", fs / "memory/memory.limit_in_bytes"]
+        else:
+            continue
+        for candidate in candidates:
+            limit = _read_limit(candidate)
             if limit != -1:
                 return limit
     return None

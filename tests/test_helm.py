@@ -239,7 +239,11 @@ def test_workload_pod_spec(scenario: str, tmp_path: Path) -> None:
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"]["drop"] == ["ALL"]
     assert pod["securityContext"]["runAsNonRoot"] is True
+    # Memory: a limit, which reaches memory_limit: auto through the downward API (by default requested
+    # in full: a pod holding traces in memory should not be the first evicted).
     assert c["resources"]["limits"]["memory"]
+    if not values.get("resources"):
+        assert c["resources"]["requests"]["memory"] == c["resources"]["limits"]["memory"]
 
     # The ConfigMap is mounted as a directory, and --config points at config.yaml inside it.
     cfg = config_path(c)
@@ -261,6 +265,7 @@ def test_workload_pod_spec(scenario: str, tmp_path: Path) -> None:
     assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     # Sharding is on by default: each pod advertises itself to its peers.
     assert env["TAILSAMPLER_PEERS__SELF"]["value"] == "$(POD_IP):4317"
+    assert env["TAILSAMPLER_CONTAINER_MEMORY_LIMIT"]["valueFrom"] == {"resourceFieldRef": {"resource": "limits.memory"}}
 
     # Rollout on config changes.
     assert len(template["metadata"]["annotations"]["checksum/config"]) == 64
@@ -277,6 +282,9 @@ def test_workload_pod_spec(scenario: str, tmp_path: Path) -> None:
     needed = loaded.config.buffer.decision_wait + loaded.config.exporter.timeout
     assert grace > needed, f"terminationGracePeriodSeconds {grace} <= decision_wait + exporter timeout {needed}"
     assert grace > loaded.config.shutdown_timeout
+    assert loaded.config.memory_limit == "auto"
+    if "max_bytes" not in values.get("config", {}).get("buffer", {}):
+        assert loaded.config.buffer.max_bytes == "auto"
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

@@ -140,26 +140,40 @@ def _fake_root(tmp_path: Path, cgroup: str, files: dict[str, str]) -> Path:
 
 def test_container_limit_reads_cgroup_v2(tmp_path: Path) -> None:
     root = _fake_root(tmp_path, "0::/kubepods/pod1/ctr\n", {"kubepods/pod1/ctr/memory.max": "536870912\n"})
-    assert memory.container_limit(root) == 512 * 2**20
+    assert memory.container_limit(root, {}) == 512 * 2**20
 
 
 def test_container_limit_v2_inside_a_namespace_and_unlimited(tmp_path: Path) -> None:
-    assert memory.container_limit(_fake_root(tmp_path / "a", "0::/\n", {"memory.max": "268435456\n"})) == 2**28
-    assert memory.container_limit(_fake_root(tmp_path / "b", "0::/\n", {"memory.max": "max\n"})) is None
+    assert memory.container_limit(_fake_root(tmp_path / "a", "0::/\n", {"memory.max": "268435456\n"}), {}) == 2**28
+    assert memory.container_limit(_fake_root(tmp_path / "b", "0::/\n", {"memory.max": "max\n"}), {}) is None
 
 
 def test_container_limit_reads_cgroup_v1(tmp_path: Path) -> None:
     cgroup = "5:cpu,cpuacct:/x\n4:memory:/process_api/abc\n0::/\n"
     root = _fake_root(tmp_path / "a", cgroup, {"memory/process_api/abc/memory.limit_in_bytes": "1073741824\n"})
-    assert memory.container_limit(root) == 2**30
+    assert memory.container_limit(root, {}) == 2**30
     unlimited = _fake_root(tmp_path / "b", cgroup, {"memory/process_api/abc/memory.limit_in_bytes":
                                                     "9223372036854771712\n"})
-    assert memory.container_limit(unlimited) is None
+    assert memory.container_limit(unlimited, {}) is None
+
+
+def test_container_limit_where_the_container_sees_its_cgroup_at_the_root(tmp_path: Path) -> None:
+    v1 = _fake_root(tmp_path / "a", "4:memory:/kubepods/burstable/pod1/ctr\n",
+                    {"memory/memory.limit_in_bytes": "536870912\n"})
+    assert memory.container_limit(v1, {}) == 512 * 2**20
+    v2 = _fake_root(tmp_path / "b", "0::/kubepods/pod1/ctr\n", {"memory.max": "268435456\n"})
+    assert memory.container_limit(v2, {}) == 256 * 2**20
+
+
+def test_container_limit_from_the_downward_api_wins(tmp_path: Path) -> None:
+    root = _fake_root(tmp_path, "0::/\n", {"memory.max": "268435456\n"})
+    assert memory.container_limit(root, {memory.CONTAINER_LIMIT_ENV: "536870912"}) == 512 * 2**20
+    assert memory.container_limit(root, {memory.CONTAINER_LIMIT_ENV: "0"}) == 256 * 2**20
 
 
 def test_container_limit_without_cgroups(tmp_path: Path) -> None:
-    assert memory.container_limit(tmp_path) is None
-    assert memory.container_limit(_fake_root(tmp_path / "a", "0::/\n", {})) is None
+    assert memory.container_limit(tmp_path, {}) is None
+    assert memory.container_limit(_fake_root(tmp_path / "a", "0::/\n", {}), {}) is None
 
 
 def test_read_rss_is_this_process(tmp_path: Path) -> None:
@@ -201,18 +215,18 @@ def test_a_plan_gives_the_buffer_what_the_limit_leaves() -> None:
 
 def test_the_governor_sheds_what_is_over_soft_and_refuses_over_hard() -> None:
     mib = 2**20
-    g = memory.Governor(limit=100 * mib, max_bytes=40 * mib)
-    g.update(rss=60 * mib, buffer_bytes=10 * mib)
+    g = memory.Governor(limit=100 * mib, max_bytes=40 * mib)  # soft 88 MiB, hard 93 MiB
+    g.update(rss=50 * mib, buffer_bytes=10 * mib)
     assert (g.bound, g.pressure, g.refusing) == (40 * mib, memory.NORMAL, False)  # room: up to max_bytes
-    g.update(rss=92 * mib, buffer_bytes=30 * mib)  # 2 MiB over soft (90): the buffer gives 2 MiB back
+    g.update(rss=90 * mib, buffer_bytes=30 * mib)  # 2 MiB over soft: the buffer gives 2 MiB back
     assert g.bound == 28 * mib and g.pressure == memory.DECIDING_EARLY
-    g.update(rss=93 * mib, buffer_bytes=28 * mib, settled=False)  # freed memory not handed back yet: hold
+    g.update(rss=91 * mib, buffer_bytes=28 * mib, settled=False)  # freed memory not handed back yet: hold
     assert g.bound == 28 * mib
-    g.update(rss=96 * mib, buffer_bytes=28 * mib)
+    g.update(rss=94 * mib, buffer_bytes=28 * mib)
     assert g.refusing and g.pressure == memory.REFUSING and g.bound == 22 * mib
-    g.update(rss=92 * mib, buffer_bytes=22 * mib)  # under hard but over soft: still refusing (no flapping)
+    g.update(rss=90 * mib, buffer_bytes=22 * mib)  # under hard but over soft: still refusing (no flapping)
     assert g.refusing
-    g.update(rss=85 * mib, buffer_bytes=22 * mib)
+    g.update(rss=83 * mib, buffer_bytes=22 * mib)
     assert not g.refusing and g.pressure == memory.NORMAL and g.bound == 27 * mib
     g.update(rss=200 * mib, buffer_bytes=5 * mib)
     assert g.bound == 0

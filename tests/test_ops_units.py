@@ -18,7 +18,7 @@ from sampler.config import load_config
 from sampler.core import Backpressure, Core, KeptTrace
 from sampler.decisions import DecisionCache
 from sampler.logs import JsonFormatter
-from sampler.metrics import Metrics
+from sampler.metrics import MemoryCollector, Metrics
 from sampler.policy.loader import load_policies
 from sampler.policy.rate_limiting import RateLimiting
 from sampler.yamlfile import parse_yaml
@@ -87,16 +87,17 @@ def test_json_log_lines() -> None:
 
 def test_dashboard_queries_only_exported_metrics() -> None:
     dashboard = json.loads((ROOT / "dashboards" / "tailsampler.json").read_text())
-    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     used = {m for e in exprs for m in re.findall(r"tailsampler_[a-z_]+", e)}
     core = core_with(Buffer(10, 10**6, 5, 60))
     core.ingest(request([S(1, 1)]), "grpc", 0.0)
     core.decide_all(1.0)
     metrics = Metrics(core)
+    metrics.registry.register(MemoryCollector(lambda: ({"buffer": 1}, 2), lambda: 0, 3))
     names = {s.name for family in metrics.registry.collect() for s in family.samples}
     assert used and used <= names, used - names
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
-    for topic in ("ingest", "policy", "buffer", "early", "late", "export", "lag", "reload"):
+    for topic in ("ingest", "policy", "buffer", "early", "late", "export", "lag", "reload", "memory", "pressure"):
         assert topic in titles
 
 

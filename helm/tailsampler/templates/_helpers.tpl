@@ -182,6 +182,12 @@ The tailsampler container, as one item of a `containers:` list. Takes a dict:
       valueFrom:
         fieldRef:
           fieldPath: status.podIP
+    {{- if and $v.resources $v.resources.limits $v.resources.limits.memory }}
+    - name: TAILSAMPLER_CONTAINER_MEMORY_LIMIT
+      valueFrom:
+        resourceFieldRef:
+          resource: limits.memory
+    {{- end }}
     {{- if and .peers $v.peers.enabled }}
     - name: TAILSAMPLER_PEERS__SELF
       value: {{ printf "$(POD_IP):%v" (index $v.ports "otlp-grpc" "containerPort") | quote }}
