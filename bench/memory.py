@@ -433,6 +433,29 @@ def run_case(name: str, limit: str, seconds: float, dead_seconds: float = 30.0) 
     }
 
 
+def sizing(limits: list[str], decision_wait: float = 5.0) -> list[dict[str, Any]]:
+    """What a pod of each memory_limit holds: its buffer's share (buffer.max_bytes: auto), the
+    measured cost of a buffered span (tailsampler_buffer_bytes / tailsampler_buffer_spans, on the
+    bench's traffic), the spans that fit, and the rate whose traces all fit for `decision_wait`."""
+    out = []
+    for limit in limits:
+        procs = e2e.Procs()
+        with e2e._cleanup_on_signals(procs), tempfile.TemporaryDirectory(prefix="tailsampler-sizing-") as tmp:
+            run = Run(procs, Path(tmp), limit)
+            run.start_sink()
+            inst = run.start("ts", "buffer: {decision_wait: 10m, max_trace_age: 20m}", DEFAULT)
+            _load_grpc(run, f"{HOST}:{inst.grpc_port}", 2.0, 4, rate=40)  # ~80 requests: well under the bound
+            text = e2e._http_get(f"http://{inst.admin}/metrics")
+            run.finish()
+            run.stop_sink()
+        max_bytes = e2e._metric(text, "tailsampler_buffer_max_bytes")
+        per_span = e2e._metric(text, "tailsampler_buffer_bytes") / e2e._metric(text, "tailsampler_buffer_spans")
+        spans = max_bytes / per_span
+        out.append({"limit": limit, "buffer_max_bytes": max_bytes, "bytes_per_buffered_span": round(per_span, 1),
+                    "spans_held": round(spans), "spans_per_s_at_decision_wait": round(spans / decision_wait)})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", default="256MiB", help="memory_limit of every instance")
@@ -440,6 +463,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="load duration of each case")
     parser.add_argument("--dead-seconds", type=float, default=30.0, help="backend_dead: how long the backend is down")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--sizing", action="store_true",
+                        help="instead of the cases: what pods of 256MiB, 512MiB and 1GiB hold at 5 s decision_wait")
     parser.add_argument("--role", choices=["sink", "json", "huge"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--max-seconds", type=float, default=900.0, help=argparse.SUPPRESS)
@@ -450,6 +475,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.role:
         _child_main(args)
+        return
+    if args.sizing:
+        rows = sizing(["256MiB", "512MiB", "1GiB"])
+        if args.json:
+            print(json.dumps(rows))
+            return
+        print(f"  {'memory_limit':14}{'buffer (auto)':>16}{'bytes/span':>12}{'spans held':>12}{'spans/s at 5s':>15}")
+        for r in rows:
+            print(f"  {r['limit']:14}{r['buffer_max_bytes'] / 2**20:>12,.0f} MiB{r['bytes_per_buffered_span']:>12}"
+                  f"{r['spans_held']:>12,}{r['spans_per_s_at_decision_wait']:>15,}")
         return
     results = [run_case(c, args.limit, args.seconds, args.dead_seconds) for c in (args.case or CASES)]
     if args.json:

@@ -1,6 +1,8 @@
 """memory_limit holds for real processes under stress: bench/memory.py's cases, shorter, with every
 instance's peak resident memory (VmHWM) held to the limit itself. Each case also checks that the
-process stayed ready, that early decisions and refusals were counted, and that kept traces arrived."""
+process stayed ready, that early decisions and refusals were counted, and that kept traces arrived.
+(The backend down for 30 s under load, a slow backend and 5x overload, with exact accounting of
+every span, run under a memory_limit in tests/test_faults.py.)"""
 
 from __future__ import annotations
 
@@ -54,17 +56,6 @@ def test_otlp_json_flood_stays_under_the_limit() -> None:
     assert statuses.get("200", 0) > 0 and set(statuses) <= {"200", "503"}
     assert inst["refused_requests"] == statuses.get("503", 0)
     assert inst["evicted"] > 0
-
-
-def test_a_dead_backend_under_load_stays_under_the_limit() -> None:
-    result = run_case("backend_dead", LIMIT, seconds=5, dead_seconds=30)
-    check_bounded(result)
-    (inst,) = result["instances"]
-    dead, after = result["load"]["dead"], result["load"]["after"]
-    # the export queue filled while the backend was down: receivers pushed back, and said so
-    assert refused_by_clients(dead["failed"]) > 0
-    assert inst["refused_requests"] >= refused_by_clients(dead["failed"]) + refused_by_clients(after["failed"])
-    assert after["ok_calls"] > 0
 
 
 def test_one_huge_trace_among_normal_traffic_stays_under_the_limit() -> None:
