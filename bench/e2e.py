@@ -118,18 +118,100 @@ def _templates(spans: int, seed: int) -> list[Any]:
     return [build_template(rng, spans_per_request=spans) for _ in range(8)]
 
 
+def json_templates(spans: int, seed: int) -> list[tuple[list[str], list[int], int]]:
+    """OTLP/JSON requests split around their trace ids: (parts, which trace each gap is, spans);
+    joining the parts with fresh hex ids in the gaps gives a request with new trace ids."""
+    from sampler.otlp.jsonconv import protobuf_to_dict
+
+    out = []
+    for t in _templates(spans, seed):
+        text = json.dumps(protobuf_to_dict(t.data), separators=(",", ":"))
+        ids = {bytes(t.data[p[0]:p[0] + 16]).hex(): i for i, p in enumerate(t.offsets)}
+        parts: list[str] = []
+        order: list[int] = []
+        rest = text
+        while (at := rest.find('"traceId":"')) >= 0:
+            at += len('"traceId":"')
+            parts.append(rest[:at])
+            order.append(ids[rest[at:at + 32]])
+            rest = rest[at + 32:]
+        parts.append(rest)
+        out.append((parts, order, t.spans))
+    return out
+
+
+class _Export:
+    """One way of sending: OTLP/gRPC protobuf, or OTLP/HTTP JSON; `send` raises _Failed(code)."""
+
+    def __init__(self, protocol: str, target: str, spans: int, seed: int) -> None:
+        self.protocol = protocol
+        self.target = target
+        self.rng = random.Random(seed + 1)
+        if protocol == "json":
+            self.json = json_templates(spans, seed)
+        else:
+            self.templates = _templates(spans, seed)
+
+    async def open(self) -> None:
+        if self.protocol == "json":
+            import aiohttp
+
+            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT))
+            return
+        import grpc
+
+        self.channel = grpc.aio.insecure_channel(self.target, options=GRPC_OPTIONS)
+        await asyncio.wait_for(self.channel.channel_ready(), START_TIMEOUT)
+        self.call = self.channel.unary_unary(METHOD)  # raw bytes in and out
+
+    def payload(self, i: int) -> tuple[Any, int]:
+        if self.protocol == "json":
+            parts, order, count = self.json[i % len(self.json)]
+            fresh = [self.rng.randbytes(16).hex() for _ in range(max(order) + 1)]
+            body = "".join(p + (fresh[order[k]] if k < len(order) else "") for k, p in enumerate(parts))
+            return body.encode(), count
+        t = self.templates[i % len(self.templates)]
+        return t.stamp(self.rng), t.spans
+
+    async def send(self, data: Any) -> None:
+        if self.protocol == "json":
+            import aiohttp
+
+            try:
+                async with self.session.post(self.target, data=data,
+                                             headers={"Content-Type": "application/json"}) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        raise _Failed(f"HTTP {resp.status}")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise _Failed(type(exc).__name__) from None
+            return
+        import grpc
+
+        try:
+            await self.call(data, timeout=CALL_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            raise _Failed(exc.code().name) from None
+
+    async def close(self) -> None:
+        if self.protocol == "json":
+            await self.session.close()
+        else:
+            await self.channel.close()
+
+
+class _Failed(Exception):
+    pass
+
+
 async def _load(target: str, spans: int, seconds: float, warmup: float, rate: float, inflight: int,
-                seed: int) -> dict[str, Any]:
+                seed: int, protocol: str = "grpc") -> dict[str, Any]:
     """Send fresh-id requests for `warmup` + `seconds`. rate == 0: `inflight` calls always in
     flight (full speed); rate > 0: one call every 1/rate s (open loop, at most `inflight` pending).
-    Counts and latencies cover only the `seconds` after the warm-up."""
-    import grpc
-
-    templates = _templates(spans, seed)
-    rng = random.Random(seed + 1)
-    channel = grpc.aio.insecure_channel(target, options=GRPC_OPTIONS)
-    await asyncio.wait_for(channel.channel_ready(), START_TIMEOUT)
-    export = channel.unary_unary(METHOD)  # raw bytes in and out
+    Counts and latencies cover only the `seconds` after the warm-up. protocol "json": OTLP/JSON
+    over HTTP to `target` (a URL) instead of OTLP/gRPC protobuf."""
+    exporter = _Export(protocol, target, spans, seed)
+    await exporter.open()
     clock = time.perf_counter
     start = clock()
     measure_from = start + warmup
@@ -147,10 +229,10 @@ async def _load(target: str, spans: int, seconds: float, warmup: float, rate: fl
         nonlocal ok_spans, ok_calls, last_done
         t0 = time.perf_counter()  # uvloop's loop.time() has millisecond resolution
         try:
-            await export(data, timeout=CALL_TIMEOUT)
-        except grpc.aio.AioRpcError as exc:
+            await exporter.send(data)
+        except _Failed as exc:
             if t0 >= measure_from:
-                failed[exc.code().name] = failed.get(exc.code().name, 0) + 1
+                failed[str(exc)] = failed.get(str(exc), 0) + 1
             return
         t1 = time.perf_counter()
         if t0 >= measure_from and t1 <= deadline + CALL_TIMEOUT:
@@ -164,8 +246,7 @@ async def _load(target: str, spans: int, seconds: float, warmup: float, rate: fl
             nonlocal sent
             while clock() < deadline and sent < max_requests:
                 sent += 1
-                t = templates[sent % len(templates)]
-                await one(t.stamp(rng), t.spans)
+                await one(*exporter.payload(sent))
 
         await asyncio.gather(*(worker() for _ in range(inflight)))
         elapsed = max(last_done, deadline) - measure_from
@@ -185,14 +266,13 @@ async def _load(target: str, spans: int, seconds: float, warmup: float, rate: fl
                 skipped += 1  # the server is not keeping up: count it, do not queue without bound
                 continue
             sent += 1
-            t = templates[i % len(templates)]
-            task = asyncio.create_task(one(t.stamp(rng), t.spans))
+            task = asyncio.create_task(one(*exporter.payload(i)))
             pending.add(task)
             task.add_done_callback(pending.discard)
         if pending:
             await asyncio.wait(pending, timeout=CALL_TIMEOUT + 1)
         elapsed = seconds
-    await channel.close()
+    await exporter.close()
     latencies.sort()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
@@ -220,7 +300,7 @@ def _child_main(args: argparse.Namespace) -> None:
         asyncio.run(_serve(args.role, args.max_seconds))
         return
     result = asyncio.run(_load(args.target, args.spans, args.seconds, args.warmup, args.rate, args.inflight,
-                               args.seed))
+                               args.seed, args.protocol))
     print(json.dumps(result), flush=True)
 
 
@@ -278,9 +358,10 @@ def _start_server(procs: Procs, role: str, max_seconds: float) -> tuple[subproce
 
 
 def _run_load(procs: Procs, target: str, spans: int, seconds: float, warmup: float, rate: float,
-              inflight: int, seed: int) -> dict[str, Any]:
+              inflight: int, seed: int, protocol: str = "grpc") -> dict[str, Any]:
     cmd = _child_cmd("load", "--target", target, "--spans", str(spans), "--seconds", str(seconds),
-                     "--warmup", str(warmup), "--rate", str(rate), "--inflight", str(inflight), "--seed", str(seed))
+                     "--warmup", str(warmup), "--rate", str(rate), "--inflight", str(inflight), "--seed", str(seed),
+                     "--protocol", protocol)
     proc = procs.start(cmd, stdout=subprocess.PIPE)
     try:
         out, _ = proc.communicate(timeout=warmup + seconds + START_TIMEOUT + CALL_TIMEOUT + 30)
@@ -368,13 +449,14 @@ def lag_p99_ms(before: dict[float, float], after: dict[float, float]) -> float:
 
 
 def _write_config(path: Path, grpc_port: int, admin_port: int, sink_port: int, args: argparse.Namespace,
-                  decision_wait: str | None = None, max_bytes: str | None = None) -> None:
+                  decision_wait: str | None = None, max_bytes: str | None = None, http_port: int | None = None) -> None:
+    http = f'{{endpoint: "{HOST}:{http_port}"}}' if http_port else "null"
     path.write_text(
         f"""# written by bench/e2e.py
 receivers:
   otlp:
     grpc: {{endpoint: "{HOST}:{grpc_port}"}}
-    http: null
+    http: {http}
   max_request_bytes: 64MiB
 buffer:
   decision_wait: {decision_wait or args.decision_wait}
@@ -473,6 +555,38 @@ def _measure_tailsampler(procs: Procs, spans: int, args: argparse.Namespace, wor
         "refused_calls": {**full["failed"], **{f"half_{k}": v for k, v in half["failed"].items()}},
         "half_rate_skipped": half["skipped"],
         "memory_samples": samples,
+    }
+
+
+def measure_json(procs: Procs, args: argparse.Namespace, workdir: Path, spans: int = 512) -> dict[str, Any]:
+    """OTLP/JSON over HTTP through tailsampler: full speed, then half that rate for latency."""
+    phase, warmup = args.phase_seconds, args.warmup
+    sink_proc, sink_port = _start_server(procs, "sink", 4 * (phase + warmup) + 120)
+    grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
+    config = workdir / "tailsampler-json.yaml"
+    _write_config(config, grpc_port, admin_port, sink_port, args, http_port=http_port)
+    with open(workdir / "tailsampler-json.log", "w") as log:
+        ts = procs.start([sys.executable, "-m", "sampler", "run", "--config", str(config)], cwd=str(ROOT),
+                         stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://{HOST}:{http_port}/v1/traces"
+    try:
+        _wait_ready(f"{HOST}:{admin_port}", ts)
+        cpu0, t0 = _cpu_seconds(ts.pid), time.monotonic()
+        full = _run_load(procs, url, spans, phase, warmup, 0, args.inflight, seed=7, protocol="json")
+        cores = (_cpu_seconds(ts.pid) - cpu0) / (time.monotonic() - t0)
+        time.sleep(args.settle_seconds)
+        half = _run_load(procs, url, spans, phase, warmup, 0.5 * full["calls_per_s"], max(64, args.inflight * 8),
+                         seed=8, protocol="json")
+    finally:
+        procs.stop(ts)
+        procs.stop(sink_proc)
+    sps = full["spans_per_s"]
+    return {
+        "spans_per_s": round(sps),
+        "p50_ms": round(half["p50_ms"], 2),
+        "p99_ms": round(half["p99_ms"], 2),
+        "cpu_cores_per_100k_spans_s": round(cores / (sps / 1e5), 3) if sps else None,
+        "refused_calls": {**full["failed"], **{f"half_{k}": v for k, v in half["failed"].items()}},
     }
 
 
@@ -666,6 +780,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--protocol", choices=["grpc", "json"], default="grpc", help=argparse.SUPPRESS)
+    parser.add_argument("--otlp-json", action="store_true",
+                        help="also measure OTLP/JSON over HTTP (512-span requests): spans/s, latency")
     args = parser.parse_args()
     if args.role:
         _child_main(args)
@@ -682,6 +799,8 @@ def main() -> None:
     with _cleanup_on_signals(procs), tempfile.TemporaryDirectory(prefix="tailsampler-e2e-") as tmp:
         for size in (int(s) for s in args.sizes.split(",")):
             results[str(size)] = bench_size(procs, size, args, Path(tmp))
+        if args.otlp_json:
+            results["otlp_json"] = measure_json(procs, args, Path(tmp))
         if args.plot is not None:
             results["memory_ramp"] = memory_ramp(procs, args, Path(tmp))
     if args.plot is not None:
@@ -692,6 +811,11 @@ def main() -> None:
                               if isinstance(v, dict) else v) for k, v in results.items()}))
         return
     print_table(results, args)
+    if "otlp_json" in results:
+        j = results["otlp_json"]
+        print(f"  OTLP/JSON over HTTP (512-span requests): {j['spans_per_s']:,} spans/s at full speed, "
+              f"p50/p99 {j['p50_ms']}/{j['p99_ms']} ms at half load, {j['cpu_cores_per_100k_spans_s']} cores "
+              f"per 100k spans/s")
 
 
 if __name__ == "__main__":

@@ -82,36 +82,11 @@ async def _sink(port: int, max_seconds: float) -> None:
     print(json.dumps({"spans": spans[0], "traces": len(traces)}), flush=True)
 
 
-def _json_templates(spans: int, seed: int) -> list[tuple[list[str], list[int], int]]:
-    """OTLP/JSON requests split around their trace ids: (parts, which trace each gap is, spans);
-    joining the parts with fresh hex ids in the gaps gives a request with new trace ids."""
-    from sampler.otlp.jsonconv import protobuf_to_dict
-
-    out = []
-    for t in e2e._templates(spans, seed):
-        text = json.dumps(protobuf_to_dict(t.data), separators=(",", ":"))
-        ids = {bytes(t.data[p[0]:p[0] + 16]).hex(): i for i, p in enumerate(t.offsets)}
-        parts: list[str] = []
-        order: list[int] = []
-        rest = text
-        while True:
-            at = rest.find('"traceId":"')
-            if at < 0:
-                break
-            at += len('"traceId":"')
-            parts.append(rest[:at])
-            order.append(ids[rest[at:at + 32]])
-            rest = rest[at + 32:]
-        parts.append(rest)
-        out.append((parts, order, t.spans))
-    return out
-
-
 async def _load_json(url: str, spans: int, seconds: float, inflight: int, seed: int) -> dict[str, Any]:
     """POST OTLP/JSON requests with fresh trace ids, `inflight` at a time, for `seconds`."""
     import aiohttp
 
-    templates = _json_templates(spans, seed)
+    templates = e2e.json_templates(spans, seed)
     rng = random.Random(seed)
     deadline = time.monotonic() + seconds
     ok_spans = 0
@@ -264,9 +239,14 @@ class Run:
               ports: tuple[int, int, int] | None = None) -> Instance:
         grpc_port, http_port, admin_port = ports or (e2e.free_port(), e2e.free_port(), e2e.free_port())
         config = self.workdir / f"{name}.yaml"
+        limit = f"memory_limit: {self.limit}"
+        if self.limit == "none":  # as before memory_limit existed: the buffer bounded by span bytes only
+            limit = ""
+            if "max_bytes" not in extra:
+                extra = extra.replace("buffer: {", "buffer: {max_bytes: 64MiB, ")
         config.write_text(
             f"""# written by bench/memory.py
-memory_limit: {self.limit}
+{limit}
 receivers:
   otlp:
     grpc: {{endpoint: "{HOST}:{grpc_port}"}}
@@ -458,7 +438,9 @@ def sizing(limits: list[str], decision_wait: float = 5.0) -> list[dict[str, Any]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--limit", default="256MiB", help="memory_limit of every instance")
+    parser.add_argument("--limit", default="256MiB",
+                        help="memory_limit of every instance; none: no memory_limit key and buffer.max_bytes "
+                             "64MiB (what a build before memory_limit can run)")
     parser.add_argument("--case", action="append", choices=CASES, help="run only these cases (repeatable)")
     parser.add_argument("--seconds", type=float, default=20.0, help="load duration of each case")
     parser.add_argument("--dead-seconds", type=float, default=30.0, help="backend_dead: how long the backend is down")

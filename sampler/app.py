@@ -36,6 +36,7 @@ from sampler.memory import (
     effective_limit,
     malloc_trim,
     read_rss,
+    tune_malloc,
 )
 from sampler.metrics import MemoryCollector, Metrics, PeerCollector
 from sampler.otlp.split import Chunk
@@ -112,6 +113,7 @@ class App:
     async def start(self) -> None:
         cfg = self.config
         tune_gc()
+        tune_malloc()
         self.loop = asyncio.get_running_loop()
         buf = cfg.buffer
         self.limit = effective_limit(cfg, container_limit())
@@ -361,14 +363,16 @@ class App:
 
     def _hold_limit(self, now: float) -> None:
         """Read the resident memory and act on it (sampler/memory.py): lower or raise the buffer's
-        bound, decide what no longer fits, and hand the memory freed back to the system."""
+        bound, decide what no longer fits, and hand freed memory back to the system."""
         governor = self.governor
         assert governor is not None
+        report, rss = self.memory_report()
         buffer = self.core.buffer
-        governor.update(read_rss(), buffer.nbytes, settled=not self._trimming)
+        trim = governor.update(rss, buffer.nbytes, report["other"], now, self._trimming)
         buffer.bound = governor.bound
-        if self.core.make_room(now) and not self._trimming:
-            self._trimming = True  # off the loop: trimming a large heap takes a while
+        self.core.make_room(now)
+        if trim:
+            self._trimming = True  # off the loop: trimming a large heap takes tens of milliseconds
             self.loop.run_in_executor(None, malloc_trim).add_done_callback(self._trimmed)
         self._pressure_seen = max(self._pressure_seen, governor.pressure)
 

@@ -34,6 +34,9 @@ HARD = 0.93  # ...above this: refuse requests until it falls
 AUTO_SHARE = 0.80  # memory_limit: auto takes this share of the container's limit
 MIN_BUFFER = 8 * 2**20  # a plan leaving the buffer less than this is refused at start
 SPLITTER_BOUND = 8 * 2**20  # the splitters' caches: the current one's bound, and a reloaded one's
+TRIM_SETTLE = 2.0  # seconds: above SOFT, a trim is tried before traces are given up, this often at most
+TRIM_OTHER = 0.20  # below SOFT, trim when the memory resident beyond everything counted exceeds this
+TRIM_EVERY = 30.0  # ...share of the limit, this often at most (a trim holds the heap's lock a while)
 UNLIMITED = 1 << 62  # cgroup v1 reports "no limit" as a huge number near 2**63
 
 NORMAL = 0
@@ -107,8 +110,23 @@ try:
         _libc = ctypes.CDLL(_name)
         _libc.malloc_trim.argtypes = (ctypes.c_size_t,)
         _libc.malloc_trim.restype = ctypes.c_int
+        _libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+        _libc.mallopt.restype = ctypes.c_int
 except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
     _libc = None
+
+
+M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc's malloc.h)
+
+
+def tune_malloc() -> bool:
+    """Fix glibc's mmap threshold at its default, 128 KiB. Left to itself glibc raises it to the
+    size of each large block freed, so request payloads (hundreds of KiB) move into the heap
+    between span bytes and stay resident as fragments once freed; with it fixed they are mapped
+    and unmapped whole."""
+    if _libc is None:
+        return False
+    return bool(_libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024))
 
 
 def malloc_trim() -> bool:
@@ -200,9 +218,15 @@ class InFlight:
 
 
 class Governor:
-    """Turns readings of the resident memory into the buffer's effective bound and the receivers'
-    refusal, for one limit. `update` is called every sweep; between calls, `bound` and `refusing`
-    hold."""
+    """Turns readings of the resident memory into the buffer's effective bound, the receivers'
+    refusal, and when to hand freed memory back to the system, for one limit. `update` is called
+    every sweep; between calls, `bound` and `refusing` hold.
+
+    Memory freed by decided traces mostly stays in the C heap, resident, until `malloc_trim` hands
+    it back: so above SOFT the first answer is a trim, and the buffer gives up traces only when the
+    resident memory is still above SOFT after one. Below SOFT, a trim also runs now and then when
+    what is resident beyond everything counted has grown large, so the next burst starts lower.
+    """
 
     def __init__(self, limit: int, max_bytes: int) -> None:
         self.limit = limit
@@ -212,20 +236,30 @@ class Governor:
         self.bound = max_bytes  # what the buffer may hold now (<= max_bytes)
         self.refusing = False
         self.rss = 0
+        self.last_trim = -1e18
 
-    def update(self, rss: int, buffer_bytes: int, settled: bool = True) -> None:
-        """Take a reading: above SOFT the bound drops by the excess (the buffer then decides its
-        oldest traces until under it); below it, the bound may grow by the room left, up to
-        max_bytes. Refuse from HARD until back under SOFT (so refusals do not flap). While memory
-        freed by the last drop is still being handed back (`settled` False), the resident memory
-        does not yet show it: the bound is held, not lowered again for the same excess."""
+    def update(self, rss: int, buffer_bytes: int, other: int, now: float, trimming: bool) -> bool:
+        """Take a reading (`other`: resident memory beyond everything counted); True when a trim
+        should start now. Refuse from HARD until back under SOFT (so refusals do not flap). While a
+        trim runs, the resident memory does not yet show what it will give back: the bound is held.
+        Above SOFT after a recent trim, the bound drops by the excess (the buffer then decides its
+        oldest traces until under it, and what that frees is trimmed); below SOFT it may grow by
+        the room left, up to max_bytes."""
         self.rss = rss
         if rss >= self.hard:
             self.refusing = True
         elif rss < self.soft:
             self.refusing = False
-        if settled:
-            self.bound = max(0, min(self.max_bytes, buffer_bytes + self.soft - rss))
+        if trimming:
+            return False
+        if rss >= self.soft and now - self.last_trim > TRIM_SETTLE:
+            self.last_trim = now  # first see what a trim gives back
+            return True
+        self.bound = max(0, min(self.max_bytes, buffer_bytes + self.soft - rss))
+        if rss >= self.soft or (other > self.limit * TRIM_OTHER and now - self.last_trim > TRIM_EVERY):
+            self.last_trim = now
+            return True
+        return False
 
     @property
     def pressure(self) -> int:

@@ -213,23 +213,36 @@ def test_a_plan_gives_the_buffer_what_the_limit_leaves() -> None:
         too_small.check()
 
 
-def test_the_governor_sheds_what_is_over_soft_and_refuses_over_hard() -> None:
+def test_the_governor_trims_first_then_sheds_what_is_over_soft_and_refuses_over_hard() -> None:
     mib = 2**20
     g = memory.Governor(limit=100 * mib, max_bytes=40 * mib)  # soft 88 MiB, hard 93 MiB
-    g.update(rss=50 * mib, buffer_bytes=10 * mib)
+    assert not g.update(rss=50 * mib, buffer_bytes=10 * mib, other=0, now=0.0, trimming=False)
     assert (g.bound, g.pressure, g.refusing) == (40 * mib, memory.NORMAL, False)  # room: up to max_bytes
-    g.update(rss=90 * mib, buffer_bytes=30 * mib)  # 2 MiB over soft: the buffer gives 2 MiB back
-    assert g.bound == 28 * mib and g.pressure == memory.DECIDING_EARLY
-    g.update(rss=91 * mib, buffer_bytes=28 * mib, settled=False)  # freed memory not handed back yet: hold
+    # 2 MiB over soft: first a trim, the bound held
+    assert g.update(rss=90 * mib, buffer_bytes=30 * mib, other=0, now=1.0, trimming=False)
+    assert g.bound == 40 * mib and g.pressure == memory.DECIDING_EARLY
+    assert not g.update(rss=90 * mib, buffer_bytes=30 * mib, other=0, now=1.1, trimming=True)  # still trimming
+    assert g.bound == 40 * mib
+    # the trim gave nothing back: the buffer gives up the excess, and what that frees is trimmed
+    assert g.update(rss=90 * mib, buffer_bytes=30 * mib, other=0, now=1.2, trimming=False)
     assert g.bound == 28 * mib
-    g.update(rss=94 * mib, buffer_bytes=28 * mib)
-    assert g.refusing and g.pressure == memory.REFUSING and g.bound == 22 * mib
-    g.update(rss=90 * mib, buffer_bytes=22 * mib)  # under hard but over soft: still refusing (no flapping)
-    assert g.refusing
-    g.update(rss=83 * mib, buffer_bytes=22 * mib)
+    assert not g.update(rss=94 * mib, buffer_bytes=28 * mib, other=0, now=1.3, trimming=True)
+    assert g.refusing and g.pressure == memory.REFUSING and g.bound == 28 * mib
+    g.update(rss=90 * mib, buffer_bytes=28 * mib, other=0, now=1.4, trimming=True)
+    assert g.refusing  # under hard but over soft: still refusing (no flapping)
+    assert not g.update(rss=83 * mib, buffer_bytes=22 * mib, other=0, now=1.5, trimming=False)
     assert not g.refusing and g.pressure == memory.NORMAL and g.bound == 27 * mib
-    g.update(rss=200 * mib, buffer_bytes=5 * mib)
+    # far below soft, but much resident beyond what is counted: an occasional trim
+    assert g.update(rss=60 * mib, buffer_bytes=10 * mib, other=30 * mib, now=40.0, trimming=False)
+    assert not g.update(rss=60 * mib, buffer_bytes=10 * mib, other=30 * mib, now=41.0, trimming=False)
+    g.update(rss=200 * mib, buffer_bytes=5 * mib, other=0, now=41.5, trimming=False)
+    g.update(rss=200 * mib, buffer_bytes=5 * mib, other=0, now=41.6, trimming=False)
     assert g.bound == 0
+
+
+def test_tune_malloc_and_trim_run_here() -> None:
+    assert memory.tune_malloc()
+    memory.malloc_trim()  # returns whether memory was released: either is fine
 
 
 def test_inflight_admits_within_its_bound() -> None:
