@@ -6,6 +6,7 @@ only from the `now` values it is given, so tests drive it with a hand-advanced c
 
 from __future__ import annotations
 
+import logging
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from sampler.otlp.split import Chunk, Splitter, split_request
 from sampler.otlp.wire import Group
 from sampler.policy.engine import Engine, Verdict
 from sampler.summary import TraceSummary
+
+log = logging.getLogger("tailsampler")
 
 
 class KeptTrace:
@@ -80,6 +83,11 @@ EVICTED = "evicted"
 LIMITED = "trace_limit"
 SHUTDOWN = "shutdown"
 
+# The deciding policy named for a trace whose decision raised: it is kept, since a kept trace can still
+# be dropped downstream while a dropped one is gone.
+POLICY_ERROR = "policy_error"
+KEEP_ON_ERROR = Verdict(True, POLICY_ERROR, 1.0)
+
 
 class Core:
     def __init__(
@@ -101,6 +109,7 @@ class Core:
         self.route: Callable[[bytes], str | None] | None = None
         self.forward: Callable[[str, list[Chunk]], None] | None = None
         engine.on_error = self._policy_error
+        self._error_logged = False  # a decision that raised is logged once per policy set, then counted
 
     def _policy_error(self, policy: object, exc: Exception) -> None:
         self.stats.policy_errors[getattr(policy, "name", "?")] += 1
@@ -189,9 +198,12 @@ class Core:
             self.stats.late_spans["drop"] += len(chunk.spans)
 
     def _decide(self, entry: TraceEntry, now: float, reason: str) -> None:
-        self.buffer.remove(entry)
         summary = entry.summary
-        verdict = self.engine.decide(summary)
+        try:  # before the trace leaves the buffer: whatever happens, it is decided, never lost
+            verdict = self.engine.decide(summary)
+        except Exception:
+            verdict = self._undecidable(summary)
+        self.buffer.remove(entry)
         self.decisions.record(summary.trace_id, verdict)
         self.stats.decided["keep" if verdict.keep else "drop", verdict.policy or ""] += 1
         if reason in (QUIET, MAX_AGE):
@@ -203,6 +215,16 @@ class Core:
             self.on_decision(summary, verdict, reason)
         if verdict.keep:
             self.emit(KeptTrace(summary.trace_id, entry.spans, entry.groups, verdict, summary))
+
+    def _undecidable(self, summary: TraceSummary) -> Verdict:
+        """A decision raised (a policy's bug, not its abstention: those the engine handles): keep the
+        trace, count it as a policy error, and log the first such failure with its traceback."""
+        self.stats.policy_errors[POLICY_ERROR] += 1
+        if not self._error_logged:
+            self._error_logged = True
+            log.exception("deciding trace %s failed; keeping it (policy %r); further failures are only "
+                          "counted in tailsampler_policy_evaluation_errors_total", summary.trace_id.hex(), POLICY_ERROR)
+        return KEEP_ON_ERROR
 
     def sweep(self, now: float, limit: int = 1 << 62) -> int:
         """Decide traces that have gone quiet or grown too old, at most `limit` of them (callers
@@ -230,6 +252,7 @@ class Core:
         engine.on_error = self._policy_error
         self.engine = engine
         self.splitter = _splitter(engine)
+        self._error_logged = False
         for entry in self.buffer.entries():
             summary = TraceSummary(entry.trace_id)
             spans: list[bytes] = []

@@ -7,9 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sampler.buffer import TRACE_OVERHEAD, Buffer, spans_cost
-from sampler.core import Core, KeptTrace
+from sampler.core import POLICY_ERROR, Core, KeptTrace
 from sampler.decisions import DecisionCache
 from sampler.otlp.splice import POLICY_KEY, RATE_KEY
+from sampler.policy.base import Policy, Vote
 from sampler.policy.engine import Engine, Verdict
 from sampler.policy.loader import load_policies
 from sampler.summary import TraceSummary
@@ -272,3 +273,29 @@ def test_untrack_leaves_objects_the_collector_never_tracked_alone() -> None:
         assert held == ([b"span", b"more"], {"k": [1]})
         gc.collect()  # the collector's own lists survived all of the above
         assert held[0] is inner and not gc.is_tracked(held)
+
+
+class _RaisingRate(Policy):
+    """Votes keep, then fails to say at what rate: Engine.decide raises (its try covers evaluate only)."""
+
+    def evaluate(self, trace: TraceSummary) -> Vote:
+        return Vote.SAMPLED
+
+    def sample_rate(self, trace: TraceSummary) -> float:
+        raise ZeroDivisionError("a bug in a policy")
+
+
+def test_a_trace_whose_decision_raises_is_kept_and_counted_not_lost() -> None:
+    h = Harness(wait=1.0)
+    h.core.set_engine(Engine([_RaisingRate("boom")]))
+    h.send(0.0, S(1, 1), S(1, 2, parent=1))
+    h.send(0.5, S(2, 3))
+    assert h.core.sweep(5.0) == 2  # the sweep goes on past the failure
+    assert sorted(t.trace_id for t in h.kept) == sorted([tid(1), tid(2)])
+    assert {len(t.spans) for t in h.kept} == {2, 1} and {t.policy for t in h.kept} == {POLICY_ERROR}
+    assert h.core.stats.policy_errors[POLICY_ERROR] == 2
+    assert h.core.stats.decided["keep", POLICY_ERROR] == 2
+    assert len(h.core.buffer) == 0 and h.core.buffer.nbytes == 0
+    h.send(6.0, S(1, 9, parent=1))  # a late span follows the recorded (safe) decision
+    assert h.core.stats.late_spans["keep"] == 1
+
