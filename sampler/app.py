@@ -57,6 +57,11 @@ QUEUE_HIGH_WATER = 0.9
 TASK_RESTART_SECONDS = 1.0
 PEER_NAMES_SECONDS = 30.0  # how often static members given by name are resolved again
 SWEEP_CHUNK = 256  # traces decided between two chances for the receivers to run
+RESUMMARY_CHUNK = 2048  # spans re-split after a policy reload between two such chances...
+# ...and the pause between two such steps. A real pause, not one bare loop turn: an Export call needs
+# several turns, and gRPC's poller thread the GIL in between, so with bare turns calls crawled while
+# the buffer was re-summarised (measured with bench/reload.py).
+RESUMMARY_PAUSE = 0.001
 GC_THRESHOLDS = (50_000, 20, 20)  # a full collection every ~20M allocations: ~40 s at 100k spans/s
 
 
@@ -355,6 +360,9 @@ class App:
             # not hold the event loop (and every Export call waiting on it) for its whole duration.
             while self.core.sweep(now, SWEEP_CHUNK) == SWEEP_CHUNK:
                 await asyncio.sleep(0)
+            # After a policy reload, buffered traces are re-summarised the same way, a step at a time.
+            while self.core.resummarise(RESUMMARY_CHUNK):
+                await asyncio.sleep(RESUMMARY_PAUSE)
             self._govern(now)
             if self.forwarder is not None:
                 self.membership.revive(time.monotonic())

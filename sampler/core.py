@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_left
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 
 from sampler.buffer import TRACE_OVERHEAD, Buffer, TraceEntry, spans_cost
@@ -105,6 +105,8 @@ class Core:
         self.stats = Stats()
         self.engine = engine
         self.splitter = _splitter(engine)
+        self.generation = 0  # of the policy set in force; a buffered trace's summary is of its own
+        self._stale: deque[bytes] = deque()  # ids of traces buffered at the last reload, to re-summarise
         # Sharding (peers.py): the owner of a trace id when it is another instance, and where to send it.
         self.route: Callable[[bytes], str | None] | None = None
         self.forward: Callable[[str, list[Chunk]], None] | None = None
@@ -168,8 +170,10 @@ class Core:
             if verdict is not None:
                 self._late(chunk, verdict)
                 return
-            entry = buffer.create(trace_id, now, chunk.spans, chunk.groups)
+            entry = buffer.create(trace_id, now, chunk.spans, chunk.groups, self.generation)
         else:
+            if entry.generation != self.generation:  # its summary first, then this chunk's (same policies)
+                self._resummarise(entry)
             entry.spans.extend(chunk.spans)
             entry.groups.extend(chunk.groups)
         entry.summary.merge(chunk)
@@ -198,6 +202,8 @@ class Core:
             self.stats.late_spans["drop"] += len(chunk.spans)
 
     def _decide(self, entry: TraceEntry, now: float, reason: str) -> None:
+        if entry.generation != self.generation:
+            self._resummarise(entry)
         summary = entry.summary
         try:  # before the trace leaves the buffer: whatever happens, it is decided, never lost
             verdict = self.engine.decide(summary)
@@ -247,22 +253,42 @@ class Core:
         return len(entries)
 
     def set_engine(self, engine: Engine) -> None:
-        """Swap in new policies and re-summarise buffered traces under them (reloads are rare, so
-        splitting the stored spans again is cheaper than keeping every attribute just in case)."""
+        """Swap in new policies. New spans are split under them at once; buffered traces are
+        re-summarised under them (their stored spans split again: reloads are rare, so that is
+        cheaper than keeping every attribute just in case) a few at a time by `resummarise`, and any
+        trace still stale when a span of it arrives or it is decided is re-summarised right then, so
+        no summary ever mixes two policy sets. Doing the whole buffer here, in one go, held the event
+        loop, and so every receiver, for all of it."""
         engine.on_error = self._policy_error
         self.engine = engine
         self.splitter = _splitter(engine)
         self._error_logged = False
-        for entry in self.buffer.entries():
-            summary = TraceSummary(entry.trace_id)
-            spans: list[bytes] = []
-            groups: list[Group] = []
-            for chunk in split_request(encode_request([(entry.spans, entry.groups, b"")]), self.splitter):
-                summary.merge(chunk)
-                spans.extend(chunk.spans)
-                groups.extend(chunk.groups)
-            entry.hold(summary, spans, groups)
+        self.generation += 1
+        self._stale = deque(self.buffer.by_first)
 
+    def resummarise(self, max_spans: int) -> bool:
+        """Re-summarise traces left stale by a reload, oldest first, until about `max_spans` spans
+        have been split again (at least one trace); returns whether any are left."""
+        stale = self._stale
+        done = 0
+        while stale and done < max_spans:
+            entry = self.buffer.get(stale.popleft())
+            if entry is not None and entry.generation != self.generation:
+                done += self._resummarise(entry)
+        return bool(stale)
+
+    def _resummarise(self, entry: TraceEntry) -> int:
+        """Split a trace's stored spans under the policies in force; returns its span count."""
+        summary = TraceSummary(entry.trace_id)
+        spans: list[bytes] = []
+        groups: list[Group] = []
+        for chunk in split_request(encode_request([(entry.spans, entry.groups, b"")]), self.splitter):
+            summary.merge(chunk)
+            spans.extend(chunk.spans)
+            groups.extend(chunk.groups)
+        entry.hold(summary, spans, groups)
+        entry.generation = self.generation
+        return summary.spans
 
 def _splitter(engine: Engine) -> Splitter:
     return Splitter(

@@ -3,6 +3,8 @@ and the invariant that every span is forwarded at most once, or dropped, never b
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -217,7 +219,8 @@ def test_buffered_traces_are_hidden_from_the_cycle_collector_and_still_freed() -
     h = Harness(policies="policies: [{name: none, type: probabilistic, probabilistic: {sampling_percentage: 0}}]")
     h.send(0.0, S(1, 1), S(2, 1))
     h.send(1.0, S(1, 2, parent=1))  # a second chunk extends the first one's (adopted) lists
-    h.core.set_engine(engine())  # a reload replaces every entry's summary and lists
+    h.core.set_engine(engine())  # a reload replaces every entry's summary and lists...
+    assert not h.core.resummarise(1 << 30)  # ...once they are re-summarised
     assert len(h.core.buffer) == 2 and not any(gc.is_tracked(o) for o in _buffered_objects(h.core))
     assert [len(e.spans) for e in h.core.buffer.entries()] == [2, 1]
     # untracked objects are still freed by reference counting when their trace is decided
@@ -299,3 +302,94 @@ def test_a_trace_whose_decision_raises_is_kept_and_counted_not_lost() -> None:
     h.send(6.0, S(1, 9, parent=1))  # a late span follows the recorded (safe) decision
     assert h.core.stats.late_spans["keep"] == 1
 
+
+GOLD = "policies: [{name: gold, type: string_attribute, string_attribute: {key: tier, values: [gold]}}]"
+
+
+def test_a_reload_resummarises_in_steps_and_ingest_meanwhile_uses_the_new_policies() -> None:
+    h = Harness()
+    for n in range(1, 11):  # gold only on the first span of each trace, which arrived before the reload
+        h.send(0.0, S(n, n * 10, attrs={"tier": "gold"}), S(n, n * 10 + 1, parent=n * 10))
+    new = engine(GOLD)
+    h.core.set_engine(new)
+    gold = new.policies[0].bit
+    assert not any(e.summary.matches & gold for e in h.core.buffer.entries())  # nothing re-split yet
+    assert h.core.resummarise(4)  # two traces of two spans; more remain
+    assert sum(bool(e.summary.matches & gold) for e in h.core.buffer.entries()) == 2
+    h.send(1.0, S(9, 99, parent=90))  # a stale trace gets a span: re-summarised, then merged
+    nine = h.core.buffer.get(tid(9))
+    assert nine is not None and nine.summary.matches & gold and nine.summary.spans == 3
+    h.send(1.0, S(11, 110, attrs={"tier": "gold"}))  # a new trace: split with the new policies
+    h.core.sweep(7.0)  # stale ones are re-summarised before they are decided, too
+    assert {d[0]: d[1] for d in h.decided} == {tid(n): True for n in range(1, 12)}
+    assert {t.policy for t in h.kept} == {"gold"}
+    assert not h.core.resummarise(1 << 30)
+
+
+def test_a_reload_stalls_the_event_loop_for_a_step_not_for_the_whole_buffer(tmp_path: Path) -> None:
+    """The policy reload of a large buffer, in-process with the real sweeper: the longest the event loop
+    is held at once (what every Export call waiting on it would see) is a small share of the whole
+    re-summarising, which is spread over steps like the sweep's. A task that wakes at every turn of the
+    loop records the longest gap between two turns, in the loop thread's CPU time (a wall-clock gap
+    would also count the moments this process was not scheduled at all)."""
+    import asyncio
+    import time
+
+    from sampler.app import App
+    from sampler.config import load_config
+    from tests.test_ops_units import _Collect
+
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(KEEP_MARKED)
+    config = tmp_path / "tailsampler.yaml"
+    config.write_text("receivers: {otlp: {grpc: {endpoint: '127.0.0.1:0'}, http: null}}\n"
+                      "buffer: {decision_wait: 600s, max_trace_age: 600s, max_bytes: 1GiB, sweep_interval: 20ms}\n"
+                      "memory_limit: null\nadmin: {endpoint: null}\npolicies_file: policies.yaml\n")
+    traces, spans_per_trace = 20_000, 8
+
+    async def main() -> tuple[float, float, float, float, int]:
+        app = App(load_config(config), sender=_Collect())
+        await app.start()
+        try:
+            for first in range(0, traces, 500):
+                app._ingest(request([S(t, t * 10 + i, parent=None if i == 0 else t * 10,
+                                       attrs={"tier": "gold" if i == 0 else "x", "pad": "p" * 200})
+                                     for t in range(first, first + 500) for i in range(spans_per_trace)]), "grpc")
+            assert len(app.core.buffer) == traces
+            cpu_gaps: list[float] = []
+            wall_gaps: list[float] = []
+            stop = asyncio.Event()
+
+            async def ticker() -> None:
+                cpu, wall = time.thread_time(), time.perf_counter()
+                while not stop.is_set():
+                    await asyncio.sleep(0)
+                    cpu_now, wall_now = time.thread_time(), time.perf_counter()
+                    cpu_gaps.append(cpu_now - cpu)
+                    wall_gaps.append(wall_now - wall)
+                    cpu, wall = cpu_now, wall_now
+
+            task = asyncio.create_task(ticker())
+            await asyncio.sleep(0.05)
+            policies.write_text(GOLD)
+            cpu0, wall0 = time.thread_time(), time.perf_counter()
+            turns = len(cpu_gaps)
+            assert app.reload(policies)
+            gold = app.core.engine.policies[0].bit
+            newest = next(reversed(app.core.buffer.by_first.values()))  # re-summarised last, oldest first
+            while not newest.summary.matches & gold:
+                await asyncio.sleep(0.005)
+            cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
+            stop.set()
+            await task
+            assert all(e.summary.matches & gold for e in app.core.buffer.entries())
+            return max(cpu_gaps[turns:]), cpu, max(wall_gaps[turns:]), wall, len(cpu_gaps) - turns
+        finally:
+            await app.shutdown()
+
+    longest, total, longest_wall, total_wall, turns = asyncio.run(main())
+    print(f"\n[reload] {traces * spans_per_trace} spans re-summarised in {total_wall * 1000:.0f} ms "
+          f"({total * 1000:.0f} ms CPU), {turns} loop turns; longest stall {longest_wall * 1000:.1f} ms "
+          f"({longest * 1000:.1f} ms CPU)")
+    # Done in one go, the longest stall is the whole re-summarising; in steps, about a step's worth.
+    assert longest < total / 5, (longest, total)
