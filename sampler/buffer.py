@@ -29,9 +29,10 @@ def spans_cost(nbytes: int, spans: int) -> int:
 class TraceEntry:
     """One buffered trace. It adopts the lists of its first chunk (no copy); it, its summary and
     its lists are hidden from the cycle collector (sampler/untrack.py says why that is safe).
-    `generation` is the policy set its summary was made under (Core re-summarises after a reload)."""
+    `generation` is the policy set its summary was made under (Core re-summarises after a reload);
+    `marked`: some span of it arrived annotated by a tailsampler before this one (Chunk.marked)."""
 
-    __slots__ = ("cost", "first_seen", "generation", "groups", "last_seen", "spans", "summary")
+    __slots__ = ("cost", "first_seen", "generation", "groups", "last_seen", "marked", "spans", "summary")
 
     def __init__(
         self, trace_id: bytes, now: float, spans: list[bytes], groups: list[Group], generation: int = 0,
@@ -39,6 +40,7 @@ class TraceEntry:
         self.first_seen = now
         self.last_seen = now
         self.generation = generation
+        self.marked = False
         self.cost = TRACE_OVERHEAD  # memory held, spans added as they are folded in (Buffer.touched)
         self.hold(TraceSummary(trace_id), spans, groups)
         untrack(self)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from sampler.buffer import TRACE_OVERHEAD, Buffer, TraceEntry, spans_cost
 from sampler.decisions import DecisionCache
-from sampler.otlp.splice import encode_request
+from sampler.otlp.splice import MARK_KEYS, encode_request
 from sampler.otlp.split import Chunk, Splitter, split_request
 from sampler.otlp.wire import Group
 from sampler.policy.engine import Engine, Verdict
@@ -23,13 +23,14 @@ log = logging.getLogger("tailsampler")
 
 
 class KeptTrace:
-    """Spans of a kept trace (or late spans of one), ready to be spliced into an export request."""
+    """Spans of a kept trace (or late spans of one), ready to be spliced into an export request.
+    `marked`: some of them arrived annotated already, so the exporter replaces their annotation."""
 
-    __slots__ = ("cost", "groups", "policy", "sample_rate", "spans", "summary", "trace_id")
+    __slots__ = ("cost", "groups", "marked", "policy", "sample_rate", "spans", "summary", "trace_id")
 
     def __init__(
         self, trace_id: bytes, spans: list[bytes], groups: list[Group], verdict: Verdict,
-        summary: TraceSummary | None,
+        summary: TraceSummary | None, marked: bool = False,
     ) -> None:
         self.trace_id = trace_id
         self.spans = spans
@@ -37,6 +38,7 @@ class KeptTrace:
         self.policy = verdict.policy
         self.sample_rate = verdict.sample_rate
         self.summary = summary  # None for late spans
+        self.marked = marked
         # Memory held while it waits for export: the buffer's own measure of these spans and summary.
         if summary is not None:
             self.cost = spans_cost(summary.nbytes, summary.spans) + TRACE_OVERHEAD
@@ -176,6 +178,8 @@ class Core:
                 self._resummarise(entry)
             entry.spans.extend(chunk.spans)
             entry.groups.extend(chunk.groups)
+        if chunk.marked:
+            entry.marked = True
         entry.summary.merge(chunk)
         buffer.touched(entry, now, len(chunk.spans), spans_cost(chunk.nbytes, len(chunk.spans)))
         if entry.summary.spans > buffer.max_spans_per_trace or entry.nbytes > buffer.max_bytes_per_trace:
@@ -197,7 +201,7 @@ class Core:
     def _late(self, chunk: Chunk, verdict: Verdict) -> None:
         if verdict.keep:
             self.stats.late_spans["keep"] += len(chunk.spans)
-            self.emit(KeptTrace(chunk.trace_id, chunk.spans, chunk.groups, verdict, None))
+            self.emit(KeptTrace(chunk.trace_id, chunk.spans, chunk.groups, verdict, None, chunk.marked))
         else:
             self.stats.late_spans["drop"] += len(chunk.spans)
 
@@ -220,7 +224,7 @@ class Core:
         if self.on_decision is not None:
             self.on_decision(summary, verdict, reason)
         if verdict.keep:
-            self.emit(KeptTrace(summary.trace_id, entry.spans, entry.groups, verdict, summary))
+            self.emit(KeptTrace(summary.trace_id, entry.spans, entry.groups, verdict, summary, entry.marked))
 
     def _undecidable(self, summary: TraceSummary) -> Verdict:
         """A decision raised (a policy's bug, not its abstention: those the engine handles): keep the
@@ -290,8 +294,11 @@ class Core:
         entry.generation = self.generation
         return summary.spans
 
+
 def _splitter(engine: Engine) -> Splitter:
+    """The splitter for an engine: the keys its policies read, and the annotation's keys (MARK_KEYS),
+    whose presence marks a chunk for the exporter."""
     return Splitter(
-        engine.keys, engine.value_bits, engine.resource_bits,
+        engine.keys | MARK_KEYS, engine.value_bits, engine.resource_bits,
         engine.span_bits if engine.span_predicates else None,
     )

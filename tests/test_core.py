@@ -393,3 +393,39 @@ def test_a_reload_stalls_the_event_loop_for_a_step_not_for_the_whole_buffer(tmp_
           f"({longest * 1000:.1f} ms CPU)")
     # Done in one go, the longest stall is the whole re-summarising; in steps, about a step's worth.
     assert longest < total / 5, (longest, total)
+
+
+def test_spans_that_arrive_annotated_leave_with_our_annotation_only() -> None:
+    """A tailsampler behind another one: the policy and rate a span arrives with are replaced, not
+    repeated; spans without them are only appended to, and nothing else of a span changes."""
+    from sampler.exporters.base import encode_batch
+    from sampler.otlp.splice import field, strip_annotation
+    from tests.spans import span_message
+
+    h = Harness()
+    upstream = {POLICY_KEY: "tier1", RATE_KEY: 10, "keep": "yes", "z": 1}
+    h.send(0.0, S(1, 1, attrs=upstream), S(1, 2, parent=1, attrs={POLICY_KEY: "tier1"}), S(1, 3, parent=1))
+    h.send(0.0, S(2, 4, attrs={"keep": "yes"}))
+    h.core.decide_all(1.0)
+    assert {t.trace_id: t.marked for t in h.kept} == {tid(1): True, tid(2): False}
+    spans = [s for rs in parse(encode_batch(h.kept, annotate=True)).resource_spans
+             for ss in rs.scope_spans for s in ss.spans]
+    assert len(spans) == 4
+    for span in spans:
+        keys = [a.key for a in span.attributes]
+        assert keys.count(POLICY_KEY) == 1 and keys.count(RATE_KEY) == 1, keys
+        attrs = {a.key: a.value for a in span.attributes}
+        assert attrs[POLICY_KEY].string_value == "marked" and attrs[RATE_KEY].int_value == 1
+    first = next(s for s in spans if s.span_id == (2).to_bytes(8, "big"))
+    assert [a.key for a in first.attributes] == ["keep", "z", POLICY_KEY, RATE_KEY]  # order kept
+    # Without annotation, what arrived leaves as it came.
+    plain = Harness()
+    plain.send(0.0, S(1, 1, attrs=upstream))
+    plain.core.decide_all(1.0)
+    assert [a.key for a in parse(encode_batch(plain.kept, annotate=False)).resource_spans[0].scope_spans[0]
+            .spans[0].attributes] == list(upstream)
+    # A span without the keys is returned as it is; repeated keys all go.
+    clean = span_message(S(5, 5, attrs={"a": 1})).SerializeToString()
+    assert strip_annotation(clean) is clean
+    twice = clean + field(0x4A, field(0x0A, POLICY_KEY.encode()) + field(0x12, field(0x0A, b"x"))) * 2
+    assert strip_annotation(twice) == clean

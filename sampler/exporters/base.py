@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from sampler.core import KeptTrace
-from sampler.otlp.splice import annotation, encode_request
+from sampler.otlp.splice import annotation, encode_request, strip_annotation
 
 WORKERS = 4  # export batches in flight at once
 
@@ -30,6 +30,14 @@ class Sender(Protocol):
 
 
 def encode_batch(batch: list[KeptTrace], annotate: bool) -> bytes:
+    """The export request for a batch. When annotating, spans that arrived annotated already have
+    that annotation cut out first (once: the trace keeps the stripped spans for any retry), so each
+    leaves with one `tailsampling.policy` and one `tailsampling.sample_rate`, ours."""
+    if annotate:
+        for t in batch:
+            if t.marked:
+                t.spans = [strip_annotation(s) for s in t.spans]
+                t.marked = False
     return encode_request(
         (t.spans, t.groups, annotation(t.policy, t.sample_rate) if annotate else b"") for t in batch
     )
