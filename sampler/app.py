@@ -139,7 +139,8 @@ class App:
         self.metrics = Metrics(self.core)
         sender = self._sender or build_sender(cfg.exporter)
         self.queue = ExportQueue(sender, self.metrics, self.bounds["export_queue"] or 0,
-                                 cfg.exporter.batch_max_spans, cfg.exporter.retry)
+                                 cfg.exporter.batch_max_spans, cfg.exporter.retry,
+                                 batch_max_bytes=cfg.exporter.batch_max_bytes, annotate=cfg.exporter.annotate)
         queue = self.queue
         self.metrics.export_queue_bytes.set_function(lambda: queue.nbytes)
         self.inflight = InFlight(self.bounds["requests"])

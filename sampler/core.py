@@ -45,6 +45,12 @@ class KeptTrace:
         else:
             self.cost = spans_cost(sum(len(s) for s in spans), len(spans)) + TRACE_OVERHEAD
 
+    def part(self, start: int, stop: int) -> KeptTrace:
+        """spans[start:stop] of this trace, to be sent in a request of their own (a trace too large
+        for one export request is sent in parts)."""
+        return KeptTrace(self.trace_id, self.spans[start:stop], self.groups[start:stop],
+                         Verdict(True, self.policy, self.sample_rate), None, self.marked)
+
 
 class Backpressure(Exception):
     """The request cannot be taken now (the buffer would have to decide traces too young, or the

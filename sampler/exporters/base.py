@@ -22,6 +22,11 @@ class PermanentError(Exception):
     """The backend refused the batch for good (bad data, auth); retrying cannot help."""
 
 
+class TooLargeError(PermanentError):
+    """The backend refused the request as too large (gRPC RESOURCE_EXHAUSTED without RetryInfo, HTTP
+    413): the same spans may pass in smaller requests."""
+
+
 class Sender(Protocol):
     async def send(self, batch: list[KeptTrace]) -> int:
         """Deliver the batch; return how many spans the backend rejected (partial success)."""

@@ -104,6 +104,31 @@ def _key(data: bytes, pos: int, end: int) -> bytes:
     return key
 
 
+def _varint_size(n: int) -> int:
+    return 1 if n < 0x80 else 2 if n < 0x4000 else 3 if n < 0x200000 else 4 if n < 0x10000000 else 5
+
+
+def span_size(data: bytes, suffix: int) -> int:
+    """Bytes one span takes in an export request: a ScopeSpans.spans field, with `suffix` bytes of
+    annotation appended."""
+    size = len(data) + suffix
+    return 1 + _varint_size(size) + size
+
+
+def spans_size(spans: list[bytes], suffix: int) -> int:
+    n = 0
+    for data in spans:
+        n += span_size(data, suffix)
+    return n
+
+
+def group_size(group: Group) -> int:
+    """At most what one resource and scope add to an export request besides its spans: their fields
+    and the tags and lengths of the ResourceSpans and ScopeSpans holding them (for requests under
+    4 GiB). Groups sharing a resource share it in the request, so this bounds, not measures."""
+    return len(group.resource) + len(group.scope) + 12
+
+
 Item = tuple[Iterable[bytes], Iterable[Group], bytes]  # spans, their groups, annotation suffix
 
 
