@@ -255,6 +255,16 @@ class Core:
             n += 1
         return n
 
+    def decide_oldest(self, now: float, limit: int) -> int:
+        """Decide up to `limit` of the oldest buffered traces (shutdown, a step at a time, as the
+        export queue makes room); returns how many were decided."""
+        n = 0
+        buffer = self.buffer
+        while n < limit and len(buffer) > 0:
+            self._decide(buffer.oldest(), now, SHUTDOWN)
+            n += 1
+        return n
+
     def decide_all(self, now: float) -> int:
         """Decide every buffered trace at once (shutdown)."""
         entries = self.buffer.entries()

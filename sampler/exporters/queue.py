@@ -17,8 +17,8 @@ import asyncio
 import logging
 import random
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
 
 from sampler.buffer import spans_cost
 from sampler.config import DEFAULT_BATCH_MAX_BYTES, Retry
@@ -85,16 +85,38 @@ class ExportQueue:
         self._too_large_logged = False
         self.nbytes = 0  # queued plus in flight
         self.in_flight = 0
+        # Spans exported and dropped (by reason) since the start, as the metrics count them: shutdown
+        # reports what it could and could not send.
+        self.exported = 0
+        self.dropped: Counter[str] = Counter()
         self._wake = asyncio.Event()
+        self._freed = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._workers = [asyncio.create_task(self._work(), name=f"export-{i}") for i in range(workers)]
 
+    def fits(self, size: int) -> bool:
+        """Whether a trace holding `size` bytes would be queued now (one larger than the whole bound
+        is, once the queue is empty)."""
+        return self.nbytes + size <= self.max_bytes or self.nbytes == 0
+
+    async def room(self, size: int, timeout: float) -> bool:
+        """Wait until a trace holding `size` bytes fits; False if it does not within `timeout`."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not self.fits(size):
+            self._freed.clear()
+            try:
+                await asyncio.wait_for(self._freed.wait(), end - loop.time())
+            except TimeoutError:
+                return self.fits(size)
+        return True
+
     def put(self, trace: KeptTrace) -> bool:
         """Queue a kept trace; False (and counted) when the bound leaves no room for it."""
         size = trace.cost
-        if self.nbytes + size > self.max_bytes and self.nbytes > 0:
-            self.metrics.spans_dropped.labels("export_queue_full").inc(len(trace.spans))
+        if not self.fits(size):
+            self.drop("export_queue_full", (trace,))
             return False
         distinct = list({id(g): g for g in trace.groups}.values())
         self.pending.append(Queued(trace, size, spans_size(trace.spans, self._suffix(trace)), distinct))
@@ -102,6 +124,15 @@ class ExportQueue:
         self._idle.clear()
         self._wake.set()
         return True
+
+    def drop(self, reason: str, traces: Iterable[KeptTrace]) -> None:
+        """Count the spans of kept traces that will not be sent."""
+        self._dropped(reason, sum(len(t.spans) for t in traces))
+
+    def _dropped(self, reason: str, spans: int) -> None:
+        if spans:
+            self.metrics.spans_dropped.labels(reason).inc(spans)
+            self.dropped[reason] += spans
 
     def _suffix(self, trace: KeptTrace) -> int:
         """The annotation bytes each span of `trace` gets in an export request."""
@@ -166,6 +197,7 @@ class ExportQueue:
             finally:
                 self.in_flight -= 1
                 self.nbytes -= size
+                self._freed.set()
                 if not self.pending and self.in_flight == 0:
                     self._idle.set()
 
@@ -181,7 +213,7 @@ class ExportQueue:
                 if halves is not None:
                     requests += reversed(halves)
         except asyncio.CancelledError:  # stopped (shutdown): what was not delivered is counted
-            self.metrics.spans_dropped.labels("export_failed").inc(sum(len(t.spans) for r in requests for t in r))
+            self.drop("export_failed", (t for r in requests for t in r))
             raise
 
     async def _send(
@@ -197,7 +229,7 @@ class ExportQueue:
                 self.metrics.export_failures.inc()
                 if spans == 1:
                     log.warning("export refused a single span as too large: %s (1 span dropped)", exc)
-                    self.metrics.spans_dropped.labels("export_rejected").inc()
+                    self._dropped("export_rejected", 1)
                     return None
                 level = logging.DEBUG if self._too_large_logged else logging.WARNING
                 self._too_large_logged = True
@@ -210,7 +242,7 @@ class ExportQueue:
                 interval = min(interval * 2, self.retry.max_interval)
                 if self.clock() + delay > deadline:
                     log.warning("export failed, giving up after retries: %s (%d spans dropped)", exc, spans)
-                    self.metrics.spans_dropped.labels("export_failed").inc(spans)
+                    self._dropped("export_failed", spans)
                     return None
                 log.info("export failed, retrying in %.1fs: %s", delay, exc)
                 await asyncio.sleep(delay)
@@ -218,16 +250,16 @@ class ExportQueue:
             except PermanentError as exc:
                 self.metrics.export_failures.inc()
                 log.warning("export refused by the backend: %s (%d spans dropped)", exc, spans)
-                self.metrics.spans_dropped.labels("export_rejected").inc(spans)
+                self._dropped("export_rejected", spans)
                 return None
             except Exception:  # a bug or an unexpected client error: count it, keep serving
                 self.metrics.export_failures.inc()
                 log.exception("export failed unexpectedly (%d spans dropped)", spans)
-                self.metrics.spans_dropped.labels("export_failed").inc(spans)
+                self._dropped("export_failed", spans)
                 return None
-            if rejected:
-                self.metrics.spans_dropped.labels("export_rejected").inc(rejected)
+            self._dropped("export_rejected", rejected)
             self.metrics.spans_exported.inc(spans - rejected)
+            self.exported += spans - rejected
             return None
 
     async def flush(self, timeout: float) -> bool:
@@ -243,8 +275,6 @@ class ExportQueue:
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
-        lost = sum(len(q.trace.spans) for q in self.pending)
-        if lost:
-            self.metrics.spans_dropped.labels("export_failed").inc(lost)
+        self.drop("export_failed", (q.trace for q in self.pending))
         self.pending.clear()
         await self.sender.close()
