@@ -11,6 +11,7 @@ import logging
 import signal
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,11 @@ QUEUE_HIGH_WATER = 0.9
 TASK_RESTART_SECONDS = 1.0
 PEER_NAMES_SECONDS = 30.0  # how often static members given by name are resolved again
 SWEEP_CHUNK = 256  # traces decided between two chances for the receivers to run
+RESUMMARY_CHUNK = 2048  # spans re-split after a policy reload between two such chances...
+# ...and the pause between two such steps. A real pause, not one bare loop turn: an Export call needs
+# several turns, and gRPC's poller thread the GIL in between, so with bare turns calls crawled while
+# the buffer was re-summarised (measured with bench/reload.py).
+RESUMMARY_PAUSE = 0.001
 GC_THRESHOLDS = (50_000, 20, 20)  # a full collection every ~20M allocations: ~40 s at 100k spans/s
 
 
@@ -105,6 +111,8 @@ class App:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._pushing_back: str | None = None  # the reason while receivers refuse, for one log line each way
+        # At shutdown, kept traces the export queue has no room for yet wait here (in order) for it.
+        self._held: deque[KeptTrace] | None = None
 
     def _log_decision(self, summary: TraceSummary, verdict: Verdict, reason: str) -> None:
         log.debug("decided trace %s: %s by %s (%s, %d spans)", summary.trace_id.hex(),
@@ -136,7 +144,8 @@ class App:
         self.metrics = Metrics(self.core)
         sender = self._sender or build_sender(cfg.exporter)
         self.queue = ExportQueue(sender, self.metrics, self.bounds["export_queue"] or 0,
-                                 cfg.exporter.batch_max_spans, cfg.exporter.retry)
+                                 cfg.exporter.batch_max_spans, cfg.exporter.retry,
+                                 batch_max_bytes=cfg.exporter.batch_max_bytes, annotate=cfg.exporter.annotate)
         queue = self.queue
         self.metrics.export_queue_bytes.set_function(lambda: queue.nbytes)
         self.inflight = InFlight(self.bounds["requests"])
@@ -346,6 +355,10 @@ class App:
         return reason
 
     def _emit(self, trace: KeptTrace) -> None:
+        held = self._held
+        if held is not None and (held or not self.queue.fits(trace.cost)):
+            held.append(trace)
+            return
         self.queue.put(trace)
 
     async def _sweeper(self) -> None:
@@ -357,6 +370,9 @@ class App:
             # not hold the event loop (and every Export call waiting on it) for its whole duration.
             while self.core.sweep(now, SWEEP_CHUNK) == SWEEP_CHUNK:
                 await asyncio.sleep(0)
+            # After a policy reload, buffered traces are re-summarised the same way, a step at a time.
+            while self.core.resummarise(RESUMMARY_CHUNK):
+                await asyncio.sleep(RESUMMARY_PAUSE)
             self._govern(now)
             if self.forwarder is not None:
                 self.membership.revive(time.monotonic())
@@ -417,7 +433,8 @@ class App:
         return True
 
     async def shutdown(self) -> None:
-        """Stop accepting, decide every buffered trace at once, flush the export queue (bounded)."""
+        """Stop accepting, decide every buffered trace and flush the export queue, all within
+        shutdown_timeout; log what was exported and, with numbers, anything that could not be."""
         self.ready = False
         timeout = self.config.shutdown_timeout
         for task in self._tasks:
@@ -431,13 +448,51 @@ class App:
         if self.forwarder is not None:  # what is still on its way to an owner comes back here if it must
             await self.forwarder.flush(min(timeout, 10.0))
             await self.forwarder.close()
-        decided = self.core.decide_all(self.loop.time())
-        log.info("shutdown: decided %d buffered traces, flushing exports (up to %.0fs)", decided, timeout)
-        if not await self.queue.flush(timeout):
-            log.warning("shutdown: export queue not drained within %.0fs; the rest is counted as dropped", timeout)
-        await self.queue.close()
+        queue = self.queue
+        started = self.loop.time()
+        deadline = started + timeout
+        exported, dropped = queue.exported, queue.dropped.copy()
+        log.info("shutdown: deciding %d buffered traces and exporting the kept ones (up to %.0fs)",
+                 len(self.core.buffer), timeout)
+        decided = await self._drain(deadline)
+        if not await queue.flush(max(0.0, deadline - self.loop.time())):
+            log.warning("shutdown: exports not done within shutdown_timeout (%.0fs)", timeout)
+        await queue.close()
+        log.info("shutdown: decided %d buffered traces, exported %d spans in %.1fs", decided,
+                 queue.exported - exported, self.loop.time() - started)
+        lost = queue.dropped - dropped
+        if lost:
+            log.warning("shutdown: %d spans of kept traces could not be exported (%s)", lost.total(),
+                        ", ".join(f"{reason}: {n}" for reason, n in sorted(lost.items())))
         if self.admin is not None:
             await self.admin.stop()
+
+    async def _drain(self, deadline: float) -> int:
+        """Decide every buffered trace, a step at a time, feeding the export queue as it drains: a
+        kept trace the queue has no room for waits (and deciding with it) until there is room, so
+        more kept data than the queue holds is still all sent. At the deadline whatever is left is
+        decided at once and what is kept but not queued is counted as not sent. Returns the traces
+        decided."""
+        core, queue = self.core, self.queue
+        held: deque[KeptTrace] = deque()
+        self._held = held
+        decided = 0
+        try:
+            while held or len(core.buffer) > 0:
+                while held:
+                    if not queue.fits(held[0].cost) and not await queue.room(held[0].cost,
+                                                                             deadline - self.loop.time()):
+                        break  # no room before the deadline
+                    queue.put(held.popleft())
+                if held or self.loop.time() >= deadline:
+                    decided += core.decide_all(self.loop.time())
+                    queue.drop("export_failed", held)
+                    return decided
+                decided += core.decide_oldest(self.loop.time(), SWEEP_CHUNK)
+                await asyncio.sleep(0)
+            return decided
+        finally:
+            self._held = None
 
     def request_stop(self) -> None:
         self._stopping.set()

@@ -28,13 +28,19 @@ def spans_cost(nbytes: int, spans: int) -> int:
 
 class TraceEntry:
     """One buffered trace. It adopts the lists of its first chunk (no copy); it, its summary and
-    its lists are hidden from the cycle collector (sampler/untrack.py says why that is safe)."""
+    its lists are hidden from the cycle collector (sampler/untrack.py says why that is safe).
+    `generation` is the policy set its summary was made under (Core re-summarises after a reload);
+    `marked`: some span of it arrived annotated by a tailsampler before this one (Chunk.marked)."""
 
-    __slots__ = ("cost", "first_seen", "groups", "last_seen", "spans", "summary")
+    __slots__ = ("cost", "first_seen", "generation", "groups", "last_seen", "marked", "spans", "summary")
 
-    def __init__(self, trace_id: bytes, now: float, spans: list[bytes], groups: list[Group]) -> None:
+    def __init__(
+        self, trace_id: bytes, now: float, spans: list[bytes], groups: list[Group], generation: int = 0,
+    ) -> None:
         self.first_seen = now
         self.last_seen = now
+        self.generation = generation
+        self.marked = False
         self.cost = TRACE_OVERHEAD  # memory held, spans added as they are folded in (Buffer.touched)
         self.hold(TraceSummary(trace_id), spans, groups)
         untrack(self)
@@ -82,9 +88,11 @@ class Buffer:
     def get(self, trace_id: bytes) -> TraceEntry | None:
         return self.by_first.get(trace_id)
 
-    def create(self, trace_id: bytes, now: float, spans: list[bytes], groups: list[Group]) -> TraceEntry:
+    def create(
+        self, trace_id: bytes, now: float, spans: list[bytes], groups: list[Group], generation: int = 0,
+    ) -> TraceEntry:
         """A new trace holding `spans` (the lists are the entry's from now on; `touched` counts them)."""
-        entry = TraceEntry(trace_id, now, spans, groups)
+        entry = TraceEntry(trace_id, now, spans, groups, generation)
         self.by_first[trace_id] = entry
         self.by_last[trace_id] = entry
         self.nbytes += entry.cost

@@ -37,6 +37,11 @@ def _auto_size(value: Any) -> int | str:
 AutoSize = Annotated[int | Literal["auto"], BeforeValidator(_auto_size), WithJsonSchema(_AUTO_SIZE_SCHEMA)]
 
 
+# Many OTLP receivers refuse requests over 4 MiB (the Collector's gRPC max_recv_msg_size_mib, gRPC's own
+# default); the headroom is for receivers or proxies in between that count a little more than the message.
+DEFAULT_BATCH_MAX_BYTES = 4 * 2**20 - 64 * 2**10
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -140,6 +145,8 @@ class ExporterConfig(_Model):
     timeout: Duration = 10.0
     queue_max_bytes: AutoSize = AUTO  # kept spans waiting for export; auto: 64MiB, or a tenth of memory_limit
     batch_max_spans: int = Field(default=4096, gt=0)
+    # bound on one export request's size (uncompressed, annotation included); a larger trace is sent in parts
+    batch_max_bytes: Size = Field(default=DEFAULT_BATCH_MAX_BYTES, gt=0)
     annotate: bool = True  # add tailsampling.policy / tailsampling.sample_rate to kept spans
     tls: TlsClient = TlsClient()  # for https:// endpoints
 

@@ -6,27 +6,31 @@ only from the `now` values it is given, so tests drive it with a hand-advanced c
 
 from __future__ import annotations
 
+import logging
 from bisect import bisect_left
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 
 from sampler.buffer import TRACE_OVERHEAD, Buffer, TraceEntry, spans_cost
 from sampler.decisions import DecisionCache
-from sampler.otlp.splice import encode_request
+from sampler.otlp.splice import MARK_KEYS, encode_request
 from sampler.otlp.split import Chunk, Splitter, split_request
 from sampler.otlp.wire import Group
 from sampler.policy.engine import Engine, Verdict
 from sampler.summary import TraceSummary
 
+log = logging.getLogger("tailsampler")
+
 
 class KeptTrace:
-    """Spans of a kept trace (or late spans of one), ready to be spliced into an export request."""
+    """Spans of a kept trace (or late spans of one), ready to be spliced into an export request.
+    `marked`: some of them arrived annotated already, so the exporter replaces their annotation."""
 
-    __slots__ = ("cost", "groups", "policy", "sample_rate", "spans", "summary", "trace_id")
+    __slots__ = ("cost", "groups", "marked", "policy", "sample_rate", "spans", "summary", "trace_id")
 
     def __init__(
         self, trace_id: bytes, spans: list[bytes], groups: list[Group], verdict: Verdict,
-        summary: TraceSummary | None,
+        summary: TraceSummary | None, marked: bool = False,
     ) -> None:
         self.trace_id = trace_id
         self.spans = spans
@@ -34,11 +38,18 @@ class KeptTrace:
         self.policy = verdict.policy
         self.sample_rate = verdict.sample_rate
         self.summary = summary  # None for late spans
+        self.marked = marked
         # Memory held while it waits for export: the buffer's own measure of these spans and summary.
         if summary is not None:
             self.cost = spans_cost(summary.nbytes, summary.spans) + TRACE_OVERHEAD
         else:
             self.cost = spans_cost(sum(len(s) for s in spans), len(spans)) + TRACE_OVERHEAD
+
+    def part(self, start: int, stop: int) -> KeptTrace:
+        """spans[start:stop] of this trace, to be sent in a request of their own (a trace too large
+        for one export request is sent in parts)."""
+        return KeptTrace(self.trace_id, self.spans[start:stop], self.groups[start:stop],
+                         Verdict(True, self.policy, self.sample_rate), None, self.marked)
 
 
 class Backpressure(Exception):
@@ -80,6 +91,11 @@ EVICTED = "evicted"
 LIMITED = "trace_limit"
 SHUTDOWN = "shutdown"
 
+# The deciding policy named for a trace whose decision raised: it is kept, since a kept trace can still
+# be dropped downstream while a dropped one is gone.
+POLICY_ERROR = "policy_error"
+KEEP_ON_ERROR = Verdict(True, POLICY_ERROR, 1.0)
+
 
 class Core:
     def __init__(
@@ -97,10 +113,13 @@ class Core:
         self.stats = Stats()
         self.engine = engine
         self.splitter = _splitter(engine)
+        self.generation = 0  # of the policy set in force; a buffered trace's summary is of its own
+        self._stale: deque[bytes] = deque()  # ids of traces buffered at the last reload, to re-summarise
         # Sharding (peers.py): the owner of a trace id when it is another instance, and where to send it.
         self.route: Callable[[bytes], str | None] | None = None
         self.forward: Callable[[str, list[Chunk]], None] | None = None
         engine.on_error = self._policy_error
+        self._error_logged = False  # a decision that raised is logged once per policy set, then counted
 
     def _policy_error(self, policy: object, exc: Exception) -> None:
         self.stats.policy_errors[getattr(policy, "name", "?")] += 1
@@ -159,10 +178,14 @@ class Core:
             if verdict is not None:
                 self._late(chunk, verdict)
                 return
-            entry = buffer.create(trace_id, now, chunk.spans, chunk.groups)
+            entry = buffer.create(trace_id, now, chunk.spans, chunk.groups, self.generation)
         else:
+            if entry.generation != self.generation:  # its summary first, then this chunk's (same policies)
+                self._resummarise(entry)
             entry.spans.extend(chunk.spans)
             entry.groups.extend(chunk.groups)
+        if chunk.marked:
+            entry.marked = True
         entry.summary.merge(chunk)
         buffer.touched(entry, now, len(chunk.spans), spans_cost(chunk.nbytes, len(chunk.spans)))
         if entry.summary.spans > buffer.max_spans_per_trace or entry.nbytes > buffer.max_bytes_per_trace:
@@ -184,14 +207,19 @@ class Core:
     def _late(self, chunk: Chunk, verdict: Verdict) -> None:
         if verdict.keep:
             self.stats.late_spans["keep"] += len(chunk.spans)
-            self.emit(KeptTrace(chunk.trace_id, chunk.spans, chunk.groups, verdict, None))
+            self.emit(KeptTrace(chunk.trace_id, chunk.spans, chunk.groups, verdict, None, chunk.marked))
         else:
             self.stats.late_spans["drop"] += len(chunk.spans)
 
     def _decide(self, entry: TraceEntry, now: float, reason: str) -> None:
-        self.buffer.remove(entry)
+        if entry.generation != self.generation:
+            self._resummarise(entry)
         summary = entry.summary
-        verdict = self.engine.decide(summary)
+        try:  # before the trace leaves the buffer: whatever happens, it is decided, never lost
+            verdict = self.engine.decide(summary)
+        except Exception:
+            verdict = self._undecidable(summary)
+        self.buffer.remove(entry)
         self.decisions.record(summary.trace_id, verdict)
         self.stats.decided["keep" if verdict.keep else "drop", verdict.policy or ""] += 1
         if reason in (QUIET, MAX_AGE):
@@ -202,7 +230,17 @@ class Core:
         if self.on_decision is not None:
             self.on_decision(summary, verdict, reason)
         if verdict.keep:
-            self.emit(KeptTrace(summary.trace_id, entry.spans, entry.groups, verdict, summary))
+            self.emit(KeptTrace(summary.trace_id, entry.spans, entry.groups, verdict, summary, entry.marked))
+
+    def _undecidable(self, summary: TraceSummary) -> Verdict:
+        """A decision raised (a policy's bug, not its abstention: those the engine handles): keep the
+        trace, count it as a policy error, and log the first such failure with its traceback."""
+        self.stats.policy_errors[POLICY_ERROR] += 1
+        if not self._error_logged:
+            self._error_logged = True
+            log.exception("deciding trace %s failed; keeping it (policy %r); further failures are only "
+                          "counted in tailsampler_policy_evaluation_errors_total", summary.trace_id.hex(), POLICY_ERROR)
+        return KEEP_ON_ERROR
 
     def sweep(self, now: float, limit: int = 1 << 62) -> int:
         """Decide traces that have gone quiet or grown too old, at most `limit` of them (callers
@@ -217,6 +255,16 @@ class Core:
             n += 1
         return n
 
+    def decide_oldest(self, now: float, limit: int) -> int:
+        """Decide up to `limit` of the oldest buffered traces (shutdown, a step at a time, as the
+        export queue makes room); returns how many were decided."""
+        n = 0
+        buffer = self.buffer
+        while n < limit and len(buffer) > 0:
+            self._decide(buffer.oldest(), now, SHUTDOWN)
+            n += 1
+        return n
+
     def decide_all(self, now: float) -> int:
         """Decide every buffered trace at once (shutdown)."""
         entries = self.buffer.entries()
@@ -225,24 +273,48 @@ class Core:
         return len(entries)
 
     def set_engine(self, engine: Engine) -> None:
-        """Swap in new policies and re-summarise buffered traces under them (reloads are rare, so
-        splitting the stored spans again is cheaper than keeping every attribute just in case)."""
+        """Swap in new policies. New spans are split under them at once; buffered traces are
+        re-summarised under them (their stored spans split again: reloads are rare, so that is
+        cheaper than keeping every attribute just in case) a few at a time by `resummarise`, and any
+        trace still stale when a span of it arrives or it is decided is re-summarised right then, so
+        no summary ever mixes two policy sets. Doing the whole buffer here, in one go, held the event
+        loop, and so every receiver, for all of it."""
         engine.on_error = self._policy_error
         self.engine = engine
         self.splitter = _splitter(engine)
-        for entry in self.buffer.entries():
-            summary = TraceSummary(entry.trace_id)
-            spans: list[bytes] = []
-            groups: list[Group] = []
-            for chunk in split_request(encode_request([(entry.spans, entry.groups, b"")]), self.splitter):
-                summary.merge(chunk)
-                spans.extend(chunk.spans)
-                groups.extend(chunk.groups)
-            entry.hold(summary, spans, groups)
+        self._error_logged = False
+        self.generation += 1
+        self._stale = deque(self.buffer.by_first)
+
+    def resummarise(self, max_spans: int) -> bool:
+        """Re-summarise traces left stale by a reload, oldest first, until about `max_spans` spans
+        have been split again (at least one trace); returns whether any are left."""
+        stale = self._stale
+        done = 0
+        while stale and done < max_spans:
+            entry = self.buffer.get(stale.popleft())
+            if entry is not None and entry.generation != self.generation:
+                done += self._resummarise(entry)
+        return bool(stale)
+
+    def _resummarise(self, entry: TraceEntry) -> int:
+        """Split a trace's stored spans under the policies in force; returns its span count."""
+        summary = TraceSummary(entry.trace_id)
+        spans: list[bytes] = []
+        groups: list[Group] = []
+        for chunk in split_request(encode_request([(entry.spans, entry.groups, b"")]), self.splitter):
+            summary.merge(chunk)
+            spans.extend(chunk.spans)
+            groups.extend(chunk.groups)
+        entry.hold(summary, spans, groups)
+        entry.generation = self.generation
+        return summary.spans
 
 
 def _splitter(engine: Engine) -> Splitter:
+    """The splitter for an engine: the keys its policies read, and the annotation's keys (MARK_KEYS),
+    whose presence marks a chunk for the exporter."""
     return Splitter(
-        engine.keys, engine.value_bits, engine.resource_bits,
+        engine.keys | MARK_KEYS, engine.value_bits, engine.resource_bits,
         engine.span_bits if engine.span_predicates else None,
     )

@@ -72,7 +72,9 @@ class CoreCollector(Collector):
             late.add_metric([decision], stats.late_spans[decision])
         yield late
         errors = CounterMetricFamily(
-            "tailsampler_policy_evaluation_errors", "Policy evaluations that failed (the policy abstained).",
+            "tailsampler_policy_evaluation_errors",
+            "Policy evaluations that failed (the policy abstained); policy=\"policy_error\": a decision that failed "
+            "as a whole (the trace was kept).",
             labels=["policy"],
         )
         for name, n in sorted(stats.policy_errors.items()):

@@ -119,6 +119,8 @@ class ReceivedSpan:
     name: str
     service: str | None
     attributes: dict[str, Any] = field(hash=False, compare=False)
+    # every attribute key in wire order, repeats included (a dict would hide a duplicated key)
+    attribute_keys: tuple[str, ...] = field(default=(), hash=False, compare=False)
 
 
 class OtlpBackend:
@@ -161,6 +163,7 @@ class OtlpBackend:
                         name=span.name,
                         service=service,
                         attributes={kv.key: any_value(kv.value) for kv in span.attributes},
+                        attribute_keys=tuple(kv.key for kv in span.attributes),
                     ))
         with self._cond:
             self.requests += 1

@@ -67,7 +67,7 @@ def outcome(split_request: Split, data: bytes, keys: frozenset[str], whole_spans
     return [
         (c.trace_id, c.spans, [(g.resource, g.scope, g.attrs, g.service, g.match_bits) for g in c.groups],
          c.nbytes, c.min_start, c.max_end, c.status_mask, c.bits, c.root_name, c.root_attrs,
-         None if c.root_group is None else c.root_group.resource)
+         None if c.root_group is None else c.root_group.resource, c.marked)
         for c in chunks
     ]
 
@@ -169,3 +169,23 @@ def test_splitters_differential_on_mutated_requests(data: bytes) -> None:
     chunks = SPLITS[-1](data, splitter(KEYS))
     spans = sorted(Span.FromString(d).SerializeToString() for c in chunks for d in c.spans)
     assert spans == sorted(p.SerializeToString() for p, _ in parsed)
+
+
+def test_splitters_agree_on_which_chunks_arrived_annotated() -> None:
+    """A chunk is marked when a span of it carries `tailsampling.policy` or `tailsampling.sample_rate`
+    with a primitive value (a tailsampler before this one annotated it), and only then; both splitters
+    agree, whichever place the key has among the wanted ones."""
+    from sampler.otlp.splice import MARK_KEYS, field
+    from tests.spans import span_message
+
+    array = field(0x4A, field(0x0A, b"tailsampling.policy") + field(0x12, field(0x2A, b"")))  # an array value
+    as_array = span_message(S(4, 4)).SerializeToString() + array
+    data = request([S(1, 1, attrs={"tailsampling.policy": "up", "a": "b"}), S(1, 2, parent=1),
+                    S(2, 3, attrs={"tailsampling.sample_rate": 10}), S(3, 5, attrs={"tailsampling.other": "x"})])
+    data += field(0x0A, field(0x12, field(0x12, as_array)))
+    many = frozenset({f"k{i:03}" for i in range(70)})  # the marking keys sort past the 64th
+    for keys in (MARK_KEYS, KEYS | MARK_KEYS, many | MARK_KEYS, KEYS):
+        outcomes = [outcome(s, data, keys) for s in SPLITS]
+        assert all(o == outcomes[0] for o in outcomes), keys
+        marked = [c.marked for c in SPLITS[-1](data, splitter(keys))]
+        assert marked == ([True, True, False, False] if keys & MARK_KEYS else [False] * 4), keys

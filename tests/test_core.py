@@ -3,13 +3,16 @@ and the invariant that every span is forwarded at most once, or dropped, never b
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sampler.buffer import TRACE_OVERHEAD, Buffer, spans_cost
-from sampler.core import Core, KeptTrace
+from sampler.core import POLICY_ERROR, Core, KeptTrace
 from sampler.decisions import DecisionCache
 from sampler.otlp.splice import POLICY_KEY, RATE_KEY
+from sampler.policy.base import Policy, Vote
 from sampler.policy.engine import Engine, Verdict
 from sampler.policy.loader import load_policies
 from sampler.summary import TraceSummary
@@ -216,7 +219,8 @@ def test_buffered_traces_are_hidden_from_the_cycle_collector_and_still_freed() -
     h = Harness(policies="policies: [{name: none, type: probabilistic, probabilistic: {sampling_percentage: 0}}]")
     h.send(0.0, S(1, 1), S(2, 1))
     h.send(1.0, S(1, 2, parent=1))  # a second chunk extends the first one's (adopted) lists
-    h.core.set_engine(engine())  # a reload replaces every entry's summary and lists
+    h.core.set_engine(engine())  # a reload replaces every entry's summary and lists...
+    assert not h.core.resummarise(1 << 30)  # ...once they are re-summarised
     assert len(h.core.buffer) == 2 and not any(gc.is_tracked(o) for o in _buffered_objects(h.core))
     assert [len(e.spans) for e in h.core.buffer.entries()] == [2, 1]
     # untracked objects are still freed by reference counting when their trace is decided
@@ -272,3 +276,156 @@ def test_untrack_leaves_objects_the_collector_never_tracked_alone() -> None:
         assert held == ([b"span", b"more"], {"k": [1]})
         gc.collect()  # the collector's own lists survived all of the above
         assert held[0] is inner and not gc.is_tracked(held)
+
+
+class _RaisingRate(Policy):
+    """Votes keep, then fails to say at what rate: Engine.decide raises (its try covers evaluate only)."""
+
+    def evaluate(self, trace: TraceSummary) -> Vote:
+        return Vote.SAMPLED
+
+    def sample_rate(self, trace: TraceSummary) -> float:
+        raise ZeroDivisionError("a bug in a policy")
+
+
+def test_a_trace_whose_decision_raises_is_kept_and_counted_not_lost() -> None:
+    h = Harness(wait=1.0)
+    h.core.set_engine(Engine([_RaisingRate("boom")]))
+    h.send(0.0, S(1, 1), S(1, 2, parent=1))
+    h.send(0.5, S(2, 3))
+    assert h.core.sweep(5.0) == 2  # the sweep goes on past the failure
+    assert sorted(t.trace_id for t in h.kept) == sorted([tid(1), tid(2)])
+    assert {len(t.spans) for t in h.kept} == {2, 1} and {t.policy for t in h.kept} == {POLICY_ERROR}
+    assert h.core.stats.policy_errors[POLICY_ERROR] == 2
+    assert h.core.stats.decided["keep", POLICY_ERROR] == 2
+    assert len(h.core.buffer) == 0 and h.core.buffer.nbytes == 0
+    h.send(6.0, S(1, 9, parent=1))  # a late span follows the recorded (safe) decision
+    assert h.core.stats.late_spans["keep"] == 1
+
+
+GOLD = "policies: [{name: gold, type: string_attribute, string_attribute: {key: tier, values: [gold]}}]"
+
+
+def test_a_reload_resummarises_in_steps_and_ingest_meanwhile_uses_the_new_policies() -> None:
+    h = Harness()
+    for n in range(1, 11):  # gold only on the first span of each trace, which arrived before the reload
+        h.send(0.0, S(n, n * 10, attrs={"tier": "gold"}), S(n, n * 10 + 1, parent=n * 10))
+    new = engine(GOLD)
+    h.core.set_engine(new)
+    gold = new.policies[0].bit
+    assert not any(e.summary.matches & gold for e in h.core.buffer.entries())  # nothing re-split yet
+    assert h.core.resummarise(4)  # two traces of two spans; more remain
+    assert sum(bool(e.summary.matches & gold) for e in h.core.buffer.entries()) == 2
+    h.send(1.0, S(9, 99, parent=90))  # a stale trace gets a span: re-summarised, then merged
+    nine = h.core.buffer.get(tid(9))
+    assert nine is not None and nine.summary.matches & gold and nine.summary.spans == 3
+    h.send(1.0, S(11, 110, attrs={"tier": "gold"}))  # a new trace: split with the new policies
+    h.core.sweep(7.0)  # stale ones are re-summarised before they are decided, too
+    assert {d[0]: d[1] for d in h.decided} == {tid(n): True for n in range(1, 12)}
+    assert {t.policy for t in h.kept} == {"gold"}
+    assert not h.core.resummarise(1 << 30)
+
+
+def test_a_reload_stalls_the_event_loop_for_a_step_not_for_the_whole_buffer(tmp_path: Path) -> None:
+    """The policy reload of a large buffer, in-process with the real sweeper: the longest the event loop
+    is held at once (what every Export call waiting on it would see) is a small share of the whole
+    re-summarising, which is spread over steps like the sweep's. A task that wakes at every turn of the
+    loop records the longest gap between two turns, in the loop thread's CPU time (a wall-clock gap
+    would also count the moments this process was not scheduled at all)."""
+    import asyncio
+    import time
+
+    from sampler.app import App
+    from sampler.config import load_config
+    from tests.test_ops_units import _Collect
+
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(KEEP_MARKED)
+    config = tmp_path / "tailsampler.yaml"
+    config.write_text("receivers: {otlp: {grpc: {endpoint: '127.0.0.1:0'}, http: null}}\n"
+                      "buffer: {decision_wait: 600s, max_trace_age: 600s, max_bytes: 1GiB, sweep_interval: 20ms}\n"
+                      "memory_limit: null\nadmin: {endpoint: null}\npolicies_file: policies.yaml\n")
+    traces, spans_per_trace = 20_000, 8
+
+    async def main() -> tuple[float, float, float, float, int]:
+        app = App(load_config(config), sender=_Collect())
+        await app.start()
+        try:
+            for first in range(0, traces, 500):
+                app._ingest(request([S(t, t * 10 + i, parent=None if i == 0 else t * 10,
+                                       attrs={"tier": "gold" if i == 0 else "x", "pad": "p" * 200})
+                                     for t in range(first, first + 500) for i in range(spans_per_trace)]), "grpc")
+            assert len(app.core.buffer) == traces
+            cpu_gaps: list[float] = []
+            wall_gaps: list[float] = []
+            stop = asyncio.Event()
+
+            async def ticker() -> None:
+                cpu, wall = time.thread_time(), time.perf_counter()
+                while not stop.is_set():
+                    await asyncio.sleep(0)
+                    cpu_now, wall_now = time.thread_time(), time.perf_counter()
+                    cpu_gaps.append(cpu_now - cpu)
+                    wall_gaps.append(wall_now - wall)
+                    cpu, wall = cpu_now, wall_now
+
+            task = asyncio.create_task(ticker())
+            await asyncio.sleep(0.05)
+            policies.write_text(GOLD)
+            cpu0, wall0 = time.thread_time(), time.perf_counter()
+            turns = len(cpu_gaps)
+            assert app.reload(policies)
+            gold = app.core.engine.policies[0].bit
+            newest = next(reversed(app.core.buffer.by_first.values()))  # re-summarised last, oldest first
+            while not newest.summary.matches & gold:
+                await asyncio.sleep(0.005)
+            cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
+            stop.set()
+            await task
+            assert all(e.summary.matches & gold for e in app.core.buffer.entries())
+            return max(cpu_gaps[turns:]), cpu, max(wall_gaps[turns:]), wall, len(cpu_gaps) - turns
+        finally:
+            await app.shutdown()
+
+    longest, total, longest_wall, total_wall, turns = asyncio.run(main())
+    print(f"\n[reload] {traces * spans_per_trace} spans re-summarised in {total_wall * 1000:.0f} ms "
+          f"({total * 1000:.0f} ms CPU), {turns} loop turns; longest stall {longest_wall * 1000:.1f} ms "
+          f"({longest * 1000:.1f} ms CPU)")
+    # Done in one go, the longest stall is the whole re-summarising; in steps, about a step's worth.
+    assert longest < total / 5, (longest, total)
+
+
+def test_spans_that_arrive_annotated_leave_with_our_annotation_only() -> None:
+    """A tailsampler behind another one: the policy and rate a span arrives with are replaced, not
+    repeated; spans without them are only appended to, and nothing else of a span changes."""
+    from sampler.exporters.base import encode_batch
+    from sampler.otlp.splice import field, strip_annotation
+    from tests.spans import span_message
+
+    h = Harness()
+    upstream = {POLICY_KEY: "tier1", RATE_KEY: 10, "keep": "yes", "z": 1}
+    h.send(0.0, S(1, 1, attrs=upstream), S(1, 2, parent=1, attrs={POLICY_KEY: "tier1"}), S(1, 3, parent=1))
+    h.send(0.0, S(2, 4, attrs={"keep": "yes"}))
+    h.core.decide_all(1.0)
+    assert {t.trace_id: t.marked for t in h.kept} == {tid(1): True, tid(2): False}
+    spans = [s for rs in parse(encode_batch(h.kept, annotate=True)).resource_spans
+             for ss in rs.scope_spans for s in ss.spans]
+    assert len(spans) == 4
+    for span in spans:
+        keys = [a.key for a in span.attributes]
+        assert keys.count(POLICY_KEY) == 1 and keys.count(RATE_KEY) == 1, keys
+        attrs = {a.key: a.value for a in span.attributes}
+        assert attrs[POLICY_KEY].string_value == "marked" and attrs[RATE_KEY].int_value == 1
+    first = next(s for s in spans if s.span_id == (2).to_bytes(8, "big"))
+    assert [a.key for a in first.attributes] == ["keep", "z", POLICY_KEY, RATE_KEY]  # order kept
+    # Without annotation, what arrived leaves as it came.
+    plain = Harness()
+    plain.send(0.0, S(1, 1, attrs=upstream))
+    plain.core.decide_all(1.0)
+    assert [a.key for a in parse(encode_batch(plain.kept, annotate=False)).resource_spans[0].scope_spans[0]
+            .spans[0].attributes] == list(upstream)
+    # A span without the keys is returned as it is; repeated keys all go.
+    clean = span_message(S(5, 5, attrs={"a": 1})).SerializeToString()
+    assert strip_annotation(clean) is clean
+    twice = clean + field(0x4A, field(0x0A, POLICY_KEY.encode()) + field(0x12, field(0x0A, b"x"))) * 2
+    assert strip_annotation(twice) == clean

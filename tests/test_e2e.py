@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import grpc
 import pytest
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -15,7 +16,18 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from otlp_backend import OtlpBackend, ReceivedSpan, StartTailsampler, Tailsampler, metric_value, wait_until
+from otlp_backend import (
+    EXPORT_METHOD,
+    GRPC_OPTIONS,
+    OtlpBackend,
+    ReceivedSpan,
+    StartTailsampler,
+    Tailsampler,
+    metric_value,
+    wait_until,
+)
+
+from tests.spans import S, request, tid
 
 POLICIES = """\
 policies:
@@ -158,3 +170,40 @@ def test_only_error_and_slow_traces_arrive_complete_and_annotated(
     assert stopped.code == 0, stopped.stderr
     after = otlp_backend.spans
     assert len(after) == len(want), "spans were sent again at shutdown"
+
+
+def test_two_tiers_in_a_row_leave_one_annotation_per_span_the_last_tiers(
+    otlp_backend: OtlpBackend, tailsampler_factory: StartTailsampler
+) -> None:
+    """Spans arrive at the first tier already annotated by some tier before it (half the traces), pass
+    the first tier (which keeps everything) and a second one (which keeps about half, at rate 2): the
+    backend sees exactly one `tailsampling.policy` and one `tailsampling.sample_rate` per span, the
+    second tier's, never a stale one beside it."""
+    second = tailsampler_factory(otlp_backend.endpoint, "policies: [{name: tier2, type: probabilistic, "
+                                 "probabilistic: {sampling_percentage: 50}}]\n", decision_wait="500ms")
+    first = tailsampler_factory(f"http://{second.grpc_target}", "policies: [{name: tier1, type: always_sample}]\n",
+                                decision_wait="500ms")
+    n_traces = 40
+    upstream = {"tailsampling.policy": "upstream", "tailsampling.sample_rate": 7, "other": "x"}
+    with grpc.insecure_channel(first.grpc_target, options=GRPC_OPTIONS) as channel:
+        export = channel.unary_unary(EXPORT_METHOD)
+        for n in range(n_traces):
+            export(request([S(n, n * 10 + i, parent=None if i == 0 else n * 10, attrs=upstream if n % 2 else {})
+                            for i in range(3)]), timeout=10)
+
+    def settled() -> bool:
+        text = second.metrics()
+        decided = sum(metric_value(text, "tailsampler_traces_decided_total", labels) or 0.0
+                      for labels in ({"decision": "keep", "policy": "tier2"}, {"decision": "drop", "policy": ""}))
+        exported = metric_value(text, "tailsampler_spans_exported_total") or 0.0
+        return decided == n_traces and exported > 0 and len(otlp_backend.spans) == exported
+
+    assert wait_until(settled, timeout=20), second.metrics()
+    received = otlp_backend.spans
+    assert {s.trace_id for s in received} < {tid(n).hex() for n in range(n_traces)}
+    assert any(s.attributes.get("other") == "x" for s in received)  # pre-annotated traces among those kept
+    for span in received:
+        assert span.attribute_keys.count("tailsampling.policy") == 1, span.attribute_keys
+        assert span.attribute_keys.count("tailsampling.sample_rate") == 1, span.attribute_keys
+        assert span.attributes["tailsampling.policy"] == "tier2"
+        assert span.attributes["tailsampling.sample_rate"] == 2

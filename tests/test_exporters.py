@@ -5,6 +5,7 @@ drop counted."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -16,12 +17,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from sampler.buffer import Buffer
 from sampler.config import Retry
 from sampler.core import Core, KeptTrace
 from sampler.decisions import DecisionCache
-from sampler.exporters.base import RetryableError
+from sampler.exporters.base import RetryableError, encode_batch
 from sampler.exporters.otlp_grpc import GrpcSender
 from sampler.exporters.otlp_http import HttpSender, http_url
 from sampler.exporters.queue import ExportQueue
@@ -52,11 +54,13 @@ def value(metrics: Metrics, name: str, **labels: str) -> float:
 class GrpcBackend:
     """A real OTLP/gRPC server whose first answers are scripted failures."""
 
-    def __init__(self, failures: list[tuple[grpc.StatusCode, float | None]]) -> None:
+    def __init__(self, failures: list[tuple[grpc.StatusCode, float | None]], max_receive: int | None = None) -> None:
         self.failures = list(failures)
         self.requests: list[ExportTraceServiceRequest] = []
         self.metadata: list[dict[str, str]] = []
-        self.server = grpc.aio.server()
+        # A receive limit as the Collector's max_recv_msg_size_mib sets one (gRPC's default is 4 MiB too).
+        options = [("grpc.max_receive_message_length", max_receive)] if max_receive is not None else []
+        self.server = grpc.aio.server(options=options)
         handler = grpc.unary_unary_rpc_method_handler(
             self.export, request_deserializer=ExportTraceServiceRequest.FromString,
             response_serializer=ExportTraceServiceResponse.SerializeToString)
@@ -125,7 +129,7 @@ def test_grpc_export_retries_retryable_codes_then_delivers_annotated_spans() -> 
 def test_grpc_export_does_not_retry_bad_data_and_counts_the_drop() -> None:
     async def main() -> None:
         backend = GrpcBackend([(grpc.StatusCode.INVALID_ARGUMENT, None),
-                               (grpc.StatusCode.RESOURCE_EXHAUSTED, None)])  # no RetryInfo: permanent
+                               (grpc.StatusCode.PERMISSION_DENIED, None)])
         port = await backend.start()
         traces, _ = kept_traces(2)
 
@@ -240,3 +244,169 @@ def test_a_call_on_a_channel_closed_by_a_reconnect_is_retried() -> None:
     with pytest.raises(RetryableError):
         sender._export(call, b"")
     asyncio.run(sender.close())
+
+
+MIB = 2**20
+
+
+def big_traces(traces: int, spans: int, span_bytes: int) -> tuple[list[KeptTrace], Core]:
+    """Kept traces of `spans` spans of about `span_bytes` bytes each (random, so gzip cannot shrink them)."""
+    out: list[KeptTrace] = []
+    core = Core(Buffer(10**6, 10**10, 1, 60), Engine([AlwaysSample("all", AlwaysSampleConfig())]),
+                DecisionCache(10, 10), out.append)
+    pad = os.urandom(span_bytes // 2).hex()
+    for t in range(1, traces + 1):
+        core.ingest(request([S(t, t * 100_000 + i, parent=None if i == 0 else t * 100_000,
+                               attrs={"pad": pad[i % 64:] + pad[:i % 64]}) for i in range(spans)]), "grpc", 0.0)
+    core.decide_all(1.0)
+    return out, core
+
+
+def unique_spans(requests: list[ExportTraceServiceRequest]) -> set[tuple[bytes, bytes]]:
+    return {(s.trace_id, s.span_id) for r in requests for rs in r.resource_spans for ss in rs.scope_spans
+            for s in ss.spans}
+
+
+def test_traces_larger_than_the_backends_4mib_limit_arrive_whole_split_across_requests() -> None:
+    """Spans of 8 KB in traces of 1,000 (8 MB a trace, twice the limit the Collector's receiver has by
+    default): every span arrives, each request within the limit, the annotation included."""
+    async def main() -> None:
+        backend = GrpcBackend([], max_receive=4 * MIB)
+        port = await backend.start()
+        traces, core = big_traces(20, 1000, 8000)
+        metrics = Metrics(core)
+        queue = ExportQueue(GrpcSender(f"http://127.0.0.1:{port}", {}, "none", 10, True), metrics, 10**10, 4096,
+                            FAST)
+        try:
+            for t in traces:
+                assert queue.put(t)
+            assert await queue.flush(60)
+            got = unique_spans(backend.requests)
+            assert len(got) == spans_in(backend.requests) == 20_000
+            assert value(metrics, "tailsampler_spans_exported_total") == 20_000
+            assert max(r.ByteSize() for r in backend.requests) <= 4 * MIB
+            span = backend.requests[-1].resource_spans[0].scope_spans[0].spans[0]
+            assert [a.key for a in span.attributes].count("tailsampling.policy") == 1
+        finally:
+            await queue.close()
+            await backend.server.stop(None)
+
+    asyncio.run(main())
+
+
+def test_a_request_refused_as_too_large_is_split_and_the_halves_retried() -> None:
+    """A backend whose limit (1 MiB) is below exporter.batch_max_bytes answers RESOURCE_EXHAUSTED without
+    RetryInfo: the batch is split and the halves sent, down to single spans; a single span that is itself
+    too large is dropped and counted as rejected."""
+    async def main() -> None:
+        backend = GrpcBackend([], max_receive=1 * MIB)
+        port = await backend.start()
+        traces, core = big_traces(6, 300, 2000)  # 600 KB a trace: a 4 MiB batch holds six
+        huge, _ = big_traces(1, 1, 4 * MIB)  # too large even gzipped
+        metrics = Metrics(core)
+        queue = ExportQueue(GrpcSender(f"http://127.0.0.1:{port}", {}, "gzip", 10, True), metrics, 10**10, 4096,
+                            FAST)
+        try:
+            for t in [*traces[:3], huge[0], *traces[3:]]:
+                assert queue.put(t)
+            assert await queue.flush(60)
+            assert len(unique_spans(backend.requests)) == spans_in(backend.requests) == 1800
+            assert value(metrics, "tailsampler_spans_exported_total") == 1800
+            assert value(metrics, "tailsampler_spans_dropped_total", reason="export_rejected") == 1
+            assert value(metrics, "tailsampler_spans_dropped_total", reason="export_failed") == 0
+        finally:
+            await queue.close()
+            await backend.server.stop(None)
+
+    asyncio.run(main())
+
+
+def test_http_413_splits_the_batch_and_retries_the_halves() -> None:
+    async def main() -> None:
+        seen: list[ExportTraceServiceRequest] = []
+        limit = 1 * MIB
+
+        async def handler(req: web.Request) -> web.Response:
+            body = await req.read()  # inflated by aiohttp: the limit is on the request as decoded
+            if len(body) > limit:
+                return web.Response(status=413, text="request body too large")
+            seen.append(ExportTraceServiceRequest.FromString(body))
+            return web.Response(body=b"", content_type="application/x-protobuf")
+
+        app = web.Application(client_max_size=64 * MIB)
+        app.router.add_post("/v1/traces", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        traces, core = big_traces(6, 300, 2000)
+        metrics = Metrics(core)
+        queue = ExportQueue(HttpSender(f"http://127.0.0.1:{port}", {}, "gzip", 10, True), metrics, 10**10, 4096,
+                            FAST)
+        try:
+            for t in traces:
+                assert queue.put(t)
+            assert await queue.flush(60)
+            assert len(unique_spans(seen)) == spans_in(seen) == 1800
+            assert value(metrics, "tailsampler_spans_dropped_total", reason="export_rejected") == 0
+        finally:
+            await queue.close()
+            await runner.cleanup()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("annotate", [True, False])
+def test_every_request_stays_within_batch_max_bytes_and_spans(annotate: bool) -> None:
+    """Traces of all sizes (one span to many requests' worth, over two services): every request, as
+    encoded, is within both bounds, every span is sent once, in order within its trace, and
+    requests are not much smaller than the bounds allow."""
+    limit, max_spans = 64 * 1024, 100
+
+    class Record:
+        def __init__(self) -> None:
+            self.sizes: list[int] = []
+            self.spans: list[bytes] = []
+
+        async def send(self, batch: list[KeptTrace]) -> int:
+            body = encode_batch(batch, annotate)
+            self.sizes.append(len(body))
+            msg = ExportTraceServiceRequest.FromString(body)
+            assert spans_in([msg]) <= max_spans
+            self.spans += [s.span_id for t in batch for s in (Span.FromString(d) for d in t.spans)]
+            return 0
+
+        async def close(self) -> None:
+            return None
+
+    async def main() -> None:
+        out: list[KeptTrace] = []
+        core = Core(Buffer(10**6, 10**10, 1, 60), Engine([AlwaysSample("all", AlwaysSampleConfig())]),
+                    DecisionCache(10, 10), out.append)
+        sizes = [1, 3, 250, 1, 40, 7, 500, 2, 90, 1]  # spans per trace
+        span_id = 0
+        for t, n in enumerate(sizes, 1):
+            spans = []
+            for i in range(n):
+                span_id += 1
+                spans.append(S(t, span_id, parent=None if i == 0 else t * 1000, service=("a", "b")[i % 2],
+                               attrs={"pad": "x" * (50 + (span_id * 37) % 900)}))
+            core.ingest(request(spans), "grpc", 0.0)
+        core.decide_all(1.0)
+        expected = [Span.FromString(d).span_id for t in out for d in t.spans]
+        assert len(expected) == span_id
+        record = Record()
+        queue = ExportQueue(record, Metrics(core), 10**10, max_spans, FAST, workers=1, batch_max_bytes=limit,
+                            annotate=annotate)
+        try:
+            for t in out:
+                assert queue.put(t)
+            assert await queue.flush(30)
+        finally:
+            await queue.close()
+        assert max(record.sizes) <= limit
+        assert record.spans == expected  # each once, in the queue's order (one worker)
+        assert len(record.sizes) <= 1.3 * max(sum(record.sizes) / limit, span_id / max_spans) + 1
+
+    asyncio.run(main())

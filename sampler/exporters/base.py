@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from sampler.core import KeptTrace
-from sampler.otlp.splice import annotation, encode_request
+from sampler.otlp.splice import annotation, encode_request, strip_annotation
 
 WORKERS = 4  # export batches in flight at once
 
@@ -22,6 +22,11 @@ class PermanentError(Exception):
     """The backend refused the batch for good (bad data, auth); retrying cannot help."""
 
 
+class TooLargeError(PermanentError):
+    """The backend refused the request as too large (gRPC RESOURCE_EXHAUSTED without RetryInfo, HTTP
+    413): the same spans may pass in smaller requests."""
+
+
 class Sender(Protocol):
     async def send(self, batch: list[KeptTrace]) -> int:
         """Deliver the batch; return how many spans the backend rejected (partial success)."""
@@ -30,6 +35,14 @@ class Sender(Protocol):
 
 
 def encode_batch(batch: list[KeptTrace], annotate: bool) -> bytes:
+    """The export request for a batch. When annotating, spans that arrived annotated already have
+    that annotation cut out first (once: the trace keeps the stripped spans for any retry), so each
+    leaves with one `tailsampling.policy` and one `tailsampling.sample_rate`, ours."""
+    if annotate:
+        for t in batch:
+            if t.marked:
+                t.spans = [strip_annotation(s) for s in t.spans]
+                t.marked = False
     return encode_request(
         (t.spans, t.groups, annotation(t.policy, t.sample_rate) if annotate else b"") for t in batch
     )

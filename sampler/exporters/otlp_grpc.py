@@ -19,7 +19,14 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from sampler.config import TlsClient
 from sampler.core import KeptTrace
-from sampler.exporters.base import WORKERS, PermanentError, RetryableError, encode_batch, split_endpoint
+from sampler.exporters.base import (
+    WORKERS,
+    PermanentError,
+    RetryableError,
+    TooLargeError,
+    encode_batch,
+    split_endpoint,
+)
 from sampler.receivers.grpc import EXPORT_METHOD
 from sampler.tls import Files, grpc_channel_credentials
 
@@ -95,6 +102,8 @@ class GrpcSender:
             message = f"gRPC {code.name}: {exc.details()}"
             if code in RETRYABLE or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None):
                 raise RetryableError(message, delay) from None
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # without RetryInfo: a message over a size limit
+                raise TooLargeError(f"{message} ({len(body)} bytes)") from None
             raise PermanentError(message) from None
         except ValueError as exc:  # its channel was closed for a reconnect after the call was queued
             raise RetryableError(f"gRPC channel replaced: {exc}") from None

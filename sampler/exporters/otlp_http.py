@@ -10,7 +10,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from sampler.config import TlsClient
 from sampler.core import KeptTrace
-from sampler.exporters.base import PermanentError, RetryableError, encode_batch, split_endpoint
+from sampler.exporters.base import PermanentError, RetryableError, TooLargeError, encode_batch, split_endpoint
 from sampler.tls import Files, client_context
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
@@ -68,6 +68,8 @@ class HttpSender:
                 message = f"HTTP {resp.status}: {payload[:200]!r}"
                 if resp.status in RETRYABLE_STATUS:
                     raise RetryableError(message, retry_after(resp.headers.get("Retry-After")))
+                if resp.status == 413:
+                    raise TooLargeError(f"{message} ({len(body)} bytes sent)")
                 raise PermanentError(message)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RetryableError(f"{type(exc).__name__}: {exc}") from None

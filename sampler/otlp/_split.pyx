@@ -23,6 +23,7 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
 
 from sampler.otlp import wire
+from sampler.otlp.splice import MARK_KEYS
 from sampler.otlp.wire import Group, SpanFields, WireError
 
 cdef enum:
@@ -293,9 +294,12 @@ cdef class Keys:
     cdef int n  # keys compared in place; any beyond RAW_KEYS are looked up through `rest`
     cdef dict rest
     cdef uint64_t len_mask  # bit n: some wanted key is n bytes long (bit 63: 63 or more)
+    cdef int mark_a, mark_b  # the indices of the wanted keys of MARK_KEYS (-1: not wanted)
 
     def __init__(self, keys):
         self.names = sorted(keys)
+        marks = [i for i, k in enumerate(self.names) if k in MARK_KEYS] + [-1, -1]
+        self.mark_a, self.mark_b = marks[0], marks[1]
         self.encoded = [k.encode("utf-8") for k in self.names]
         self.n = min(len(self.encoded), RAW_KEYS)
         self.rest = {k: i for i, k in enumerate(self.encoded) if i >= RAW_KEYS}
@@ -421,6 +425,7 @@ cdef struct SpanInfo:
     Py_ssize_t state_stop
     bint is_root
     bint redo  # a wanted key repeated, or was seen while the span looked non-root: recompute exactly
+    bint marked  # a key of MARK_KEYS with a primitive value
     uint64_t seen  # bit i: wanted key i (bit 63: 63 or more) was seen
     uint32_t kind
     uint32_t status
@@ -442,6 +447,7 @@ cdef class Chunk:
     cdef public object root_name
     cdef public object root_attrs
     cdef public object root_group
+    cdef public bint marked
     cdef uint64_t narrow_bits
     cdef object wide_bits
 
@@ -494,11 +500,15 @@ cdef class _Split:
             s.redo = True
         s.seen |= bit
         if not keep and cacheable and self.raw_len[ki] == n and memcmp(self.raw[ki], b + vstart, n) == 0:
-            self.narrow |= self.raw_bits[ki]
+            self.narrow |= self.raw_bits[ki]  # cached values are primitive ones
+            if ki == self.kx.mark_a or ki == self.kx.mark_b:
+                s.marked = True
             return 0
         value = any_value(b, vstart, vend, depth, True)
         if value is None:  # an array, map or bytes: no predicate reads it
             return 0
+        if ki == self.kx.mark_a or ki == self.kx.mark_b:
+            s.marked = True
         key = self.kx.names[ki]
         bits = self.bits_of(key, value)
         self.add_bits(bits)
@@ -522,6 +532,7 @@ cdef class _Split:
         cdef Py_ssize_t n, stop
         s.is_root = True
         s.redo = False
+        s.marked = False
         s.seen = 0
         s.name_start = s.name_stop = s.state_start = s.state_stop = 0
         s.kind = s.status = s.flags = 0
@@ -637,6 +648,7 @@ cdef class _Split:
                 chunk.min_start = s.start
                 chunk.max_end = s.end
                 chunk.status_mask = 0
+                chunk.marked = False
                 chunk.narrow_bits = 0
                 PyDict_SetItem(self.by_trace, trace_id, chunk)
                 PyList_Append(self.out, chunk)
@@ -651,6 +663,8 @@ cdef class _Split:
         if s.end > chunk.max_end:
             chunk.max_end = s.end
         chunk.status_mask |= 1 << (s.status if s.status <= 2 else 0)
+        if s.marked:
+            chunk.marked = True
         chunk.narrow_bits |= self.narrow
         if self.wide is not None:
             chunk.wide_bits = self.wide if chunk.wide_bits is None else chunk.wide_bits | self.wide

@@ -2,7 +2,9 @@
 
 A protobuf message is the concatenation of its fields, so a ScopeSpans is its scope fields plus
 one length-delimited field per stored span, and a ResourceSpans its resource fields plus one field
-per ScopeSpans. Annotating a span is appending one more `attributes` field (a KeyValue) to it.
+per ScopeSpans. Annotating a span is appending one more `attributes` field (a KeyValue) to it; a span
+that arrived annotated already (by a tailsampler in front of this one) first has those attributes cut
+out, so it leaves with one of each, ours.
 """
 
 from __future__ import annotations
@@ -10,10 +12,14 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
-from sampler.otlp.wire import Group
+from sampler.otlp.wire import Group, _length, _skip, _tag
 
 POLICY_KEY = "tailsampling.policy"
 RATE_KEY = "tailsampling.sample_rate"
+# The splitters mark a chunk whose spans carry either attribute (Chunk.marked): only the spans of such
+# traces are walked again at export, to cut them out.
+MARK_KEYS = frozenset({POLICY_KEY, RATE_KEY})
+_MARK_KEYS_UTF8 = frozenset(k.encode() for k in MARK_KEYS)
 
 
 _ONE_BYTE = [bytes((i,)) for i in range(0x80)]
@@ -57,6 +63,70 @@ def annotation(policy: str | None, sample_rate: float) -> bytes:
     else:
         rate = b"\x21" + struct.pack("<d", sample_rate)  # AnyValue.double_value
     return _keyvalue(POLICY_KEY, name) + _keyvalue(RATE_KEY, rate)
+
+
+def strip_annotation(span: bytes) -> bytes:
+    """The span without its `tailsampling.policy` / `tailsampling.sample_rate` attributes (the span
+    itself when it has none). Every other field is kept byte for byte, in order; the span was
+    validated when it was received."""
+    end = len(span)
+    pos = 0
+    kept_from = 0
+    parts: list[bytes] = []
+    while pos < end:
+        start = pos
+        tag, pos = _tag(span, pos, end)
+        if tag == 0x4A:  # Span.attributes
+            n, pos = _length(span, pos, end)
+            if _key(span, pos, pos + n) in _MARK_KEYS_UTF8:
+                parts.append(span[kept_from:start])
+                kept_from = pos + n
+            pos += n
+        else:
+            pos = _skip(span, pos, end, tag, 0)
+    if not parts:
+        return span
+    parts.append(span[kept_from:])
+    return b"".join(parts)
+
+
+def _key(data: bytes, pos: int, end: int) -> bytes:
+    """The key of the KeyValue in data[pos:end], as UTF-8 (the last one, should it repeat)."""
+    key = b""
+    while pos < end:
+        tag, pos = _tag(data, pos, end)
+        if tag == 0x0A:
+            n, pos = _length(data, pos, end)
+            key = data[pos : pos + n]
+            pos += n
+        else:
+            pos = _skip(data, pos, end, tag, 0)
+    return key
+
+
+def _varint_size(n: int) -> int:
+    return 1 if n < 0x80 else 2 if n < 0x4000 else 3 if n < 0x200000 else 4 if n < 0x10000000 else 5
+
+
+def span_size(data: bytes, suffix: int) -> int:
+    """Bytes one span takes in an export request: a ScopeSpans.spans field, with `suffix` bytes of
+    annotation appended."""
+    size = len(data) + suffix
+    return 1 + _varint_size(size) + size
+
+
+def spans_size(spans: list[bytes], suffix: int) -> int:
+    n = 0
+    for data in spans:
+        n += span_size(data, suffix)
+    return n
+
+
+def group_size(group: Group) -> int:
+    """At most what one resource and scope add to an export request besides its spans: their fields
+    and the tags and lengths of the ResourceSpans and ScopeSpans holding them (for requests under
+    4 GiB). Groups sharing a resource share it in the request, so this bounds, not measures."""
+    return len(group.resource) + len(group.scope) + 12
 
 
 Item = tuple[Iterable[bytes], Iterable[Group], bytes]  # spans, their groups, annotation suffix

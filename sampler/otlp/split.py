@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from sampler.otlp.splice import MARK_KEYS
 from sampler.otlp.wire import AttrValue, Group, SpanFields, walk_request
 
 CACHE_SIZE = 4096  # bound on cached predicate results per attribute key, and on interned groups
@@ -93,10 +94,12 @@ class Splitter:
 
 
 class Chunk:
-    """The spans of one trace in one request, and what they fold into the trace's summary."""
+    """The spans of one trace in one request, and what they fold into the trace's summary. `marked`:
+    some span carries a wanted key of MARK_KEYS (with a primitive value): annotated by a tailsampler
+    before this one."""
 
     __slots__ = (
-        "bits", "groups", "max_end", "min_start", "nbytes", "root_attrs", "root_group", "root_name",
+        "bits", "groups", "marked", "max_end", "min_start", "nbytes", "root_attrs", "root_group", "root_name",
         "spans", "status_mask", "trace_id",
     )
 
@@ -109,6 +112,7 @@ class Chunk:
         self.max_end = end
         self.status_mask = 0
         self.bits = 0
+        self.marked = False
         self.root_name: str | None = None
         self.root_attrs: dict[str, AttrValue] | None = None
         self.root_group: Group | None = None
@@ -132,6 +136,8 @@ def _split_request(data: bytes, splitter: Splitter) -> list[Chunk]:
         if span.attrs:
             for key, value in span.attrs.items():
                 bits |= splitter.bits_of(key, value)
+                if key in MARK_KEYS:
+                    chunk.marked = True
         if splitter.span_bits is not None:
             bits |= splitter.span_bits(span)
         chunk.bits |= bits
