@@ -49,10 +49,7 @@ def reference(doc: Any) -> ExportTraceServiceRequest | None:
             return
         for key in ("traceId", "spanId", "parentSpanId"):
             if isinstance(obj.get(key), str):
-                try:
-                    obj[key] = base64.b64encode(bytes.fromhex(obj[key])).decode()
-                except ValueError:
-                    obj[key] = "!not hex!"
+                obj[key] = base64.b64encode(bytes.fromhex(obj[key])).decode()  # ValueError: not hex, refused
 
     def walk(node: Any) -> None:
         for rs in _dicts(node, "resourceSpans"):
@@ -62,8 +59,8 @@ def reference(doc: Any) -> ExportTraceServiceRequest | None:
                     for link in _dicts(span, "links"):
                         ids(link)
 
-    walk(doc)
     try:
+        walk(doc)
         return json_format.ParseDict(doc, ExportTraceServiceRequest(), ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError, OverflowError, RecursionError):
         return None
