@@ -10,7 +10,6 @@ import gc
 import logging
 import signal
 import ssl
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -357,7 +356,7 @@ class App:
                 await asyncio.sleep(0)
             self._govern(now)
             if self.forwarder is not None:
-                self.membership.revive(time.monotonic())
+                self.membership.revive()
 
     def _hold_limit(self, now: float) -> None:
         """Read the resident memory and act on it (sampler/memory.py): lower or raise the buffer's

@@ -17,7 +17,7 @@ import socket
 import time
 import urllib.parse
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 
@@ -31,6 +31,7 @@ from sampler.receivers.grpc import EXPORT_METHOD, FORWARDED_HEADER
 log = logging.getLogger("tailsampler.peers")
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+Call = Callable[..., Awaitable[object]]  # an Export call on a peer's channel: call(body, timeout=, metadata=)
 
 
 class Membership:
@@ -41,11 +42,13 @@ class Membership:
     trace instead of each keeping its own part of the dead member's traces.
     """
 
-    def __init__(self, self_addr: str, members: Sequence[str], trusted_networks: Sequence[str] = ()) -> None:
+    def __init__(self, self_addr: str, members: Sequence[str], trusted_networks: Sequence[str] = (),
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.self_addr = self_addr
+        self.clock = clock
         self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_networks)
         self.members: tuple[str, ...] = ()
-        self.down: dict[str, float] = {}  # member -> until when it is left out
+        self.down: dict[str, float] = {}  # member -> until when (clock time) it is left out
         self._keys: list[tuple[bytes, str]] = []
         self.changes = 0
         self.resolved: dict[str, frozenset[str]] = {}  # member host name -> its addresses
@@ -100,15 +103,17 @@ class Membership:
             return False
         return address in self.addresses or any(address in network for network in self.networks)
 
-    def mark_down(self, member: str, until: float) -> None:
+    def mark_down(self, member: str, cooldown: float) -> None:
+        """Leave `member` out of the hashing for `cooldown` seconds (never self)."""
         if member == self.self_addr or member in self.down:
             return
         before = self.alive
-        self.down[member] = until
+        self.down[member] = self.clock() + cooldown
         self._rehash(f"{member} unreachable", before)
 
-    def revive(self, now: float) -> None:
+    def revive(self) -> None:
         """Give members whose cooldown is over another chance."""
+        now = self.clock()
         back = [m for m, until in self.down.items() if until <= now]
         if back:
             before = self.alive
@@ -159,6 +164,7 @@ class Forwarder:
         down_cooldown: float = 30.0,
         credentials: grpc.ChannelCredentials | None = None,
         authorization: Callable[[], str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.credentials = credentials
         # Peers share the receivers' bearer tokens, which may be rotated at any time: the header is
@@ -170,13 +176,14 @@ class Forwarder:
         self.max_elapsed = max_elapsed
         self.timeout = timeout
         self.down_cooldown = down_cooldown
+        self.clock = clock
         self.stats = PeerStats()
         self.queues: dict[str, deque[list[Chunk]]] = {}
         self.sizes: dict[str, int] = {}
         self.nbytes = 0  # all queues together, batches in flight included
         self.wakes: dict[str, asyncio.Event] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.channels: dict[str, grpc.aio.Channel] = {}
+        self.closers: dict[str, Callable[[], Awaitable[None]]] = {}
         self.idle = asyncio.Event()
         self.idle.set()
         self.in_flight = 0
@@ -198,24 +205,27 @@ class Forwarder:
             self.queues[owner] = deque()
             self.sizes[owner] = 0
             self.wakes[owner] = asyncio.Event()
-            options = [("grpc.enable_http_proxy", 0), *channel_options(1000)]  # peers are always direct
-            self.channels[owner] = (
-                grpc.aio.secure_channel(owner, self.credentials, options=options) if self.credentials is not None
-                else grpc.aio.insecure_channel(owner, options=options)
-            )
-            self.tasks[owner] = asyncio.create_task(self._drain(owner), name=f"forward-{owner}")
+            call, self.closers[owner] = self._open(owner)
+            self.tasks[owner] = asyncio.create_task(self._drain(owner, call), name=f"forward-{owner}")
         self.queues[owner].append(chunks)
         self.sizes[owner] += size
         self.nbytes += size
         self.idle.clear()
         self.wakes[owner].set()
 
+    def _open(self, owner: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
+        """The Export call on a new channel to `owner`, and how to close that channel."""
+        options = [("grpc.enable_http_proxy", 0), *channel_options(1000)]  # peers are always direct
+        channel = (grpc.aio.secure_channel(owner, self.credentials, options=options) if self.credentials is not None
+                   else grpc.aio.insecure_channel(owner, options=options))
+        call = channel.unary_unary(EXPORT_METHOD, request_serializer=None, response_deserializer=None)
+        return call, channel.close
+
     def _pending(self) -> bool:
         return self.in_flight > 0 or any(self.queues.values())
 
-    async def _drain(self, owner: str) -> None:
+    async def _drain(self, owner: str, call: Call) -> None:
         queue = self.queues[owner]
-        call = self.channels[owner].unary_unary(EXPORT_METHOD, request_serializer=None, response_deserializer=None)
         while True:
             while not queue:
                 if not self._pending():
@@ -239,14 +249,14 @@ class Forwarder:
                 self.sizes[owner] -= size
                 self.nbytes -= size
 
-    async def _send(self, owner: str, call: grpc.aio.UnaryUnaryMultiCallable, batch: list[Chunk]) -> None:
+    async def _send(self, owner: str, call: Call, batch: list[Chunk]) -> None:
         spans = _spans(batch)
         try:
             body = encode_request((c.spans, c.groups, b"") for c in batch)
         except Exception:
             self._failed_unexpectedly(owner, batch, spans)
             return
-        deadline = time.monotonic() + self.max_elapsed
+        deadline = self.clock() + self.max_elapsed
         delay = 0.05
         while True:
             if owner not in self.membership.alive:
@@ -257,10 +267,10 @@ class Forwarder:
                 await call(body, timeout=self.timeout, metadata=self.metadata())
             except grpc.aio.AioRpcError as exc:
                 self.stats.failures += 1
-                if time.monotonic() + delay > deadline:
+                if self.clock() + delay > deadline:
                     log.warning("forwarding %d spans to %s failed (%s); handling them here",
                                 spans, owner, exc.code().name)
-                    self.membership.mark_down(owner, time.monotonic() + self.down_cooldown)
+                    self.membership.mark_down(owner, self.down_cooldown)
                     self.stats.fallback["owner_unreachable"] += spans
                     self.local(batch)
                     return
@@ -297,7 +307,7 @@ class Forwarder:
                 chunks = queue.popleft()
                 self.stats.fallback["owner_unreachable"] += _spans(chunks)
                 self.local(chunks)
-            await self.channels[owner].close()
+            await self.closers[owner]()
 
 
 def _host(host_port: str) -> str:
