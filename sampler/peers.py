@@ -33,6 +33,9 @@ log = logging.getLogger("tailsampler.peers")
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 Call = Callable[..., Awaitable[object]]  # an Export call on a peer's channel: call(body, timeout=, metadata=)
 
+FORWARD_BATCH_SPANS = 4096  # spans in one forward request, whatever their size
+_FIELD = 6  # bytes a length-delimited field adds to its value at most: its tag and a varint length
+
 
 class Membership:
     """The member list (host:port strings, self included) and the owner of each trace id.
@@ -152,6 +155,8 @@ class Forwarder:
     left the membership or the queues are full, the spans are handed to `local` (ingested here): a
     trace may then be decided in two places, but no span is lost. Every such case is counted. The
     queues of all peers together hold at most `max_bytes` of memory (spans as the buffer counts them).
+    Batches are cut at FORWARD_BATCH_SPANS spans and `batch_max_bytes` encoded bytes, so that they
+    stay within the owner's limit on request size whatever the size of the spans.
     """
 
     def __init__(
@@ -164,6 +169,7 @@ class Forwarder:
         down_cooldown: float = 30.0,
         credentials: grpc.ChannelCredentials | None = None,
         authorization: Callable[[], str] | None = None,
+        batch_max_bytes: int = 8 * 2**20,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.credentials = credentials
@@ -176,9 +182,10 @@ class Forwarder:
         self.max_elapsed = max_elapsed
         self.timeout = timeout
         self.down_cooldown = down_cooldown
+        self.batch_max_bytes = batch_max_bytes
         self.clock = clock
         self.stats = PeerStats()
-        self.queues: dict[str, deque[list[Chunk]]] = {}
+        self.queues: dict[str, deque[Chunk]] = {}
         self.sizes: dict[str, int] = {}
         self.nbytes = 0  # all queues together, batches in flight included
         self.wakes: dict[str, asyncio.Event] = {}
@@ -207,7 +214,7 @@ class Forwarder:
             self.wakes[owner] = asyncio.Event()
             call, self.closers[owner] = self._open(owner)
             self.tasks[owner] = asyncio.create_task(self._drain(owner, call), name=f"forward-{owner}")
-        self.queues[owner].append(chunks)
+        self.queues[owner].extend(chunks)
         self.sizes[owner] += size
         self.nbytes += size
         self.idle.clear()
@@ -232,12 +239,7 @@ class Forwarder:
                     self.idle.set()
                 self.wakes[owner].clear()
                 await self.wakes[owner].wait()
-            batch: list[Chunk] = []
-            spans = 0
-            while queue and spans < 4096:
-                chunks = queue.popleft()
-                batch.extend(chunks)
-                spans += _spans(chunks)
+            batch = self._take(queue)
             self.in_flight += 1
             try:
                 await self._send(owner, call, batch)
@@ -248,6 +250,23 @@ class Forwarder:
                 size = _cost(batch)
                 self.sizes[owner] -= size
                 self.nbytes -= size
+
+    def _take(self, queue: deque[Chunk]) -> list[Chunk]:
+        """The next batch from the head of the queue: up to FORWARD_BATCH_SPANS spans and
+        batch_max_bytes encoded bytes, and at least one chunk however big it is."""
+        first = queue.popleft()
+        batch = [first]
+        spans = len(first.spans)
+        size = _encoded(first)
+        while queue:
+            chunk = queue[0]
+            n, nbytes = len(chunk.spans), _encoded(chunk)
+            if spans + n > FORWARD_BATCH_SPANS or size + nbytes > self.batch_max_bytes:
+                break
+            batch.append(queue.popleft())
+            spans += n
+            size += nbytes
+        return batch
 
     async def _send(self, owner: str, call: Call, batch: list[Chunk]) -> None:
         spans = _spans(batch)
@@ -303,8 +322,9 @@ class Forwarder:
             task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         for owner, queue in self.queues.items():  # what could not be sent is kept here
-            while queue:
-                chunks = queue.popleft()
+            if queue:
+                chunks = list(queue)
+                queue.clear()
                 self.stats.fallback["owner_unreachable"] += _spans(chunks)
                 self.local(chunks)
             await self.closers[owner]()
@@ -348,6 +368,13 @@ def _spans(chunks: list[Chunk]) -> int:
 
 def _cost(chunks: list[Chunk]) -> int:
     return sum(spans_cost(c.nbytes, len(c.spans)) for c in chunks)
+
+
+def _encoded(chunk: Chunk) -> int:
+    """At most what `chunk` adds to an encoded request: its spans with their field headers, and its
+    resource and scope groups with theirs (a group shared by several chunks is counted in each)."""
+    groups = sum(len(g.resource) + len(g.scope) + 2 * _FIELD for g in set(chunk.groups))
+    return chunk.nbytes + _FIELD * len(chunk.spans) + groups
 
 
 async def resolve(name: str, port: int) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -17,6 +18,7 @@ from sampler.yamlfile import parse_yaml
 from tests.spans import S, parse, request
 
 ME, PEER = "10.0.0.1:4317", "10.0.0.2:4317"
+KIB = 1024
 
 
 def engine_core() -> Core:
@@ -52,6 +54,27 @@ class Clock:
         return self.now
 
 
+class Owner:
+    """A scripted owner: each call takes `seconds` of the clock, then raises the next scripted
+    error, or accepts (None, or when the script is over). Bodies of every call are kept."""
+
+    def __init__(self, clock: Clock, answers: Iterable[Exception | None] = (), seconds: float = 0.0) -> None:
+        self.clock = clock
+        self.answers: deque[Exception | None] = deque(answers)
+        self.seconds = seconds
+        self.bodies: list[bytes] = []
+        self.accepted: list[str] = []
+
+    async def __call__(self, body: bytes, **kwargs: Any) -> bytes:
+        self.clock.now += self.seconds
+        self.bodies.append(body)
+        answer = self.answers.popleft() if self.answers else None
+        if answer is not None:
+            raise answer
+        self.accepted += ids_in(body)
+        return b""
+
+
 class Scripted(Forwarder):
     """A Forwarder whose calls go to `owner`."""
 
@@ -72,6 +95,26 @@ class Scripted(Forwarder):
 
 def run(main: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_forward_batches_stay_under_the_byte_bound_and_a_bigger_chunk_goes_alone() -> None:
+    clock = Clock()
+    owner = Owner(clock)
+    small = chunks(range(1, 61), spans=3, pad=1000)  # ~3 KB a chunk
+    big = chunks([1000], spans=30, pad=1000)  # one chunk of ~30 KB
+    batch = small[:20] + big + small[20:]
+
+    async def main() -> None:
+        fw = Scripted(owner, clock, batch_max_bytes=16 * KIB)
+        fw.forward(PEER, batch)  # one request's chunks for one owner: split across batches
+        assert await fw.flush(5)
+        oversized = [b for b in owner.bodies if len(b) > 16 * KIB]
+        assert len(oversized) == 1 and sorted(ids_in(oversized[0])) == sorted(span_ids(big))
+        assert len(owner.bodies) >= 10  # ~180 KB in 16 KiB batches
+        assert Counter(owner.accepted) == Counter(span_ids(batch))
+        await fw.close()
+
+    run(main)
 
 
 def test_an_unexpected_forwarding_error_keeps_the_spans_here_and_the_forwarder_alive() -> None:
