@@ -291,9 +291,11 @@ class App:
             max_elapsed=peers.forward_max_elapsed, down_cooldown=peers.down_cooldown,
             credentials=grpc_channel_credentials(peers.tls) if peers.tls is not None else None,
             authorization=self.auth.header if self.auth is not None else None,
+            busy_max_elapsed=peers.forward_busy_max_elapsed,
             batch_max_bytes=min(peers.forward_batch_max_bytes, self.config.receivers.max_request_bytes),
         )
         self.core.route = membership.route
+        self.core.forward_room = self.forwarder.room
         self.core.forward = self.forwarder.forward
         self.metrics.registry.register(PeerCollector(membership, self.forwarder))
         if peers.dns is not None and self.worker is None:

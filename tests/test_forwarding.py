@@ -1,14 +1,23 @@
-"""Forwarding between sharded instances under stress, with real processes on loopback: forward
-batches stay within the owner's request limit."""
+"""Forwarding between sharded instances under stress, with real processes on loopback: an owner that
+pushes back is waited for, not written off; forward batches stay within the owner's request limit."""
 
 from __future__ import annotations
 
+import os
+import re
 import sys
+import threading
+import time
+from collections import Counter
+from concurrent import futures
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from sampler.peers import Membership
+from sampler.peers import Membership, retry_hint
+from sampler.receivers.grpc import _retry_details
 from tests.otlp_backend import (
     EXPORT_METHOD,
     GRPC_OPTIONS,
@@ -22,6 +31,7 @@ from tests.spans import S, request, sid, tid
 from tests.test_sharding_procs import metric_sum
 
 KIB = 1024
+PUSHBACK = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 POLICIES = (
     "policies:\n"
     "  - {name: errors, type: errors}\n"
@@ -51,6 +61,181 @@ def start_member(workdir: Path, backend: OtlpBackend, port: int, peers: list[str
     path.write_text(text)
     return Tailsampler([sys.executable, "-m", "sampler", "run", "--config", str(path)], workdir, clean_env(),
                        admin_port=admin, grpc_port=port).start()
+
+
+def send_until_accepted(call: grpc.UnaryUnaryMultiCallable, body: bytes, deadline: float) -> bool:
+    """Send as an OTLP SDK does: a pushback answer (UNAVAILABLE or RESOURCE_EXHAUSTED with RetryInfo)
+    is retried after its delay. True once accepted, False at `deadline`; any other error fails the
+    test."""
+    while True:
+        try:
+            call(body, timeout=10)
+            return True
+        except grpc.RpcError as exc:
+            delay = retry_hint(exc.trailing_metadata())
+            if exc.code() not in PUSHBACK or delay is None:
+                raise AssertionError(f"not a pushback answer: {exc}") from None
+        if time.monotonic() + delay > deadline:
+            return False
+        time.sleep(delay)
+
+
+@dataclass
+class Background:
+    """Senders of fat, uninteresting traces (whole in one request, OK status, 10 ms), one thread per
+    instance at a fixed rate. Refused requests are not retried; accepted ones are counted."""
+
+    targets: list[str]
+    rate: float  # requests per second per instance
+    traces: int = 16  # per request
+    spans: int = 4  # per trace
+    pad: int = 4 * KIB  # bytes of attribute per span
+    stop: threading.Event = field(default_factory=threading.Event)
+    accepted: Counter[str] = field(default_factory=Counter)  # target -> requests accepted
+    refused: Counter[str] = field(default_factory=Counter)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def template(self) -> tuple[list[bytes], list[tuple[int, int]]]:
+        """A request with placeholder trace ids, cut around them so fresh ids can be spliced in."""
+        msg = ExportTraceServiceRequest.FromString(request(
+            [S(0, k * self.spans + j, parent=None if j == 0 else k * self.spans, attrs={"pad": "x" * self.pad},
+               service="background") for k in range(self.traces) for j in range(self.spans)]))
+        for rs in msg.resource_spans:
+            for ss in rs.scope_spans:
+                for n, span in enumerate(ss.spans):
+                    span.trace_id = b"\xfa\xce" + bytes(10) + (n // self.spans).to_bytes(4, "big")
+        pieces = re.split(rb"(\xfa\xce\x00{10}[\x00-\xff]{4})", msg.SerializeToString(), flags=re.DOTALL)
+        slots = [(i, int.from_bytes(pieces[i][-4:], "big")) for i in range(1, len(pieces), 2)]
+        assert len(slots) == self.traces * self.spans
+        return pieces, slots
+
+    def _run(self, index: int, target: str) -> None:
+        pieces, slots = self.template()
+        nonce = os.urandom(6) + index.to_bytes(2, "big")
+        seq = 0
+        with grpc.insecure_channel(target, options=GRPC_OPTIONS) as channel:
+            call = channel.unary_unary(EXPORT_METHOD)
+            due = time.monotonic()
+            while not self.stop.wait(max(0.0, due - time.monotonic())):
+                due += 1 / self.rate
+                ids = []
+                for _ in range(self.traces):
+                    seq += 1
+                    ids.append(nonce + seq.to_bytes(8, "big"))
+                for i, k in slots:
+                    pieces[i] = ids[k]
+                try:
+                    call(b"".join(pieces), timeout=10)
+                    self.accepted[target] += 1
+                except grpc.RpcError as exc:
+                    if exc.code() not in PUSHBACK:
+                        raise
+                    self.refused[target] += 1
+
+    def start(self) -> Background:
+        for index, target in enumerate(self.targets):
+            thread = threading.Thread(target=self._run, args=(index, target), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+        return self
+
+    def finish(self) -> int:
+        """Stop; the number of traces accepted."""
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+            assert not thread.is_alive()
+        return sum(self.accepted.values()) * self.traces
+
+
+def test_an_owner_that_pushes_back_is_waited_for_not_written_off(tmp_path: Path, otlp_backend: OtlpBackend) -> None:
+    """Three members; the third has a buffer so small that the load makes it push back for many
+    seconds. Error and slow traces hop through all three. Nobody is marked down, no trace is decided in
+    two places, every kept trace arrives whole and once, and what was accepted is never lost.
+
+    Each test trace's interesting span (the error, or the slow one) is sent first, to the busy member,
+    and the rest only once it is accepted (as an SDK exporting spans in the order they end). So
+    whichever member owns the trace, that span reaches the owner first and the trace is kept even if
+    its other spans, held back by the owner's pushback, arrive after the decision (late spans follow
+    it). The opposite order would depend on the owner's decision_wait against its retry delay, with
+    or without sharding: that is not what this test is about."""
+    ports = [free_port() for _ in range(3)]
+    peers = [f"127.0.0.1:{p}" for p in ports]
+    settings = ", forward_max_elapsed: 1s, down_cooldown: 60s, queue_max_bytes: 8MiB"
+    instances: list[Tailsampler] = []
+    background: Background | None = None
+    try:
+        for i, port in enumerate(ports):
+            instances.append(start_member(tmp_path / f"i{i}", otlp_backend, port, peers, peer_settings=settings,
+                                          buffer=", max_bytes: 4MiB, min_eviction_age: 2s" if i == 2 else ""))
+        admins = [ts.admin_port for ts in instances]
+        busy = instances[2]
+        background = Background([ts.grpc_target for ts in instances], rate=20).start()
+        # The busy member pushes back on its own clients, and forwards to it are pushed back too.
+        assert wait_until(lambda: metric_sum(busy.admin_port, "tailsampler_requests_refused_total") > 0, 30)
+        assert wait_until(lambda: sum(metric_sum(a, "tailsampler_forward_failures_total") for a in admins[:2]) > 0,
+                          30)
+
+        kinds = {n: "error" if n % 2 else "slow" for n in range(1, 61)}
+        accepted: dict[str, set[str]] = {}  # trace id -> span ids the senders got OK for
+        lock = threading.Lock()
+        channels = [grpc.insecure_channel(ts.grpc_target, options=GRPC_OPTIONS) for ts in instances]
+        calls = [c.unary_unary(EXPORT_METHOD) for c in channels]
+
+        begin = time.monotonic()
+
+        def one_trace(n: int) -> None:
+            time.sleep(max(0.0, begin + n * 0.15 - time.monotonic()))  # spread over the load's 9 s
+            first = S(n, n * 10, name="hop2", service="svc2", start_ms=0, end_ms=1500 if kinds[n] == "slow" else 10,
+                      status=2 if kinds[n] == "error" else 0)
+            rest = [S(n, n * 10 + 1, parent=n * 10, name="hop0", service="svc0", start_ms=100, end_ms=200),
+                    S(n, n * 10 + 2, parent=n * 10, name="hop1", service="svc1", start_ms=110, end_ms=190)]
+            deadline = time.monotonic() + 60
+            for target, span in ((2, first), (0, rest[0]), (1, rest[1])):
+                if not send_until_accepted(calls[target], request([span]), deadline):
+                    return
+                with lock:
+                    accepted.setdefault(tid(n).hex(), set()).add(sid(span.span).hex())
+
+        try:
+            with futures.ThreadPoolExecutor(len(kinds)) as pool:
+                list(pool.map(one_trace, kinds))
+        finally:
+            sent = background.finish()
+            for c in channels:
+                c.close()
+        assert all(len(accepted.get(tid(n).hex(), ())) == 3 for n in kinds), "a sender gave up"
+        assert sum(background.refused.values()) > 0 and sent > 0
+
+        expected = len(kinds) + sent  # every trace decided once, by its owner
+
+        def settled() -> bool:
+            return (sum(metric_sum(a, "tailsampler_traces_decided_total") for a in admins) >= expected
+                    and all(metric_sum(a, "tailsampler_traces_in_buffer") == 0 for a in admins)
+                    and all(metric_sum(a, "tailsampler_export_queue_bytes") == 0 for a in admins)
+                    and all(ts.metric("tailsampler_memory_bytes", {"component": "forward_queues"}) == 0
+                            for ts in instances))
+
+        assert wait_until(settled, 60)
+        spans = otlp_backend.spans
+        counts = Counter(s.span_id for s in spans)
+        arrived = {trace_id: {s.span_id for s in spans if s.trace_id == trace_id} for trace_id in accepted}
+        whole = Counter(kinds[n] for n in kinds if arrived[tid(n).hex()] == accepted[tid(n).hex()])
+        assert whole == {"error": 30, "slow": 30}, f"traces that arrived whole: {dict(whole)}"
+        assert max(counts.values()) == 1, "a span arrived twice"
+        assert {s.trace_id for s in spans} <= set(accepted), "a background trace was kept"
+        # Forwards were pushed back, yet nobody was written off, nothing was kept away from its owner,
+        # and every trace was decided once.
+        assert sum(metric_sum(a, "tailsampler_forward_pushbacks_total") for a in admins[:2]) > 0
+        assert [metric_sum(a, "tailsampler_peer_membership_changes_total") for a in admins] == [0, 0, 0]
+        assert [metric_sum(a, "tailsampler_spans_forward_fallback_total") for a in admins] == [0, 0, 0]
+        assert sum(metric_sum(a, "tailsampler_traces_decided_total") for a in admins) == expected
+        assert [metric_sum(a, "tailsampler_spans_dropped_total") for a in admins] == [0, 0, 0]
+    finally:
+        if background is not None:
+            background.stop.set()
+        for ts in instances:
+            ts.stop()
 
 
 def owned_by(owner: str, members: list[str], count: int, first: int = 1) -> list[int]:
@@ -98,3 +283,74 @@ def test_large_spans_are_forwarded_in_batches_the_owner_accepts(tmp_path: Path, 
     finally:
         sender.stop()
         owner.stop()
+
+
+class FakeOwner:
+    """A member that is not tailsampler: an OTLP/gRPC server that accepts every call, or while
+    `refuse` is set, refuses every call with a pushback answer. It records the span ids it accepted."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.refuse = refuse
+        self.calls = 0
+        self.accepted: list[str] = []
+        self.lock = threading.Lock()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        handler = grpc.unary_unary_rpc_method_handler(self._export)
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("opentelemetry.proto.collector.trace.v1.TraceService",
+                                                  {"Export": handler}),))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def _export(self, body: bytes, context: grpc.ServicerContext) -> bytes:
+        with self.lock:
+            self.calls += 1
+        if self.refuse:  # as tailsampler's receivers push back
+            context.set_trailing_metadata(_retry_details("overloaded; retry later"))
+            context.abort(grpc.StatusCode.UNAVAILABLE, "overloaded; retry later")
+        ids = [s.span_id.hex() for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+               for ss in rs.scope_spans for s in ss.spans]
+        with self.lock:
+            self.accepted.extend(ids)
+        return b""
+
+    def stop(self) -> None:
+        self.server.stop(None).wait(5)
+
+
+def test_a_member_refuses_requests_its_forward_queue_cannot_take(tmp_path: Path, otlp_backend: OtlpBackend) -> None:
+    """The owner pushes back; the member keeps its spans queued for it until the queue is full, then
+    refuses its own clients with a retryable error (counted) instead of keeping their traces. Once
+    the owner accepts again, everything queued reaches it, and the client's retry succeeds."""
+    fake = FakeOwner(refuse=True)
+    port = free_port()
+    peers = [f"127.0.0.1:{port}", f"127.0.0.1:{fake.port}"]
+    member = start_member(tmp_path, otlp_backend, port, peers,
+                          peer_settings=", forward_max_elapsed: 1s, queue_max_bytes: 256KiB")
+    try:
+        numbers = owned_by(peers[1], peers, 30)
+        bodies = [request([S(n, n * 10 + i, attrs={"pad": "x" * 5000}) for n in numbers[k * 10:k * 10 + 10]
+                           for i in range(2)]) for k in range(3)]  # 100 kB each: two fit in 256 KiB
+        with grpc.insecure_channel(member.grpc_target, options=GRPC_OPTIONS) as channel:
+            call = channel.unary_unary(EXPORT_METHOD)
+            call(bodies[0], timeout=10)
+            call(bodies[1], timeout=10)
+            assert wait_until(lambda: fake.calls >= 2, 10)  # refused, and refused again after its delay
+            try:
+                call(bodies[2], timeout=10)
+                raise AssertionError("the member took a request its forward queue had no room for")
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE and retry_hint(exc.trailing_metadata()) == 1.0
+            assert member.metric("tailsampler_requests_refused_total",
+                                 {"protocol": "grpc", "reason": "forward_queue_full"}) == 1
+            assert member.metric("tailsampler_spans_received_total", {"protocol": "grpc"}) == 40  # not the third
+            fake.refuse = False
+            assert send_until_accepted(call, bodies[2], time.monotonic() + 30)
+        assert wait_until(lambda: len(fake.accepted) == 60, 20)
+        assert sorted(fake.accepted) == sorted(sid(n * 10 + i).hex() for n in numbers for i in range(2))
+        assert member.metric("tailsampler_peer_membership_changes_total") == 0
+        assert metric_sum(member.admin_port, "tailsampler_spans_forward_fallback_total") == 0
+        assert member.metric("tailsampler_forward_pushbacks_total") >= 2  # type: ignore[operator]
+    finally:
+        member.stop()
+        fake.stop()
