@@ -428,7 +428,7 @@ class App:
                 await rx.stop()
         if self.forwarder is not None:  # what is still on its way to an owner comes back here if it must
             await self.forwarder.flush(min(timeout, 10.0))
-            await self.forwarder.close()
+            await self.forwarder.close()  # waits for calls in flight (the forward timeout), keeps the rest here
         decided = self.core.decide_all(self.loop.time())
         log.info("shutdown: decided %d buffered traces, flushing exports (up to %.0fs)", decided, timeout)
         if not await self.queue.flush(timeout):

@@ -148,7 +148,7 @@ class PeerCollector(Collector):
             "tailsampler_spans_forward_fallback",
             "Spans kept here instead of at their owner, by reason (owner_left; owner_unreachable: marked down; "
             "owner_busy: it pushed back for forward_busy_max_elapsed without accepting anything; rejected: it "
-            "refused them for good; error: an unexpected failure, logged).",
+            "refused them for good; shutdown: still on their way at shutdown; error: an unexpected failure, logged).",
             labels=["reason"],
         )
         for reason, n in sorted(stats.fallback.items()):

@@ -57,6 +57,7 @@ MIN_BATCH_BYTES = 64 * 2**10  # halving batches at each pushback stops here (a b
 DOWN_AFTER_FAILURES = 3  # unanswered attempts in a row (over forward_max_elapsed) before an owner is marked down
 MIN_RETRY_DELAY = 0.05
 MAX_RETRY_DELAY = 30.0  # an owner's retry hint is honoured up to this
+CLOSE_GRACE = 1.0  # what close() waits for calls in flight beyond their own timeout
 _FIELD = 6  # bytes a length-delimited field adds to its value at most: its tag and a varint length
 # Retryable codes (as OTLP defines them) that, without RetryInfo, mean the owner gave no answer.
 NO_ANSWER = frozenset({
@@ -176,10 +177,10 @@ class PeerStats:
         self.failures = 0  # forward attempts that failed, pushbacks included
         self.pushbacks = 0  # forward attempts the owner answered by pushing back
         # Spans kept here instead of at their owner, by why: the owner left the membership, was
-        # marked down (or still queued at shutdown), pushed back for busy_max_elapsed without accepting
-        # anything, or rejected them for good; or an unexpected error (logged).
+        # marked down, pushed back for busy_max_elapsed without accepting anything, or rejected them
+        # for good; the forwarder was closing (shutdown); or an unexpected error (logged).
         self.fallback: dict[str, int] = dict.fromkeys(
-            ("owner_left", "owner_unreachable", "owner_busy", "rejected", "error"), 0)
+            ("owner_left", "owner_unreachable", "owner_busy", "rejected", "shutdown", "error"), 0)
 
 
 class _Peer:
@@ -214,7 +215,7 @@ class Forwarder:
     retryable error, so a slow owner slows the senders rather than making this instance keep its
     traces. Batches are cut at FORWARD_BATCH_SPANS spans and `batch_max_bytes` encoded bytes. What
     the owner answers decides between retrying and keeping spans here (see the module docstring);
-    every span kept here is counted by reason.
+    every span kept here is counted by reason, and `close` (shutdown) hands back what is left.
     """
 
     def __init__(
@@ -249,6 +250,7 @@ class Forwarder:
         self.nbytes = 0  # all queues together, batches in flight included
         self.idle = asyncio.Event()
         self.idle.set()
+        self.closing = asyncio.Event()
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """What a forward carries: the forwarded mark and, with receiver auth, the current token."""
@@ -298,24 +300,35 @@ class Forwarder:
         return any(peer.queue or peer.sending for peer in self.peers.values())
 
     async def _drain(self, peer: _Peer, call: Call) -> None:
-        while True:
-            while not peer.queue:
-                if not self._pending():
-                    self.idle.set()
-                peer.wake.clear()
-                await peer.wake.wait()
-            if peer.owner not in self.membership.alive:
-                self._hand_back(peer, self._take_all(peer), "owner_left")
-                continue
-            batch = self._take(peer)
-            peer.sending = True
-            try:
-                delay = await self._attempt(peer, call, batch)
-            finally:
-                peer.sending = False
-            if delay is not None:  # to be retried: back at the head of the queue meanwhile
-                peer.queue.extendleft(reversed(batch))
-                await self._pause(delay)
+        batch: list[Chunk] = []
+        try:
+            while True:
+                while not peer.queue:
+                    if self.closing.is_set():
+                        return
+                    if not self._pending():
+                        self.idle.set()
+                    peer.wake.clear()
+                    await peer.wake.wait()
+                if self.closing.is_set():
+                    return  # close() hands back what is queued
+                if peer.owner not in self.membership.alive:
+                    self._hand_back(peer, self._take_all(peer), "owner_left")
+                    continue
+                batch = self._take(peer)
+                peer.sending = True
+                try:
+                    delay = await self._attempt(peer, call, batch)
+                finally:
+                    peer.sending = False
+                if delay is not None:  # to be retried: back at the head of the queue meanwhile
+                    peer.queue.extendleft(reversed(batch))
+                batch = []
+                if delay is not None and not await self._pause(delay):
+                    return
+        except asyncio.CancelledError:  # only when a call outlives its own deadline at close()
+            self._hand_back(peer, batch, "shutdown")
+            raise
 
     def _take(self, peer: _Peer) -> list[Chunk]:
         """The next batch from the head of the queue: up to FORWARD_BATCH_SPANS spans and
@@ -340,9 +353,13 @@ class Forwarder:
         peer.queue.clear()
         return chunks
 
-    async def _pause(self, seconds: float) -> None:
-        """Wait `seconds` before a retry."""
-        await asyncio.sleep(seconds)
+    async def _pause(self, seconds: float) -> bool:
+        """Wait `seconds` before a retry; False at once when the forwarder is closing."""
+        try:
+            await asyncio.wait_for(self.closing.wait(), seconds)
+        except TimeoutError:
+            return True
+        return False
 
     async def _attempt(self, peer: _Peer, call: Call, batch: list[Chunk]) -> float | None:
         """Send one batch once. None when it is done with (delivered, or handed back here);
@@ -434,13 +451,27 @@ class Forwarder:
         return True
 
     async def close(self) -> None:
+        """Stop forwarding (shutdown). A call in flight is waited for: it ends within its timeout,
+        delivered or not. Everything else (queued, or waiting to be retried) is handed back here,
+        counted as `shutdown`."""
+        self.closing.set()
+        tasks = []
         for peer in self.peers.values():
+            peer.wake.set()
             if peer.task is not None:
-                peer.task.cancel()
-        await asyncio.gather(*(p.task for p in self.peers.values() if p.task is not None), return_exceptions=True)
-        for peer in self.peers.values():  # what could not be sent is kept here
-            self._hand_back(peer, self._take_all(peer), "owner_unreachable")
+                tasks.append(peer.task)
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=self.timeout + CLOSE_GRACE)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        for peer in self.peers.values():
+            self._hand_back(peer, self._take_all(peer), "shutdown")
             await peer.close_channel()
+        stats = self.stats
+        log.info("forwarding stopped: %d spans delivered to their owners, %d kept here (%s)", stats.forwarded,
+                 sum(stats.fallback.values()),
+                 ", ".join(f"{reason} {n}" for reason, n in stats.fallback.items() if n) or "none")
 
 
 def retry_hint(trailers: Iterable[tuple[str, str | bytes]] | None) -> float | None:

@@ -1,5 +1,6 @@
 """The Forwarder without a network: what each kind of answer from an owner leads to (on a clock the
-test advances), how batches are cut, and how much the queues take."""
+test advances), how batches are cut, how much the queues take, and what closing does with what is on
+its way."""
 
 from __future__ import annotations
 
@@ -110,10 +111,11 @@ class Scripted(Forwarder):
 
         return self.owner_call, close
 
-    async def _pause(self, seconds: float) -> None:
+    async def _pause(self, seconds: float) -> bool:
         self.pauses.append(seconds)
         self.fake_clock.now += seconds
         await asyncio.sleep(0)
+        return not self.closing.is_set()
 
 
 def run(main: Callable[[], Awaitable[None]]) -> None:
@@ -309,6 +311,85 @@ def test_the_core_refuses_a_request_whose_spans_the_forward_queues_cannot_take()
     assert len(core.buffer) == 0 and forwarded == [] and core.stats.spans_received["grpc"] == 0  # nothing taken
     core.forward_room = lambda remote: True
     assert core.ingest(body, "grpc", 0.0) == 40 and forwarded and len(core.buffer) == 40 - len(forwarded)
+
+
+def test_close_waits_for_a_call_in_flight_and_keeps_the_queue_here() -> None:
+    accepted: list[str] = []
+
+    async def main() -> None:
+        release = asyncio.Event()
+        started = asyncio.Event()
+
+        async def slow(body: bytes, **kwargs: Any) -> bytes:
+            started.set()
+            await release.wait()
+            accepted.extend(ids_in(body))
+            return b""
+
+        first, rest = chunks([1]), chunks(range(2, 6))
+        fw = Scripted(slow, batch_max_bytes=1)  # one chunk a batch
+        fw.forward(PEER, first)
+        await started.wait()
+        fw.forward(PEER, rest)
+        closing = asyncio.create_task(fw.close())
+        await fw.closing.wait()
+        release.set()
+        await closing
+        assert accepted == span_ids(first) and fw.stats.forwarded == 2
+        assert fw.kept == rest and fw.stats.fallback["shutdown"] == 8 and fw.nbytes == 0
+
+    run(main)
+
+
+def test_close_hands_back_a_batch_waiting_to_be_retried_at_once() -> None:
+    async def main() -> None:
+        refused = asyncio.Event()
+
+        async def busy(body: bytes, **kwargs: Any) -> bytes:
+            refused.set()
+            raise grpc.aio.AioRpcError(UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(*_retry_details("x")),
+                                       "busy")
+
+        batch = chunks(range(1, 4))
+        kept: list[Chunk] = []
+
+        class Busy(Forwarder):
+            def _open(self, owner: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
+                async def close() -> None:
+                    return None
+
+                return busy, close
+
+            def _failed(self, peer: Any, batch: list[Chunk], exc: grpc.aio.AioRpcError) -> float | None:
+                super()._failed(peer, batch, exc)
+                return 3600.0  # a retry an hour away: close() must not wait for it
+
+        fw = Busy(Membership(ME, [ME, PEER]), kept.extend)
+        fw.forward(PEER, batch)
+        await refused.wait()
+        await asyncio.wait_for(fw.close(), 10)
+        assert kept == batch and fw.stats.fallback["shutdown"] == 6
+
+    run(main)
+
+
+def test_a_call_that_outlives_its_timeout_at_close_is_cancelled_and_its_batch_kept_here() -> None:
+    async def main() -> None:
+        started = asyncio.Event()
+
+        async def hung(body: bytes, **kwargs: Any) -> bytes:
+            started.set()
+            await asyncio.Event().wait()  # a call that ignores its deadline
+            return b""
+
+        batch = chunks(range(1, 4))
+        fw = Scripted(hung, timeout=0.1)
+        fw.forward(PEER, batch)
+        await started.wait()
+        await fw.close()
+        assert fw.kept == batch and fw.stats.fallback["shutdown"] == 6 and fw.nbytes == 0
+
+    run(main)
 
 
 def test_an_unexpected_forwarding_error_keeps_the_spans_here_and_the_forwarder_alive() -> None:

@@ -1,5 +1,6 @@
 """Forwarding between sharded instances under stress, with real processes on loopback: an owner that
-pushes back is waited for, not written off; forward batches stay within the owner's request limit."""
+pushes back is waited for, not written off; forward batches stay within the owner's request limit;
+batches on their way at SIGTERM are delivered or decided here, and counted."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,6 +252,7 @@ def owned_by(owner: str, members: list[str], count: int, first: int = 1) -> list
     return out
 
 
+
 def test_large_spans_are_forwarded_in_batches_the_owner_accepts(tmp_path: Path, otlp_backend: OtlpBackend) -> None:
     """8 KiB spans: one request to the first member holds 5,000 of them (41 MB; it accepts requests up
     to 64 MiB), every one owned by the second member, which accepts requests up to 16 MiB. They reach
@@ -286,10 +289,12 @@ def test_large_spans_are_forwarded_in_batches_the_owner_accepts(tmp_path: Path, 
 
 
 class FakeOwner:
-    """A member that is not tailsampler: an OTLP/gRPC server that accepts every call, or while
-    `refuse` is set, refuses every call with a pushback answer. It records the span ids it accepted."""
+    """A member that is not tailsampler: an OTLP/gRPC server that either holds every call for
+    `hold` seconds before accepting it, or refuses every call with a pushback answer. It records the
+    span ids of the calls it accepted whose caller was still waiting for the answer."""
 
-    def __init__(self, refuse: bool = False) -> None:
+    def __init__(self, hold: float = 0.0, refuse: bool = False) -> None:
+        self.hold = hold
         self.refuse = refuse
         self.calls = 0
         self.accepted: list[str] = []
@@ -308,14 +313,73 @@ class FakeOwner:
         if self.refuse:  # as tailsampler's receivers push back
             context.set_trailing_metadata(_retry_details("overloaded; retry later"))
             context.abort(grpc.StatusCode.UNAVAILABLE, "overloaded; retry later")
-        ids = [s.span_id.hex() for rs in ExportTraceServiceRequest.FromString(body).resource_spans
-               for ss in rs.scope_spans for s in ss.spans]
-        with self.lock:
-            self.accepted.extend(ids)
+        time.sleep(self.hold)
+        if context.is_active():
+            ids = [s.span_id.hex() for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+                   for ss in rs.scope_spans for s in ss.spans]
+            with self.lock:
+                self.accepted.extend(ids)
         return b""
 
     def stop(self) -> None:
         self.server.stop(None).wait(5)
+
+
+STOPPED = re.compile(r"forwarding stopped: (\d+) spans delivered to their owners, (\d+) kept here \((.*)\)")
+
+
+def sigterm_with_forwards_in_flight(tmp_path: Path, backend: OtlpBackend, fake: FakeOwner,
+                                    started: Callable[[], bool]) -> tuple[set[str], Counter[str], re.Match[str]]:
+    """One member forwarding to `fake` (everything is owned by it), SIGTERMed once `started()`: the
+    span ids sent, where each one ended up (owner / backend), and the member's closing log line."""
+    port = free_port()
+    peers = [f"127.0.0.1:{port}", f"127.0.0.1:{fake.port}"]
+    member = start_member(tmp_path, backend, port, peers, policies="policies: [{name: all, type: always_sample}]\n",
+                          peer_settings=", forward_max_elapsed: 30s", extra="shutdown_timeout: 1s\n")
+    try:
+        numbers = owned_by(peers[1], peers, 50)
+        sent: set[str] = set()
+        with grpc.insecure_channel(member.grpc_target, options=GRPC_OPTIONS) as channel:
+            for batch in range(5):  # the first is sent at once, the rest wait in the forward queue
+                spans = [S(n, n * 10 + i) for n in numbers[batch * 10:batch * 10 + 10] for i in range(4)]
+                channel.unary_unary(EXPORT_METHOD)(request(spans), timeout=10)
+                sent |= {sid(s.span).hex() for s in spans}
+        assert wait_until(started, 10)
+    finally:
+        stopped = member.stop()
+    assert stopped.code == 0, stopped.stderr[-3000:]
+    # The member has exited: its exports are done, and what the owner accepted it has recorded.
+    where = Counter({"owner": len(fake.accepted), "backend": len(backend.spans)})
+    delivered = set(fake.accepted) | {s.span_id for s in backend.spans}
+    assert sum(where.values()) == len(sent) and delivered == sent, f"lost or duplicated: {dict(where)} of {len(sent)}"
+    line = STOPPED.search(stopped.stderr)
+    assert line is not None, stopped.stderr[-3000:]
+    return sent, where, line
+
+
+def test_a_forward_in_flight_at_sigterm_completes(tmp_path: Path, otlp_backend: OtlpBackend) -> None:
+    """The owner holds each call for 3 s, longer than the member waits for its forward queues to
+    drain (shutdown_timeout 1s) but within one call's timeout (5 s): the call in flight is waited for
+    and delivered; what was still queued is decided here."""
+    fake = FakeOwner(hold=3.0)
+    try:
+        sent, where, line = sigterm_with_forwards_in_flight(tmp_path, otlp_backend, fake, lambda: fake.calls > 0)
+    finally:
+        fake.stop()
+    assert where["owner"] == 40 and where["backend"] == len(sent) - 40
+    assert (int(line[1]), int(line[2])) == (40, len(sent) - 40) and "shutdown" in line[3], line[0]
+
+
+def test_forwards_refused_until_sigterm_are_decided_here(tmp_path: Path, otlp_backend: OtlpBackend) -> None:
+    """The owner pushes back on every call: at SIGTERM the batch waiting to be retried and the queue
+    behind it come back, are decided here, and say so."""
+    fake = FakeOwner(refuse=True)
+    try:
+        sent, where, line = sigterm_with_forwards_in_flight(tmp_path, otlp_backend, fake, lambda: fake.calls >= 2)
+    finally:
+        fake.stop()
+    assert where["owner"] == 0 and where["backend"] == len(sent)
+    assert (int(line[1]), int(line[2])) == (0, len(sent)) and "shutdown" in line[3], line[0]
 
 
 def test_a_member_refuses_requests_its_forward_queue_cannot_take(tmp_path: Path, otlp_backend: OtlpBackend) -> None:
