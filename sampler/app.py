@@ -10,7 +10,6 @@ import gc
 import logging
 import signal
 import ssl
-import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -303,8 +302,11 @@ class App:
             max_elapsed=peers.forward_max_elapsed, down_cooldown=peers.down_cooldown,
             credentials=grpc_channel_credentials(peers.tls) if peers.tls is not None else None,
             authorization=self.auth.header if self.auth is not None else None,
+            busy_max_elapsed=peers.forward_busy_max_elapsed,
+            batch_max_bytes=min(peers.forward_batch_max_bytes, self.config.receivers.max_request_bytes),
         )
         self.core.route = membership.route
+        self.core.forward_room = self.forwarder.room
         self.core.forward = self.forwarder.forward
         self.metrics.registry.register(PeerCollector(membership, self.forwarder))
         if peers.dns is not None and self.worker is None:
@@ -375,7 +377,7 @@ class App:
                 await asyncio.sleep(RESUMMARY_PAUSE)
             self._govern(now)
             if self.forwarder is not None:
-                self.membership.revive(time.monotonic())
+                self.membership.revive()
 
     def _hold_limit(self, now: float) -> None:
         """Read the resident memory and act on it (sampler/memory.py): lower or raise the buffer's
@@ -447,7 +449,7 @@ class App:
                 await rx.stop()
         if self.forwarder is not None:  # what is still on its way to an owner comes back here if it must
             await self.forwarder.flush(min(timeout, 10.0))
-            await self.forwarder.close()
+            await self.forwarder.close()  # waits for calls in flight (the forward timeout), keeps the rest here
         queue = self.queue
         started = self.loop.time()
         deadline = started + timeout

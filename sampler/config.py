@@ -166,8 +166,14 @@ class PeersConfig(_Model):
     static: list[str] = Field(default_factory=list)
     dns: DnsPeers | None = None
     tls: TlsClient | None = None  # when the peers' gRPC receivers use TLS
-    forward_max_elapsed: Duration = 5.0  # retrying a peer this long, then its spans are kept here
+    forward_max_elapsed: Duration = 5.0  # retrying a peer that does not answer this long, then its spans are kept here
     down_cooldown: Duration = 30.0  # ...and it is left out of the hashing this long
+    # A peer that pushes back stays a member and is retried after its delay, as long as it accepts
+    # something at least this often; beyond that its spans are kept here until it accepts again.
+    forward_busy_max_elapsed: Duration = 60.0
+    # Bound on the encoded size of one forward request: keep it under the members' max_request_bytes
+    # (it is also capped at this instance's own).
+    forward_batch_max_bytes: Size = Field(default=8 * 2**20, gt=0)
     # Spans on their way to other members, all peers together; auto: 32MiB, or a sixteenth of memory_limit
     queue_max_bytes: AutoSize = AUTO
     # Callers whose forwarded header counts besides the members' own addresses: where a service mesh

@@ -115,8 +115,10 @@ class Core:
         self.splitter = _splitter(engine)
         self.generation = 0  # of the policy set in force; a buffered trace's summary is of its own
         self._stale: deque[bytes] = deque()  # ids of traces buffered at the last reload, to re-summarise
-        # Sharding (peers.py): the owner of a trace id when it is another instance, and where to send it.
+        # Sharding (peers.py): the owner of a trace id when it is another instance, whether the forward
+        # queues have room for a request's chunks for their owners, and where to send them.
         self.route: Callable[[bytes], str | None] | None = None
+        self.forward_room: Callable[[dict[str, list[Chunk]]], bool] | None = None
         self.forward: Callable[[str, list[Chunk]], None] | None = None
         engine.on_error = self._policy_error
         self._error_logged = False  # a decision that raised is logged once per policy set, then counted
@@ -128,7 +130,9 @@ class Core:
         """Take one ExportTraceServiceRequest; returns its span count. Raises WireError when the
         request is malformed and Backpressure when the buffer cannot take it now, in both cases
         having changed nothing. Traces owned by another instance go to `forward`, except in requests
-        that were themselves forwarded (protocol "peer"), which are always kept here."""
+        that were themselves forwarded (protocol "peer"), which are always kept here; when the forward
+        queues have no room for them, the request is refused (Backpressure "forward_queue_full")
+        rather than its traces kept here, split from their spans at the owner."""
         chunks = split_request(data, self.splitter)
         nspans = 0
         for chunk in chunks:
@@ -143,6 +147,8 @@ class Core:
                     local.append(chunk)
                 else:
                     remote.setdefault(owner, []).append(chunk)
+            if remote and self.forward_room is not None and not self.forward_room(remote):
+                raise Backpressure("forward_queue_full")
         buffer = self.buffer
         if buffer.min_eviction_age > 0:
             new = 0

@@ -139,12 +139,18 @@ class PeerCollector(Collector):
                                   self.membership.changes)
         yield CounterMetricFamily("tailsampler_spans_forwarded", "Spans forwarded to the instance owning their trace.",
                                   stats.forwarded)
-        yield CounterMetricFamily("tailsampler_forward_failures", "Attempts to forward spans to a peer that failed.",
+        yield CounterMetricFamily("tailsampler_forward_failures",
+                                  "Attempts to forward spans to a peer that failed (pushbacks included).",
                                   stats.failures)
+        yield CounterMetricFamily("tailsampler_forward_pushbacks",
+                                  "Attempts to forward spans that the owner answered by pushing back (retryable, "
+                                  "with RetryInfo): retried after its delay, the owner stays a member.",
+                                  stats.pushbacks)
         fallback = CounterMetricFamily(
             "tailsampler_spans_forward_fallback",
-            "Spans kept here instead of at their owner, by reason (owner_left, owner_unreachable, queue_full, "
-            "error: an unexpected failure, logged).",
+            "Spans kept here instead of at their owner, by reason (owner_left; owner_unreachable: marked down; "
+            "owner_busy: it pushed back for forward_busy_max_elapsed without accepting anything; rejected: it "
+            "refused them for good; shutdown: still on their way at shutdown; error: an unexpected failure, logged).",
             labels=["reason"],
         )
         for reason, n in sorted(stats.fallback.items()):
@@ -195,9 +201,11 @@ class Metrics:
         self.requests_refused = Counter(
             "tailsampler_requests_refused",
             "Requests refused by a receiver, by protocol and reason (malformed, too_large, "
-            "unsupported_media_type, unsupported_encoding, buffer_full, export_queue_full, memory).",
+            "unsupported_media_type, unsupported_encoding, buffer_full, export_queue_full, forward_queue_full, "
+            "memory).",
             ["protocol", "reason"], registry=self.registry,
         )
         for protocol in ("grpc", "http"):
-            for reason in ("malformed", "unauthenticated", "buffer_full", "export_queue_full", "memory"):
+            for reason in ("malformed", "unauthenticated", "buffer_full", "export_queue_full", "forward_queue_full",
+                           "memory"):
                 self.requests_refused.labels(protocol, reason)

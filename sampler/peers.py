@@ -5,6 +5,23 @@ hashing (the member with the highest hash of member + trace id wins), so when a 
 leaves only its own share of traces moves. Spans owned elsewhere are forwarded once, batched, over
 OTLP/gRPC to the owner's receiver with a `tailsampler-forwarded` header; an instance never forwards
 what it received that way, so two instances that briefly disagree on membership cannot loop.
+
+What an owner answers decides what happens to a forward (`Forwarder._failed`):
+- accepted: delivered.
+- pushback, i.e. RetryInfo in the trailers with UNAVAILABLE, RESOURCE_EXHAUSTED or another
+  retryable code: the owner is alive and busy. The batch is retried after the owner's delay, in
+  smaller batches each time, for as long as the owner accepts something at least every
+  `busy_max_elapsed`; meanwhile the owner's queue fills and this instance refuses requests with spans
+  for it, so the pushback reaches the senders instead of splitting traces.
+- no answer: a retryable code without RetryInfo (UNAVAILABLE: connection refused or reset, no route,
+  the owner going away; DEADLINE_EXCEEDED: no answer within `timeout`; CANCELLED, ABORTED,
+  OUT_OF_RANGE, DATA_LOSS). Retried with backoff; once attempts have failed this way at least
+  DOWN_AFTER_FAILURES times in a row over at least `max_elapsed`, the owner is marked down. Any
+  answer from it (accepted, pushback, rejected) starts the count again.
+- rejected, any other code (INVALID_ARGUMENT, UNAUTHENTICATED, RESOURCE_EXHAUSTED without RetryInfo,
+  which is also how gRPC refuses a message over the owner's size limit...): retrying cannot help,
+  and the owner is alive; the batch is kept here.
+Spans kept here instead of at their owner are counted by reason (`PeerStats.fallback`).
 """
 
 from __future__ import annotations
@@ -17,9 +34,11 @@ import socket
 import time
 import urllib.parse
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 
 from sampler.buffer import spans_cost
 from sampler.config import split_host_port
@@ -31,6 +50,21 @@ from sampler.receivers.grpc import EXPORT_METHOD, FORWARDED_HEADER
 log = logging.getLogger("tailsampler.peers")
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+Call = Callable[..., Awaitable[object]]  # an Export call on a peer's channel: call(body, timeout=, metadata=)
+
+FORWARD_BATCH_SPANS = 4096  # spans in one forward request, whatever their size
+MIN_BATCH_BYTES = 64 * 2**10  # halving batches at each pushback stops here (a batch still takes one chunk)
+DOWN_AFTER_FAILURES = 3  # unanswered attempts in a row (over forward_max_elapsed) before an owner is marked down
+MIN_RETRY_DELAY = 0.05
+MAX_RETRY_DELAY = 30.0  # an owner's retry hint is honoured up to this
+CLOSE_GRACE = 1.0  # what close() waits for calls in flight beyond their own timeout
+_FIELD = 6  # bytes a length-delimited field adds to its value at most: its tag and a varint length
+# Retryable codes (as OTLP defines them) that, without RetryInfo, mean the owner gave no answer.
+NO_ANSWER = frozenset({
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.ABORTED, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.DATA_LOSS,
+})
+PUSHBACK = NO_ANSWER | {grpc.StatusCode.RESOURCE_EXHAUSTED}  # ...that, with RetryInfo, mean "busy, retry later"
 
 
 class Membership:
@@ -41,11 +75,13 @@ class Membership:
     trace instead of each keeping its own part of the dead member's traces.
     """
 
-    def __init__(self, self_addr: str, members: Sequence[str], trusted_networks: Sequence[str] = ()) -> None:
+    def __init__(self, self_addr: str, members: Sequence[str], trusted_networks: Sequence[str] = (),
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.self_addr = self_addr
+        self.clock = clock
         self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_networks)
         self.members: tuple[str, ...] = ()
-        self.down: dict[str, float] = {}  # member -> until when it is left out
+        self.down: dict[str, float] = {}  # member -> until when (clock time) it is left out
         self._keys: list[tuple[bytes, str]] = []
         self.changes = 0
         self.resolved: dict[str, frozenset[str]] = {}  # member host name -> its addresses
@@ -100,15 +136,17 @@ class Membership:
             return False
         return address in self.addresses or any(address in network for network in self.networks)
 
-    def mark_down(self, member: str, until: float) -> None:
+    def mark_down(self, member: str, cooldown: float) -> None:
+        """Leave `member` out of the hashing for `cooldown` seconds (never self)."""
         if member == self.self_addr or member in self.down:
             return
         before = self.alive
-        self.down[member] = until
+        self.down[member] = self.clock() + cooldown
         self._rehash(f"{member} unreachable", before)
 
-    def revive(self, now: float) -> None:
+    def revive(self) -> None:
         """Give members whose cooldown is over another chance."""
+        now = self.clock()
         back = [m for m, until in self.down.items() if until <= now]
         if back:
             before = self.alive
@@ -136,17 +174,48 @@ class Membership:
 class PeerStats:
     def __init__(self) -> None:
         self.forwarded = 0  # spans delivered to their owner
-        self.failures = 0  # forward attempts that failed
-        self.fallback: dict[str, int] = {"owner_left": 0, "owner_unreachable": 0, "queue_full": 0, "error": 0}
+        self.failures = 0  # forward attempts that failed, pushbacks included
+        self.pushbacks = 0  # forward attempts the owner answered by pushing back
+        # Spans kept here instead of at their owner, by why: the owner left the membership, was
+        # marked down, pushed back for busy_max_elapsed without accepting anything, or rejected them
+        # for good; the forwarder was closing (shutdown); or an unexpected error (logged).
+        self.fallback: dict[str, int] = dict.fromkeys(
+            ("owner_left", "owner_unreachable", "owner_busy", "rejected", "shutdown", "error"), 0)
+
+
+class _Peer:
+    """One owner: the chunks queued for it, the task that sends them, and what its answers said."""
+
+    def __init__(self, owner: str, batch_bytes: int, close_channel: Callable[[], Awaitable[None]]) -> None:
+        self.owner = owner
+        self.close_channel = close_channel
+        self.queue: deque[Chunk] = deque()
+        self.nbytes = 0  # memory of its chunks, queued or in flight (buffer.spans_cost)
+        self.sending = False  # a batch is out of the queue, in a call
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.batch_max_bytes = batch_bytes
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what earlier answers said (the owner accepted a batch, or was marked down)."""
+        self.batch_bytes = self.batch_max_bytes  # what batches are cut to now: halved at each pushback
+        self.failing_since: float | None = None  # the first of the unanswered attempts in a row
+        self.failures = 0  # ...and how many
+        self.refusing_since: float | None = None  # the first pushback since the owner last accepted a batch
+        self.gave_up = False  # batches are kept here for lack of progress (logged once, until it accepts)
+        self.rejecting = False  # a rejection was logged (once, until it accepts)
 
 
 class Forwarder:
-    """Per-peer bounded queues of trace chunks to forward, drained by one sender task per peer.
+    """Per-peer queues of trace chunks to forward, each drained by one sender task.
 
-    Forwarding is retried for up to `max_elapsed` seconds; after that, or at once when the owner has
-    left the membership or the queues are full, the spans are handed to `local` (ingested here): a
-    trace may then be decided in two places, but no span is lost. Every such case is counted. The
-    queues of all peers together hold at most `max_bytes` of memory (spans as the buffer counts them).
+    Every queue may hold its share of `max_bytes` (memory of the spans, as the buffer counts it);
+    `room` says whether a request's chunks fit, and the core refuses requests that do not with a
+    retryable error, so a slow owner slows the senders rather than making this instance keep its
+    traces. Batches are cut at FORWARD_BATCH_SPANS spans and `batch_max_bytes` encoded bytes. What
+    the owner answers decides between retrying and keeping spans here (see the module docstring);
+    every span kept here is counted by reason, and `close` (shutdown) hands back what is left.
     """
 
     def __init__(
@@ -159,6 +228,9 @@ class Forwarder:
         down_cooldown: float = 30.0,
         credentials: grpc.ChannelCredentials | None = None,
         authorization: Callable[[], str] | None = None,
+        busy_max_elapsed: float = 60.0,
+        batch_max_bytes: int = 8 * 2**20,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.credentials = credentials
         # Peers share the receivers' bearer tokens, which may be rotated at any time: the header is
@@ -170,16 +242,15 @@ class Forwarder:
         self.max_elapsed = max_elapsed
         self.timeout = timeout
         self.down_cooldown = down_cooldown
+        self.busy_max_elapsed = busy_max_elapsed
+        self.batch_max_bytes = batch_max_bytes
+        self.clock = clock
         self.stats = PeerStats()
-        self.queues: dict[str, deque[list[Chunk]]] = {}
-        self.sizes: dict[str, int] = {}
+        self.peers: dict[str, _Peer] = {}
         self.nbytes = 0  # all queues together, batches in flight included
-        self.wakes: dict[str, asyncio.Event] = {}
-        self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.channels: dict[str, grpc.aio.Channel] = {}
         self.idle = asyncio.Event()
         self.idle.set()
-        self.in_flight = 0
+        self.closing = asyncio.Event()
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """What a forward carries: the forwarded mark and, with receiver auth, the current token."""
@@ -187,97 +258,188 @@ class Forwarder:
             return ((FORWARDED_HEADER, "1"),)
         return ((FORWARDED_HEADER, "1"), ("authorization", self.authorization()))
 
+    def room(self, remote: Mapping[str, list[Chunk]]) -> bool:
+        """Whether the queues can take a request's chunks for these owners now (the core asks before
+        it takes the request, and refuses it otherwise). Each owner's queue may hold its share of
+        max_bytes, so an owner slow to accept holds up only requests with spans for it. An empty
+        queue takes any amount, and empty queues any request: one bigger than a share, or than the
+        whole bound, would otherwise never be taken."""
+        share = self.max_bytes // max(1, len(self.membership.members) - 1)
+        total = 0
+        for owner, chunks in remote.items():
+            size = _cost(chunks)
+            peer = self.peers.get(owner)
+            if peer is not None and peer.nbytes and peer.nbytes + size > share:
+                return False
+            total += size
+        return self.nbytes == 0 or self.nbytes + total <= self.max_bytes
+
     def forward(self, owner: str, chunks: list[Chunk]) -> None:
-        """Queue trace chunks for `owner` (called by the core for every owner of a request's traces)."""
+        """Queue trace chunks for `owner` (called by the core, once `room` said they fit)."""
+        peer = self.peers.get(owner)
+        if peer is None:
+            call, close_channel = self._open(owner)
+            peer = self.peers[owner] = _Peer(owner, self.batch_max_bytes, close_channel)
+            peer.task = asyncio.create_task(self._drain(peer, call), name=f"forward-{owner}")
+        peer.queue.extend(chunks)
         size = _cost(chunks)
-        if self.nbytes + size > self.max_bytes:
-            self.stats.fallback["queue_full"] += _spans(chunks)
-            self.local(chunks)
-            return
-        if owner not in self.tasks:
-            self.queues[owner] = deque()
-            self.sizes[owner] = 0
-            self.wakes[owner] = asyncio.Event()
-            options = [("grpc.enable_http_proxy", 0), *channel_options(1000)]  # peers are always direct
-            self.channels[owner] = (
-                grpc.aio.secure_channel(owner, self.credentials, options=options) if self.credentials is not None
-                else grpc.aio.insecure_channel(owner, options=options)
-            )
-            self.tasks[owner] = asyncio.create_task(self._drain(owner), name=f"forward-{owner}")
-        self.queues[owner].append(chunks)
-        self.sizes[owner] += size
+        peer.nbytes += size
         self.nbytes += size
         self.idle.clear()
-        self.wakes[owner].set()
+        peer.wake.set()
+
+    def _open(self, owner: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
+        """The Export call on a new channel to `owner`, and how to close that channel."""
+        options = [("grpc.enable_http_proxy", 0), *channel_options(1000)]  # peers are always direct
+        channel = (grpc.aio.secure_channel(owner, self.credentials, options=options) if self.credentials is not None
+                   else grpc.aio.insecure_channel(owner, options=options))
+        call = channel.unary_unary(EXPORT_METHOD, request_serializer=None, response_deserializer=None)
+        return call, channel.close
 
     def _pending(self) -> bool:
-        return self.in_flight > 0 or any(self.queues.values())
+        return any(peer.queue or peer.sending for peer in self.peers.values())
 
-    async def _drain(self, owner: str) -> None:
-        queue = self.queues[owner]
-        call = self.channels[owner].unary_unary(EXPORT_METHOD, request_serializer=None, response_deserializer=None)
-        while True:
-            while not queue:
-                if not self._pending():
-                    self.idle.set()
-                self.wakes[owner].clear()
-                await self.wakes[owner].wait()
-            batch: list[Chunk] = []
-            spans = 0
-            while queue and spans < 4096:
-                chunks = queue.popleft()
-                batch.extend(chunks)
-                spans += _spans(chunks)
-            self.in_flight += 1
-            try:
-                await self._send(owner, call, batch)
-            except Exception:  # _send hands its spans back on any failure it can see; this keeps the drain alive
-                log.exception("forwarding to %s failed unexpectedly", owner)
-            finally:
-                self.in_flight -= 1
-                size = _cost(batch)
-                self.sizes[owner] -= size
-                self.nbytes -= size
+    async def _drain(self, peer: _Peer, call: Call) -> None:
+        batch: list[Chunk] = []
+        try:
+            while True:
+                while not peer.queue:
+                    if self.closing.is_set():
+                        return
+                    if not self._pending():
+                        self.idle.set()
+                    peer.wake.clear()
+                    await peer.wake.wait()
+                if self.closing.is_set():
+                    return  # close() hands back what is queued
+                if peer.owner not in self.membership.alive:
+                    self._hand_back(peer, self._take_all(peer), "owner_left")
+                    continue
+                batch = self._take(peer)
+                peer.sending = True
+                try:
+                    delay = await self._attempt(peer, call, batch)
+                finally:
+                    peer.sending = False
+                if delay is not None:  # to be retried: back at the head of the queue meanwhile
+                    peer.queue.extendleft(reversed(batch))
+                batch = []
+                if delay is not None and not await self._pause(delay):
+                    return
+        except asyncio.CancelledError:  # only when a call outlives its own deadline at close()
+            self._hand_back(peer, batch, "shutdown")
+            raise
 
-    async def _send(self, owner: str, call: grpc.aio.UnaryUnaryMultiCallable, batch: list[Chunk]) -> None:
+    def _take(self, peer: _Peer) -> list[Chunk]:
+        """The next batch from the head of the queue: up to FORWARD_BATCH_SPANS spans and
+        peer.batch_bytes encoded bytes, and at least one chunk however big it is."""
+        queue = peer.queue
+        first = queue.popleft()
+        batch = [first]
+        spans = len(first.spans)
+        size = _encoded(first)
+        while queue:
+            chunk = queue[0]
+            n, nbytes = len(chunk.spans), _encoded(chunk)
+            if spans + n > FORWARD_BATCH_SPANS or size + nbytes > peer.batch_bytes:
+                break
+            batch.append(queue.popleft())
+            spans += n
+            size += nbytes
+        return batch
+
+    def _take_all(self, peer: _Peer) -> list[Chunk]:
+        chunks = list(peer.queue)
+        peer.queue.clear()
+        return chunks
+
+    async def _pause(self, seconds: float) -> bool:
+        """Wait `seconds` before a retry; False at once when the forwarder is closing."""
+        try:
+            await asyncio.wait_for(self.closing.wait(), seconds)
+        except TimeoutError:
+            return True
+        return False
+
+    async def _attempt(self, peer: _Peer, call: Call, batch: list[Chunk]) -> float | None:
+        """Send one batch once. None when it is done with (delivered, or handed back here);
+        otherwise the delay after which to send it again."""
         spans = _spans(batch)
         try:
             body = encode_request((c.spans, c.groups, b"") for c in batch)
-        except Exception:
-            self._failed_unexpectedly(owner, batch, spans)
-            return
-        deadline = time.monotonic() + self.max_elapsed
-        delay = 0.05
-        while True:
-            if owner not in self.membership.alive:
-                self.stats.fallback["owner_left"] += spans
-                self.local(batch)
-                return
-            try:
-                await call(body, timeout=self.timeout, metadata=self.metadata())
-            except grpc.aio.AioRpcError as exc:
-                self.stats.failures += 1
-                if time.monotonic() + delay > deadline:
-                    log.warning("forwarding %d spans to %s failed (%s); handling them here",
-                                spans, owner, exc.code().name)
-                    self.membership.mark_down(owner, time.monotonic() + self.down_cooldown)
-                    self.stats.fallback["owner_unreachable"] += spans
-                    self.local(batch)
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                continue
-            except Exception:  # not a network failure (a bug, a closed channel)
-                self._failed_unexpectedly(owner, batch, spans)
-                return
-            self.stats.forwarded += spans
-            return
+            await call(body, timeout=self.timeout, metadata=self.metadata())
+        except grpc.aio.AioRpcError as exc:
+            self.stats.failures += 1
+            return self._failed(peer, batch, exc)
+        except Exception:  # not an answer from the owner (a bug, a closed channel)
+            log.exception("forwarding %d spans to %s failed unexpectedly; handling them here", spans, peer.owner)
+            self._hand_back(peer, batch, "error")
+            return None
+        self.stats.forwarded += spans
+        self._release(peer, batch)
+        if peer.refusing_since is not None:
+            log.debug("peer %s accepts forwarded spans again after pushing back for %.1fs", peer.owner,
+                      self.clock() - peer.refusing_since)
+        batch_bytes = peer.batch_bytes
+        peer.reset()
+        peer.batch_bytes = min(peer.batch_max_bytes, batch_bytes * 2)  # regrown step by step
+        return None
 
-    def _failed_unexpectedly(self, owner: str, batch: list[Chunk], spans: int) -> None:
-        """Called from an except block: log the traceback, count it, keep the spans here."""
-        log.exception("forwarding %d spans to %s failed unexpectedly; handling them here", spans, owner)
-        self.stats.fallback["error"] += spans
-        self.local(batch)
+    def _failed(self, peer: _Peer, batch: list[Chunk], exc: grpc.aio.AioRpcError) -> float | None:
+        """What a failed attempt means (module docstring): the delay before retrying the batch, or
+        None once it has been handed back here."""
+        code = exc.code()
+        hint = retry_hint(exc.trailing_metadata())
+        now = self.clock()
+        owner = peer.owner
+        if hint is not None and code in PUSHBACK:
+            self.stats.pushbacks += 1
+            peer.failing_since, peer.failures = None, 0  # it answered: alive
+            if peer.refusing_since is None:  # (the log says so when this instance's queue for it fills)
+                peer.refusing_since = now
+                log.debug("peer %s is pushing back (%s); forwards to it wait for it", owner, code.name)
+            elif now - peer.refusing_since >= self.busy_max_elapsed:
+                if not peer.gave_up:
+                    peer.gave_up = True
+                    log.warning("peer %s has accepted nothing for %.0fs; its spans are handled here until it "
+                                "accepts again", owner, now - peer.refusing_since)
+                self._hand_back(peer, batch, "owner_busy")
+                return None
+            peer.batch_bytes = max(MIN_BATCH_BYTES, peer.batch_bytes // 2)  # smaller requests fit into less room
+            return min(max(hint, MIN_RETRY_DELAY), MAX_RETRY_DELAY)
+        if code in NO_ANSWER:
+            if peer.failing_since is None:
+                peer.failing_since = now
+            peer.failures += 1
+            if peer.failures >= DOWN_AFTER_FAILURES and now - peer.failing_since >= self.max_elapsed:
+                log.warning("forwarding to %s failed %d times in a row over %.1fs (%s); leaving it out for %.0fs "
+                            "and handling its spans here", owner, peer.failures, now - peer.failing_since,
+                            code.name, self.down_cooldown)
+                peer.reset()
+                self.membership.mark_down(owner, self.down_cooldown)
+                self._hand_back(peer, batch + self._take_all(peer), "owner_unreachable")
+                return None
+            return float(min(MIN_RETRY_DELAY * 2 ** (peer.failures - 1), 1.0))
+        peer.failing_since, peer.failures = None, 0
+        if not peer.rejecting:
+            peer.rejecting = True
+            log.warning("peer %s rejected %d forwarded spans (%s: %s); handling them here", owner, _spans(batch),
+                        code.name, exc.details())
+        self._hand_back(peer, batch, "rejected")
+        return None
+
+    def _release(self, peer: _Peer, chunks: list[Chunk]) -> None:
+        size = _cost(chunks)
+        peer.nbytes -= size
+        self.nbytes -= size
+
+    def _hand_back(self, peer: _Peer, chunks: list[Chunk], reason: str) -> None:
+        """Keep chunks here instead of at their owner, counted by reason."""
+        if not chunks:
+            return
+        self._release(peer, chunks)
+        self.stats.fallback[reason] += _spans(chunks)
+        self.local(chunks)
 
     async def flush(self, timeout: float) -> bool:
         if not self._pending():
@@ -289,15 +451,50 @@ class Forwarder:
         return True
 
     async def close(self) -> None:
-        for task in self.tasks.values():
-            task.cancel()
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-        for owner, queue in self.queues.items():  # what could not be sent is kept here
-            while queue:
-                chunks = queue.popleft()
-                self.stats.fallback["owner_unreachable"] += _spans(chunks)
-                self.local(chunks)
-            await self.channels[owner].close()
+        """Stop forwarding (shutdown). A call in flight is waited for: it ends within its timeout,
+        delivered or not. Everything else (queued, or waiting to be retried) is handed back here,
+        counted as `shutdown`."""
+        self.closing.set()
+        tasks = []
+        for peer in self.peers.values():
+            peer.wake.set()
+            if peer.task is not None:
+                tasks.append(peer.task)
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=self.timeout + CLOSE_GRACE)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        for peer in self.peers.values():
+            self._hand_back(peer, self._take_all(peer), "shutdown")
+            await peer.close_channel()
+        stats = self.stats
+        log.info("forwarding stopped: %d spans delivered to their owners, %d kept here (%s)", stats.forwarded,
+                 sum(stats.fallback.values()),
+                 ", ".join(f"{reason} {n}" for reason, n in stats.fallback.items() if n) or "none")
+
+
+def retry_hint(trailers: Iterable[tuple[str, str | bytes]] | None) -> float | None:
+    """The RetryInfo delay in an answer's trailers, in seconds, wherever the server put it: in the
+    google.rpc.Status details (the Collector, grpc-go and grpc-java servers), or alone in a
+    `google.rpc.retryinfo-bin` trailer; tailsampler's receivers send both."""
+    for key, value in trailers or ():
+        if not isinstance(value, bytes):
+            continue
+        info: error_details_pb2.RetryInfo | None = None
+        try:
+            if key == "google.rpc.retryinfo-bin":
+                info = error_details_pb2.RetryInfo.FromString(value)
+            elif key == "grpc-status-details-bin":
+                for detail in status_pb2.Status.FromString(value).details:
+                    if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                        info = error_details_pb2.RetryInfo()
+                        detail.Unpack(info)
+        except DecodeError:
+            continue
+        if info is not None:
+            return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
+    return None
 
 
 def _host(host_port: str) -> str:
@@ -338,6 +535,13 @@ def _spans(chunks: list[Chunk]) -> int:
 
 def _cost(chunks: list[Chunk]) -> int:
     return sum(spans_cost(c.nbytes, len(c.spans)) for c in chunks)
+
+
+def _encoded(chunk: Chunk) -> int:
+    """At most what `chunk` adds to an encoded request: its spans with their field headers, and its
+    resource and scope groups with theirs (a group shared by several chunks is counted in each)."""
+    groups = sum(len(g.resource) + len(g.scope) + 2 * _FIELD for g in set(chunk.groups))
+    return chunk.nbytes + _FIELD * len(chunk.spans) + groups
 
 
 async def resolve(name: str, port: int) -> list[str]:

@@ -309,7 +309,7 @@ def test_peers_forward_with_the_token_in_force_after_a_rotation(tmp_path: Path) 
         for ts in instances:
             assert ts.metric("tailsampler_requests_refused_total", unauthenticated) == 0
             assert ts.metric("tailsampler_forward_failures_total") == 0
-            for reason in ("owner_left", "owner_unreachable", "queue_full", "error"):
+            for reason in ("owner_left", "owner_unreachable", "owner_busy", "rejected", "error"):
                 assert ts.metric("tailsampler_spans_forward_fallback_total", {"reason": reason}) == 0, reason
     finally:
         for ts in instances:
