@@ -3,6 +3,7 @@ message for every document json_format accepts, a WireError for every one it ref
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from typing import Any
@@ -17,7 +18,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from sampler.otlp import jsonwire
-from sampler.otlp.jsonconv import TRACES, protobuf_to_dict
+from sampler.otlp.jsonconv import TRACES, json_to_protobuf_stepwise, protobuf_to_dict
 from sampler.otlp.wire import WireError
 from tests.test_fuzz import mutated_docs
 
@@ -136,6 +137,37 @@ def test_every_request_round_trips_through_otlp_json(msg: ExportTraceServiceRequ
     doc = protobuf_to_dict(msg.SerializeToString())
     assert ours(doc) == msg
     assert jsonwire.encode(doc, TRACES) == msg.SerializeToString()  # and byte for byte, as protobuf writes it
+
+
+def spans_in_context(data: bytes) -> list[tuple[bytes, bytes, bytes, str]]:
+    msg = ExportTraceServiceRequest.FromString(data)
+    return [(rs.resource.SerializeToString(), ss.scope.SerializeToString(), span.SerializeToString(), rs.schema_url)
+            for rs in msg.resource_spans for ss in rs.scope_spans for span in ss.spans]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests(), st.integers(1, 4))
+def test_a_body_encoded_step_by_step_is_the_same_request(msg: ExportTraceServiceRequest, step: int) -> None:
+    """Encoded a few spans at a time (the HTTP receiver lets other requests run in between), every
+    span keeps its resource and scope, in order."""
+    body = json.dumps(protobuf_to_dict(msg.SerializeToString())).encode()
+    stepwise = asyncio.run(json_to_protobuf_stepwise(body, step))
+    assert spans_in_context(stepwise) == spans_in_context(msg.SerializeToString())
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_docs())
+def test_mutated_documents_are_refused_or_encoded_alike_step_by_step(doc: Any) -> None:
+    body = json.dumps(doc).encode()
+    try:
+        whole = spans_in_context(jsonwire.encode(doc, TRACES))
+    except WireError:
+        whole = None
+    try:
+        stepwise = spans_in_context(asyncio.run(json_to_protobuf_stepwise(body, 1)))
+    except WireError:
+        stepwise = None
+    assert stepwise == whole
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])

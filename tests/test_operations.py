@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import json
 import logging
 import os
 import re
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -308,3 +310,48 @@ def test_sigterm_counts_and_logs_what_could_not_be_exported_within_shutdown_time
     assert stopped.code == 0, stopped.stderr
     assert took < 10, took  # shutdown_timeout (2 s) bounds the flush, not the retry policy (10 s)
     assert re.search(r"shutdown: 30 spans of kept traces could not be exported", stopped.stderr), stopped.stderr
+
+
+def test_an_otlp_json_client_does_not_stall_grpc_clients(tmp_path: Path) -> None:
+    """OTLP/JSON bodies of ~2 MB posted back to back beside a gRPC client sending small requests
+    back to back: the gRPC client keeps being served between JSON bodies. Counted as gRPC calls
+    completed per JSON body (both rates move with the machine's speed, their ratio much less):
+    decoding JSON on the loop with protobuf's json_format took ~0.3 s per MB, one or two gRPC calls
+    got through per body."""
+    from sampler.otlp.jsonconv import protobuf_to_dict
+
+    ts = start(tmp_path, None, ALWAYS, "{decision_wait: 1s}")
+    spans = [S(n, i, parent=None if i == 0 else 0, attrs={f"attr.{k}": f"value {k} {n}" for k in range(8)})
+             for n in range(1, 200) for i in range(20)]
+    body = json.dumps(protobuf_to_dict(request(spans))).encode()
+    assert len(body) > 2 * 2**20
+    posts = 8
+    grpc_calls = [0]
+    done = threading.Event()
+
+    def grpc_client() -> None:
+        with grpc.insecure_channel(ts.grpc_target, options=GRPC_OPTIONS) as channel:
+            call = channel.unary_unary(EXPORT_METHOD)
+            n = 10_000
+            while not done.is_set():
+                n += 1
+                call(request([S(n, 1)]), timeout=30)
+                grpc_calls[0] += 1
+
+    thread = threading.Thread(target=grpc_client, daemon=True)
+    try:
+        thread.start()
+        assert wait_until(lambda: grpc_calls[0] > 0, 10)
+        first = None
+        for _ in range(posts):
+            status = http_request(ts.http_url, body, {"Content-Type": "application/json"}, timeout=60).status
+            assert status == 200
+            if first is None:
+                first = grpc_calls[0]  # from the end of the first body on: the client is in steady state
+        calls_per_body = (grpc_calls[0] - first) / (posts - 1)
+        done.set()
+        thread.join(30)
+        assert calls_per_body >= 5, calls_per_body
+    finally:
+        done.set()
+        assert ts.stop().code == 0

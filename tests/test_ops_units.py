@@ -62,6 +62,17 @@ def test_buffer_pushes_back_instead_of_deciding_young_traces() -> None:
     assert core.stats.evicted == 1 and tid(3) in core.buffer.by_first
 
 
+def test_pushback_looks_at_every_trace_a_request_would_evict_not_only_the_oldest() -> None:
+    core = core_with(Buffer(2, 10**9, 5, 60, min_eviction_age=1.0))
+    core.ingest(request([S(1, 1)]), "grpc", 0.0)  # old enough to decide early from t=1.0
+    core.ingest(request([S(2, 2)]), "grpc", 1.8)  # young until t=2.8
+    with pytest.raises(Backpressure):  # two new traces would evict both: trace 2 is too young
+        core.ingest(request([S(3, 3), S(4, 4)]), "grpc", 2.0)
+    assert len(core.buffer) == 2 and core.stats.evicted == 0
+    core.ingest(request([S(3, 3)]), "grpc", 2.0)  # one new trace evicts only the old one
+    assert core.stats.evicted == 1 and set(core.buffer.by_first) == {tid(2), tid(3)}
+
+
 def test_unchanged_stateful_policies_keep_their_state_across_a_reload() -> None:
     text = ("policies: [{name: rl, type: rate_limiting, rate_limiting: {spans_per_second: 5}},"
             " {name: all, type: always_sample}]")

@@ -22,7 +22,7 @@ from google.rpc import status_pb2
 from sampler.auth import Authenticator
 from sampler.core import Backpressure
 from sampler.memory import JSON_COST, PROTOBUF_COST
-from sampler.otlp.jsonconv import json_to_protobuf
+from sampler.otlp.jsonconv import json_to_protobuf_stepwise
 from sampler.otlp.wire import WireError
 from sampler.receivers.grpc import RETRY_AFTER_SECONDS
 
@@ -142,7 +142,7 @@ class HttpReceiver:
         if refusal is not None:
             return refusal
         try:
-            data = json_to_protobuf(body) if ctype == JSON else body
+            data = await json_to_protobuf_stepwise(body) if ctype == JSON else body
             self.ingest(data, "http")
         except WireError as exc:
             self.refused("malformed")
