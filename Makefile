@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 
 # The receive path is compiled by the package build (setup.py: Cython and mypyc); an editable install
 # puts the extensions beside their sources, so editing a source must rebuild them.
-$(STAMP): pyproject.toml setup.py sampler/otlp/_split.pyx sampler/_untrack.pyx sampler/_idring.pyx sampler/summary.py sampler/buffer.py sampler/core.py \
+$(STAMP): pyproject.toml setup.py sampler/otlp/_split.pyx sampler/_untrack.pyx sampler/_idring.pyx sampler/summary.py sampler/frames.py sampler/buffer.py sampler/core.py \
 		sampler/decisions.py sampler/otlp/splice.py sampler/otlp/jsonwire.py $(wildcard sampler/policy/*.py)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

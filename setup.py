@@ -21,6 +21,7 @@ CYTHON_MODULES = ["sampler/otlp/_split.pyx", "sampler/_untrack.pyx", "sampler/_i
 # The per-trace work of the core around the splitter.
 MYPYC_MODULES = [
     "sampler/summary.py",
+    "sampler/frames.py",
     "sampler/buffer.py",
     "sampler/core.py",
     "sampler/policy/hashing.py",

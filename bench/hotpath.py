@@ -1,8 +1,15 @@
 """Hot-path benchmark: realistic OTLP requests through the production code path (receive bytes ->
-buffer -> decide -> encode the export request; no sockets), beside the floor measured in the same
-run on the same payloads: protobuf's own ExportTraceServiceRequest.FromString (upb).
+buffer -> pack and compress quiet traces -> decide -> encode the export request; no sockets),
+beside the floor measured in the same run on the same payloads: protobuf's own
+ExportTraceServiceRequest.FromString (upb). Packing and compressing run inline here (the server
+compresses on a thread of its own), so spans/s is the whole CPU cost of a span.
 
-    .venv/bin/python bench/hotpath.py [--requests N] [--repeat R] [--json] [--depth D]
+    .venv/bin/python bench/hotpath.py [--requests N] [--repeat R] [--json] [--depth D] [--no-compress]
+
+`bytes_per_buffered_span` is measured over a full buffer of other requests (every byte the buffer
+holds, overhead included, as tracemalloc sees it, divided by the spans held), once a compression
+dictionary has been trained on the traffic as the server does; `serialized_bytes_per_span` beside
+it, and their ratio `buffered_to_serialized`.
 
 Each request's traces are decided as soon as the next request has arrived, so the buffer stays
 small and warm in the CPU caches. `--depth D` runs the same path a second time with D requests
@@ -31,7 +38,10 @@ from sampler.core import Core, KeptTrace
 from sampler.decisions import DecisionCache
 from sampler.demo import build_template
 from sampler.exporters.base import encode_batch
+from sampler.frames import train
 from sampler.policy.loader import load_policies
+
+COMPRESS = True  # --no-compress: the buffer without packing or compression (spans held as they came)
 
 
 def make_requests(n: int, seed: int = 1) -> tuple[list[bytes], int]:
@@ -49,9 +59,11 @@ def make_requests(n: int, seed: int = 1) -> tuple[list[bytes], int]:
 
 
 def new_core(kept: list[KeptTrace], depth: int = 1) -> Core:
-    """A core whose traces are due `depth` requests after they arrive (one request per clock second)."""
+    """A core whose traces are due `depth` requests after they arrive (one request per clock second),
+    packed and compressed a quarter of a second after they arrive."""
     engine = load_policies(default_policies_doc()).engine()
-    return Core(Buffer(10**7, 2**40, depth - 0.5, 1e9), engine, DecisionCache(100_000, 1_000_000), kept.append)
+    return Core(Buffer(10**7, 2**40, depth - 0.5, 1e9, compress_after=0.25), engine,
+                DecisionCache(100_000, 1_000_000), kept.append)
 
 
 def run_hotpath(requests: list[bytes], depth: int = 1) -> float:
@@ -63,6 +75,8 @@ def run_hotpath(requests: list[bytes], depth: int = 1) -> float:
     for data in requests:
         core.ingest(data, "grpc", now)
         now += 1.0
+        if COMPRESS:
+            core.compress_quiet(now)
         core.sweep(now)  # the traces of the request `depth` requests back are now quiet
         if kept:
             encode_batch(kept, annotate=True)
@@ -80,19 +94,33 @@ def run_floor(requests: list[bytes]) -> float:
     return time.perf_counter() - start
 
 
-def memory_per_span(requests: list[bytes], spans: int) -> tuple[float, float]:
-    """(bytes the buffer holds per span, serialized bytes per span) with every trace buffered."""
+def memory_per_span(warm: list[bytes], requests: list[bytes]) -> tuple[float, float, float]:
+    """(bytes the buffer holds per span as tracemalloc sees them, as the buffer counts them,
+    serialized bytes per span) with every trace of `requests` buffered, packed and compressed with
+    a dictionary trained on `warm` (as the server trains one on the traffic it sees first)."""
     kept: list[KeptTrace] = []
     core = new_core(kept)
+    compression = core.compression
+    for data in warm:
+        core.ingest(data, "grpc", 0.0)
+    core.compress_quiet(1.0)
+    samples = compression.due(1.0)
+    if COMPRESS and samples is not None:
+        compression.trained(train(samples), 1.0)
+    core.decide_all(1.0)
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     for data in requests:
-        core.ingest(data, "grpc", 0.0)
+        core.ingest(data, "grpc", 2.0)
+    if COMPRESS:
+        core.compress_quiet(3.0)
     gc.collect()
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    return held / spans, core.buffer.nbytes / spans
+    spans = core.buffer.spans
+    serialized = sum(e.summary.nbytes for e in core.buffer.entries())
+    return held / spans, core.buffer.nbytes / spans, serialized / spans
 
 
 def main() -> None:
@@ -101,7 +129,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--depth", type=int, default=0, help="also measure with this many requests buffered")
+    parser.add_argument("--no-compress", action="store_true", help="hold spans as they came: no packing, no zstd")
     args = parser.parse_args()
+    global COMPRESS
+    COMPRESS = not args.no_compress
     requests, spans = make_requests(args.requests)
     tune_gc()  # as `tailsampler run` does
     hot = []
@@ -109,13 +140,17 @@ def main() -> None:
     for _ in range(args.repeat):
         floor.append(spans / run_floor(requests))
         hot.append(spans / run_hotpath(requests))
-    per_span, serialized = memory_per_span(requests, spans)
+    warm, _ = make_requests(60, seed=5)
+    full, _ = make_requests(max(args.requests, 200), seed=6)
+    per_span, counted, serialized = memory_per_span(warm, full)
     result = {
         "spans_per_s": round(statistics.median(hot)),
         "floor_spans_per_s": round(statistics.median(floor)),
         "ratio": round(statistics.median(hot) / statistics.median(floor), 3),
         "bytes_per_buffered_span": round(per_span, 1),
+        "counted_bytes_per_buffered_span": round(counted, 1),
         "serialized_bytes_per_span": round(serialized, 1),
+        "buffered_to_serialized": round(per_span / serialized, 3),
     }
     if args.depth > 1:
         deep_requests, deep_spans = make_requests(max(args.requests, 3 * args.depth), seed=2)
@@ -130,8 +165,10 @@ def main() -> None:
     print(f"  tailsampler ingest+decide+encode  {result['spans_per_s']:>12,} spans/s")
     print(f"  floor: upb FromString             {result['floor_spans_per_s']:>12,} spans/s")
     print(f"  ratio                             {result['ratio']:>12}")
-    print(f"  buffered bytes per span           {result['bytes_per_buffered_span']:>12}")
+    print(f"  buffered bytes per span           {result['bytes_per_buffered_span']:>12} "
+          f"(counted {result['counted_bytes_per_buffered_span']})")
     print(f"  serialized bytes per span         {result['serialized_bytes_per_span']:>12}")
+    print(f"  buffered / serialized             {result['buffered_to_serialized']:>12}")
     if "depth" in result:
         print(f"  with {result['depth']} requests buffered     {result['deep_spans_per_s']:>12,} spans/s, floor "
               f"{result['deep_floor_spans_per_s']:,} on the same requests, ratio {result['deep_ratio']}")

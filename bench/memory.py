@@ -389,7 +389,8 @@ def run_case(name: str, limit: str, seconds: float, dead_seconds: float = 30.0) 
                 members = ", ".join(f'"{HOST}:{g}"' for g, _, _ in ports)
                 for i, p in enumerate(ports):
                     peers = f'peers: {{self: "{HOST}:{p[0]}", static: [{members}]}}'
-                    buffer = ("buffer: {decision_wait: 2s, max_bytes: 4MiB, min_eviction_age: 2s}" if i == 0
+                    buffer = ("buffer: {decision_wait: 2s, max_bytes: 4MiB, min_eviction_age: 2s, compress_after: 10m}"
+                              if i == 0
                               else "buffer: {decision_wait: 2s}")
                     run.start(f"ts{i}", buffer, DEFAULT, peers, p)
                 with run.watching(), ThreadPoolExecutor(3) as pool:  # the three loads at once

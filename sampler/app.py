@@ -12,6 +12,7 @@ import signal
 import ssl
 from collections import deque
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,12 @@ from sampler.admin import AdminServer
 from sampler.auth import Authenticator
 from sampler.buffer import Buffer
 from sampler.config import Loaded, split_host_port
-from sampler.core import Backpressure, Core, KeptTrace
+from sampler.core import Backpressure, Core, KeptTrace, compress_frames
 from sampler.decisions import DecisionCache
 from sampler.exporters import build_sender
 from sampler.exporters.base import Sender
 from sampler.exporters.queue import ExportQueue
+from sampler.frames import Codec, Compression, Frame, train
 from sampler.memory import (
     MIN_BUFFER,
     NO_LIMIT_BUFFER,
@@ -58,6 +60,8 @@ QUEUE_HIGH_WATER = 0.9
 TASK_RESTART_SECONDS = 1.0
 PEER_NAMES_SECONDS = 30.0  # how often static members given by name are resolved again
 SWEEP_CHUNK = 256  # traces decided between two chances for the receivers to run
+PACK_CHUNK = 1024  # quiet traces packed between two chances for the receivers to run
+COMPRESS_BATCH = 512  # packed frames compressed per job on the compression thread
 RESUMMARY_CHUNK = 2048  # spans re-split after a policy reload between two such chances...
 # ...and the pause between two such steps. A real pause, not one bare loop turn: an Export call needs
 # several turns, and gRPC's poller thread the GIL in between, so with bare turns calls crawled while
@@ -134,12 +138,16 @@ class App:
             max_bytes = MIN_BUFFER  # until the plan below sizes it
         self.core = Core(
             Buffer(buf.max_traces, max_bytes, buf.decision_wait, buf.max_trace_age,
-                   buf.max_spans_per_trace, buf.max_bytes_per_trace, buf.min_eviction_age),
+                   buf.max_spans_per_trace, buf.max_bytes_per_trace, buf.min_eviction_age, buf.compress_after),
             self.loaded.policies.engine(),
             decisions,
             self._emit,
             on_decision=self._log_decision if log.isEnabledFor(logging.DEBUG) else None,
+            compression=Compression(enabled=buf.compression == "zstd"),
         )
+        self._compressor = ThreadPoolExecutor(1, thread_name_prefix="compress")
+        self._to_compress: list[tuple[bytes, Frame]] = []
+        self._compressing = False
         self.metrics = Metrics(self.core)
         sender = self._sender or build_sender(cfg.exporter)
         self.queue = ExportQueue(sender, self.metrics, self.bounds["export_queue"] or 0,
@@ -224,7 +232,7 @@ class App:
         process as it started, `other` what the resident memory holds beyond everything counted."""
         core = self.core
         report = {
-            "buffer": core.buffer.nbytes,
+            "buffer": core.buffer.nbytes + core.compression.nbytes,
             "decision_cache": core.decisions.nbytes,
             "export_queue": self.queue.nbytes,
             "forward_queues": self.forwarder.nbytes if self.forwarder is not None else 0,
@@ -375,9 +383,55 @@ class App:
             # After a policy reload, buffered traces are re-summarised the same way, a step at a time.
             while self.core.resummarise(RESUMMARY_CHUNK):
                 await asyncio.sleep(RESUMMARY_PAUSE)
+            # Quiet traces are packed here, a chunk at a time, and compressed on a thread of their own.
+            while frames := self.core.pack_quiet(now, PACK_CHUNK):
+                self._to_compress.extend(frames)
+                self._compress_next()
+                if len(frames) < PACK_CHUNK:
+                    break
+                await asyncio.sleep(0)
+            self._train(now)
             self._govern(now)
             if self.forwarder is not None:
                 self.membership.revive()
+
+    def _compress_next(self) -> None:
+        """Hand the next batch of packed frames to the compression thread, if it is idle."""
+        codec = self.core.compression.codec
+        if self._compressing or not self._to_compress or codec is None:
+            if codec is None:
+                self._to_compress.clear()  # compression: none: frames stay packed
+            return
+        batch = self._to_compress[:COMPRESS_BATCH]
+        del self._to_compress[:COMPRESS_BATCH]
+        self._compressing = True
+        future = self.loop.run_in_executor(self._compressor, compress_frames, codec, batch)
+        future.add_done_callback(functools.partial(self._compressed, batch, codec))
+
+    def _compressed(self, batch: list[tuple[bytes, Frame]], codec: Codec, future: asyncio.Future[list[bytes]]) -> None:
+        self._compressing = False
+        if future.cancelled():
+            return
+        try:
+            self.core.compressed(batch, future.result(), codec)
+        except Exception:  # a bug: the frames stay packed (correct, only larger); count it, keep going
+            log.exception("compressing %d frames failed; they stay uncompressed", len(batch))
+            self.metrics.task_failures.labels("compress").inc()
+        self._compress_next()
+
+    def _train(self, now: float) -> None:
+        """Train a compression dictionary on sampled frames when it is time (off the loop)."""
+        samples = self.core.compression.due(now)
+        if samples is None:
+            return
+        compression = self.core.compression
+        future = self.loop.run_in_executor(None, train, samples)
+
+        def done(f: asyncio.Future[Any]) -> None:
+            dictionary = None if f.cancelled() or f.exception() is not None else f.result()
+            compression.trained(dictionary, self.loop.time())
+
+        future.add_done_callback(done)
 
     def _hold_limit(self, now: float) -> None:
         """Read the resident memory and act on it (sampler/memory.py): lower or raise the buffer's
@@ -460,6 +514,7 @@ class App:
         if not await queue.flush(max(0.0, deadline - self.loop.time())):
             log.warning("shutdown: exports not done within shutdown_timeout (%.0fs)", timeout)
         await queue.close()
+        self._compressor.shutdown(wait=False, cancel_futures=True)
         log.info("shutdown: decided %d buffered traces, exported %d spans in %.1fs", decided,
                  queue.exported - exported, self.loop.time() - started)
         lost = queue.dropped - dropped

@@ -1,14 +1,20 @@
 """The bounded per-trace store: spans held as their serialized bytes, plus each trace's summary.
 
-Traces are kept in two orders: by last arrival (the quiet-time sweep pops from its front) and by
-first arrival (the max-age sweep and bound evictions pop from its front). Both are OrderedDicts,
-so every operation is O(1) and a sweep touches only what is due.
+A trace's spans arrive as one bytes object each and stay so while the trace is active ("hot");
+once it has been quiet for `compress_after` they are packed into a frame and compressed
+(sampler/frames.py), and spans arriving after that start a new hot list.
+
+Traces are kept in three orders: by last arrival (the quiet-time sweep pops from its front), by
+first arrival (the max-age sweep and bound evictions pop from its front), and hot traces by last
+arrival (packing pops from its front). All are OrderedDicts, so every operation is O(1) and a sweep
+touches only what is due.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
+from sampler.frames import Frame
 from sampler.otlp.wire import Group
 from sampler.summary import TraceSummary
 from sampler.untrack import untrack
@@ -19,11 +25,17 @@ from sampler.untrack import untrack
 # orders of the buffer.
 SPAN_OVERHEAD = 52
 TRACE_OVERHEAD = 720
+HOT_LISTS = 112  # the two lists a trace's hot spans are held in (besides their slots, in SPAN_OVERHEAD)
 
 
 def spans_cost(nbytes: int, spans: int) -> int:
     """Memory held by `spans` span bytes objects of `nbytes` serialized bytes in all."""
     return nbytes + spans * SPAN_OVERHEAD
+
+
+def trace_cost(nbytes: int, spans: int) -> int:
+    """Memory held by a trace whose spans are all hot (not packed yet)."""
+    return TRACE_OVERHEAD + HOT_LISTS + spans_cost(nbytes, spans)
 
 
 class TraceEntry:
@@ -32,7 +44,7 @@ class TraceEntry:
     `generation` is the policy set its summary was made under (Core re-summarises after a reload);
     `marked`: some span of it arrived annotated by a tailsampler before this one (Chunk.marked)."""
 
-    __slots__ = ("cost", "first_seen", "generation", "groups", "last_seen", "marked", "spans", "summary")
+    __slots__ = ("cost", "first_seen", "frames", "generation", "groups", "last_seen", "marked", "spans", "summary")
 
     def __init__(
         self, trace_id: bytes, now: float, spans: list[bytes], groups: list[Group], generation: int = 0,
@@ -41,18 +53,37 @@ class TraceEntry:
         self.last_seen = now
         self.generation = generation
         self.marked = False
-        self.cost = TRACE_OVERHEAD  # memory held, spans added as they are folded in (Buffer.touched)
+        self.cost = TRACE_OVERHEAD + HOT_LISTS  # memory held, spans added as they are folded in (Buffer.touched)
+        self.frames: tuple[Frame, ...] = ()  # spans packed (and compressed) so far, in arrival order
         self.hold(TraceSummary(trace_id), spans, groups)
         untrack(self)
 
     def hold(self, summary: TraceSummary, spans: list[bytes], groups: list[Group]) -> None:
-        """Take these as the trace's summary and spans (groups[i] is the resource/scope of spans[i])."""
+        """Take these as the trace's summary and hot spans (groups[i] is the resource/scope of spans[i])."""
         self.summary = summary
-        self.spans = spans
-        self.groups = groups
         untrack(summary)
+        self.adopt(spans, groups)
+
+    def adopt(self, spans: list[bytes], groups: list[Group]) -> None:
+        """Take these lists as the trace's hot spans (the trace has none: None until spans arrive
+        after its last packing)."""
+        self.spans: list[bytes] | None = spans
+        self.groups: list[Group] | None = groups
         untrack(spans)
         untrack(groups)
+
+    def packed(self, frame: Frame) -> None:
+        """Its hot spans are now `frame`."""
+        self.frames = (*self.frames, frame)
+        untrack(frame)
+        untrack(self.frames)
+        self.spans = None
+        self.groups = None
+
+    def resummarised(self, summary: TraceSummary) -> None:
+        """Take a summary made anew from the same spans (after a policy reload)."""
+        self.summary = summary
+        untrack(summary)
 
     @property
     def nbytes(self) -> int:
@@ -68,8 +99,10 @@ class Buffer:
     def __init__(
         self, max_traces: int, max_bytes: int, decision_wait: float, max_trace_age: float,
         max_spans_per_trace: int = 1 << 62, max_bytes_per_trace: int = 1 << 62, min_eviction_age: float = 0.0,
+        compress_after: float = 0.5,
     ) -> None:
         self.max_traces = max_traces
+        self.compress_after = compress_after
         self.max_bytes = max_bytes
         self.bound = max_bytes  # what it may hold now: max_bytes, or less while memory is short
         self.max_spans_per_trace = max_spans_per_trace
@@ -79,7 +112,8 @@ class Buffer:
         self.max_trace_age = max_trace_age
         self.by_last: OrderedDict[bytes, TraceEntry] = OrderedDict()
         self.by_first: OrderedDict[bytes, TraceEntry] = OrderedDict()
-        self.nbytes = 0  # memory held by the buffered traces (spans_cost plus TRACE_OVERHEAD each)
+        self.hot: OrderedDict[bytes, TraceEntry] = OrderedDict()  # traces with spans not yet packed
+        self.nbytes = 0  # memory held by the buffered traces (trace_cost while hot, less once packed)
         self.spans = 0
 
     def __len__(self) -> int:
@@ -95,6 +129,7 @@ class Buffer:
         entry = TraceEntry(trace_id, now, spans, groups, generation)
         self.by_first[trace_id] = entry
         self.by_last[trace_id] = entry
+        self.hot[trace_id] = entry
         self.nbytes += entry.cost
         return entry
 
@@ -105,11 +140,34 @@ class Buffer:
         entry.cost += added_cost
         self.nbytes += added_cost
         self.spans += added_spans
-        self.by_last.move_to_end(entry.trace_id)
+        trace_id = entry.trace_id
+        self.by_last.move_to_end(trace_id)
+        hot = self.hot
+        if trace_id in hot:
+            hot.move_to_end(trace_id)
+        else:
+            hot[trace_id] = entry
+
+    def recost(self, entry: TraceEntry, delta: int) -> None:
+        """The memory `entry` holds changed by `delta` bytes (its spans were packed or compressed)."""
+        entry.cost += delta
+        self.nbytes += delta
+
+    def next_hot(self, quiet_since: float) -> TraceEntry | None:
+        """The least recently active trace with spans not yet packed, if none arrived since `quiet_since`;
+        it leaves the hot order (the caller packs it)."""
+        if self.hot:
+            entry = next(iter(self.hot.values()))
+            if entry.last_seen <= quiet_since:
+                del self.hot[entry.trace_id]
+                return entry
+        return None
 
     def remove(self, entry: TraceEntry) -> None:
-        del self.by_first[entry.trace_id]
-        del self.by_last[entry.trace_id]
+        trace_id = entry.trace_id
+        del self.by_first[trace_id]
+        del self.by_last[trace_id]
+        self.hot.pop(trace_id, None)
         self.nbytes -= entry.cost
         self.spans -= entry.summary.spans
 

@@ -125,6 +125,11 @@ class BufferConfig(_Model):
     max_spans_per_trace: int = Field(default=20_000, gt=0)  # beyond it the trace is decided early
     max_bytes_per_trace: Size = Field(default=16 * 2**20, gt=0)  # ...likewise
     min_eviction_age: Duration = 1.0  # evicting younger traces to make room means push back instead
+    # A trace quiet this long has its spans packed and compressed (sampler/frames.py); spans arriving
+    # later are packed in a frame of their own. zstd: compressed with a dictionary trained on the
+    # live stream; none: only packed.
+    compression: Literal["zstd", "none"] = "zstd"
+    compress_after: Duration = 0.5
     decision_cache_kept: int = Field(default=100_000, gt=0)  # trace ids remembered as kept
     decision_cache_dropped: int = Field(default=1_000_000, gt=0)  # ...and as dropped
     sweep_interval: Duration = 0.1

@@ -11,8 +11,9 @@ from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Callable
 
-from sampler.buffer import TRACE_OVERHEAD, Buffer, TraceEntry, spans_cost
+from sampler.buffer import HOT_LISTS, TRACE_OVERHEAD, Buffer, TraceEntry, spans_cost, trace_cost
 from sampler.decisions import DecisionCache
+from sampler.frames import Codec, Compression, Frame, compress, pack, unpack
 from sampler.otlp.splice import MARK_KEYS, encode_request
 from sampler.otlp.split import Chunk, Splitter, split_request
 from sampler.otlp.wire import Group
@@ -41,9 +42,9 @@ class KeptTrace:
         self.marked = marked
         # Memory held while it waits for export: the buffer's own measure of these spans and summary.
         if summary is not None:
-            self.cost = spans_cost(summary.nbytes, summary.spans) + TRACE_OVERHEAD
+            self.cost = trace_cost(summary.nbytes, summary.spans)
         else:
-            self.cost = spans_cost(sum(len(s) for s in spans), len(spans)) + TRACE_OVERHEAD
+            self.cost = trace_cost(sum(len(s) for s in spans), len(spans))
 
     def part(self, start: int, stop: int) -> KeptTrace:
         """spans[start:stop] of this trace, to be sent in a request of their own (a trace too large
@@ -76,6 +77,10 @@ class Stats:
         # lag_counts[i] counts lags <= LAG_BUCKETS[i] and above the bound before; the last slot is +Inf
         self.lag_counts = [0] * (len(LAG_BUCKETS) + 1)
         self.lag_sum = 0.0
+        self.packed_frames = 0
+        self.packed_bytes = 0  # serialized span bytes packed into frames
+        self.compressed_in = 0  # packed bytes of the frames compressed...
+        self.compressed_out = 0  # ...and what they became
 
 
 Emit = Callable[[KeptTrace], None]
@@ -105,8 +110,10 @@ class Core:
         decisions: DecisionCache,
         emit: Emit,
         on_decision: Callable[[TraceSummary, Verdict, str], None] | None = None,
+        compression: Compression | None = None,
     ) -> None:
         self.buffer = buffer
+        self.compression = compression or Compression()
         self.decisions = decisions
         self.emit = emit
         self.on_decision = on_decision
@@ -157,7 +164,7 @@ class Core:
                 local_cost += spans_cost(chunk.nbytes, len(chunk.spans))
                 if buffer.get(chunk.trace_id) is None:
                     new += 1
-                    local_cost += TRACE_OVERHEAD
+                    local_cost += TRACE_OVERHEAD + HOT_LISTS
             if buffer.would_evict_young(new, local_cost, now):
                 raise Backpressure
         self.stats.spans_received[protocol] += nspans
@@ -188,11 +195,15 @@ class Core:
         else:
             if entry.generation != self.generation:  # its summary first, then this chunk's (same policies)
                 self._resummarise(entry)
-            entry.spans.extend(chunk.spans)
-            entry.groups.extend(chunk.groups)
+            if entry.spans is None or entry.groups is None:  # packed since its last spans: new hot lists
+                entry.adopt(chunk.spans, chunk.groups)
+                buffer.recost(entry, HOT_LISTS)
+            else:
+                entry.spans.extend(chunk.spans)
+                entry.groups.extend(chunk.groups)
         if chunk.marked:
             entry.marked = True
-        entry.summary.merge(chunk)
+        entry.summary.merge(chunk, self.engine.reads_root_attrs)
         buffer.touched(entry, now, len(chunk.spans), spans_cost(chunk.nbytes, len(chunk.spans)))
         if entry.summary.spans > buffer.max_spans_per_trace or entry.nbytes > buffer.max_bytes_per_trace:
             self.stats.limited += 1
@@ -236,7 +247,8 @@ class Core:
         if self.on_decision is not None:
             self.on_decision(summary, verdict, reason)
         if verdict.keep:
-            self.emit(KeptTrace(summary.trace_id, entry.spans, entry.groups, verdict, summary, entry.marked))
+            spans, groups = _spans_of(entry)
+            self.emit(KeptTrace(summary.trace_id, spans, groups, verdict, summary, entry.marked))
 
     def _undecidable(self, summary: TraceSummary) -> Verdict:
         """A decision raised (a policy's bug, not its abstention: those the engine handles): keep the
@@ -304,17 +316,86 @@ class Core:
         return bool(stale)
 
     def _resummarise(self, entry: TraceEntry) -> int:
-        """Split a trace's stored spans under the policies in force; returns its span count."""
+        """Split a trace's stored spans under the policies in force; returns its span count. The
+        spans stay stored as they are (packed, compressed or hot): only the summary is new."""
         summary = TraceSummary(entry.trace_id)
-        spans: list[bytes] = []
-        groups: list[Group] = []
-        for chunk in split_request(encode_request([(entry.spans, entry.groups, b"")]), self.splitter):
-            summary.merge(chunk)
-            spans.extend(chunk.spans)
-            groups.extend(chunk.groups)
-        entry.hold(summary, spans, groups)
+        spans, groups = _spans_of(entry)
+        for chunk in split_request(encode_request([(spans, groups, b"")]), self.splitter):
+            summary.merge(chunk, self.engine.reads_root_attrs)
+        entry.resummarised(summary)
         entry.generation = self.generation
         return summary.spans
+
+    def pack_quiet(self, now: float, limit: int) -> list[tuple[bytes, Frame]]:
+        """Pack the spans of up to `limit` traces quiet for `compress_after` into frames (one per
+        trace, each alongside those it already has); returns them, with their trace ids, for
+        compressing (off the loop: `compress_frames`, then `compressed`)."""
+        buffer = self.buffer
+        quiet_since = now - buffer.compress_after
+        out: list[tuple[bytes, Frame]] = []
+        while len(out) < limit and (entry := buffer.next_hot(quiet_since)) is not None:
+            spans = entry.spans
+            if not spans or entry.groups is None:
+                continue
+            frame = pack(spans, entry.groups)
+            nbytes = 0
+            for data in spans:
+                nbytes += len(data)
+            entry.packed(frame)
+            buffer.recost(entry, frame.cost - spans_cost(nbytes, len(spans)) - HOT_LISTS)
+            self.stats.packed_frames += 1
+            self.stats.packed_bytes += nbytes
+            self.compression.sample(frame.data, now)
+            out.append((entry.trace_id, frame))
+        return out
+
+    def compressed(self, frames: list[tuple[bytes, Frame]], datas: list[bytes], codec: Codec) -> None:
+        """Take the compression of packed frames (made off the loop with `codec`): each frame whose
+        trace is still buffered holds its compressed bytes from now on (when they are smaller)."""
+        buffer = self.buffer
+        for (trace_id, frame), data in zip(frames, datas, strict=True):
+            entry = buffer.get(trace_id)
+            if entry is None or frame.codec is not None or len(data) >= len(frame.data):
+                continue
+            if not any(f is frame for f in entry.frames):
+                continue
+            before = frame.cost
+            self.stats.compressed_in += len(frame.data)
+            self.stats.compressed_out += len(data)
+            frame.data = data
+            frame.codec = codec
+            buffer.recost(entry, frame.cost - before)
+
+    def compress_quiet(self, now: float) -> int:
+        """Pack and compress every quiet trace at once, here (tests, benchmarks; the server does it
+        off the loop); returns how many frames were made."""
+        frames = self.pack_quiet(now, 1 << 62)
+        codec = self.compression.codec
+        if codec is not None and frames:
+            self.compressed(frames, compress_frames(codec, frames), codec)
+        return len(frames)
+
+
+def compress_frames(codec: Codec, frames: list[tuple[bytes, Frame]]) -> list[bytes]:
+    """The compressed bytes of packed frames: safe off the event loop (zstd releases the GIL; the
+    frames' packed bytes never change until `Core.compressed` swaps them)."""
+    return [compress(codec, frame.data) for _, frame in frames]
+
+
+def _spans_of(entry: TraceEntry) -> tuple[list[bytes], list[Group]]:
+    """Every span of a buffered trace, unpacked, in arrival order, with its group."""
+    if not entry.frames and entry.spans is not None and entry.groups is not None:
+        return entry.spans, entry.groups
+    spans: list[bytes] = []
+    groups: list[Group] = []
+    for frame in entry.frames:
+        s, g = unpack(frame)
+        spans.extend(s)
+        groups.extend(g)
+    if entry.spans is not None and entry.groups is not None:
+        spans.extend(entry.spans)
+        groups.extend(entry.groups)
+    return spans, groups
 
 
 def _splitter(engine: Engine) -> Splitter:

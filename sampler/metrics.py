@@ -71,6 +71,23 @@ class CoreCollector(Collector):
         for decision in ("keep", "drop"):
             late.add_metric([decision], stats.late_spans[decision])
         yield late
+        yield CounterMetricFamily(
+            "tailsampler_buffer_packed_frames",
+            "Frames packed: the spans of a trace quiet for buffer.compress_after, held together from then on.",
+            stats.packed_frames,
+        )
+        yield CounterMetricFamily(
+            "tailsampler_buffer_packed_bytes", "Serialized span bytes packed into frames.", stats.packed_bytes,
+        )
+        yield CounterMetricFamily(
+            "tailsampler_compression_input_bytes", "Packed bytes of the frames compressed (zstd).",
+            stats.compressed_in,
+        )
+        yield CounterMetricFamily(
+            "tailsampler_compression_output_bytes",
+            "What those frames became once compressed: input / output is the compression ratio.",
+            stats.compressed_out,
+        )
         errors = CounterMetricFamily(
             "tailsampler_policy_evaluation_errors",
             "Policy evaluations that failed (the policy abstained); policy=\"policy_error\": a decision that failed "
@@ -187,11 +204,12 @@ class Metrics:
             self.policy_reloads.labels(result)
         self.task_failures = Counter(
             "tailsampler_background_task_failures",
-            "Background loops (sweeper, policy-watch, secrets, peer-dns, peer-names) that failed unexpectedly and "
+            "Background loops (sweeper, policy-watch, secrets, peer-dns, peer-names) and compression batches "
+            "(compress) that failed unexpectedly and "
             "were restarted; each failure is logged with its traceback.",
             ["task"], registry=self.registry,
         )
-        for task in ("sweeper", "policy-watch", "secrets", "peer-dns", "peer-names"):
+        for task in ("sweeper", "policy-watch", "secrets", "peer-dns", "peer-names", "compress"):
             self.task_failures.labels(task)
         self.export_queue_bytes = Gauge(
             "tailsampler_export_queue_bytes",

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from sampler.otlp.split import Chunk
 from sampler.otlp.wire import AttrValue
+
+NO_ATTRS: Final[dict[str, AttrValue]] = {}  # shared by every summary without root attributes; never changed
 
 # Bits of TraceSummary.status_mask, by OTLP status code (UNSET=0, OK=1, ERROR=2).
 STATUS_UNSET = 1
@@ -43,12 +47,13 @@ class TraceSummary:
         self.matches = 0
         self.root_name: str | None = None
         self.root_service: str | None = None
-        self.root_attrs: dict[str, AttrValue] = {}
+        self.root_attrs: dict[str, AttrValue] = NO_ATTRS
         self.root_resource_attrs: dict[str, AttrValue] = {}
         self.first_service = ""
 
-    def merge(self, chunk: Chunk) -> None:
-        """Fold one request's spans of this trace in (their predicate bits included)."""
+    def merge(self, chunk: Chunk, root_attrs: bool = True) -> None:
+        """Fold one request's spans of this trace in (their predicate bits included). The root
+        span's attributes are kept only when some policy reads them (`root_attrs`)."""
         if self.spans == 0:
             self.min_start = chunk.min_start
             self.max_end = chunk.max_end
@@ -66,7 +71,7 @@ class TraceSummary:
         if root is not None:
             self.root_name = chunk.root_name
             self.root_service = root.service
-            self.root_attrs = chunk.root_attrs or {}
+            self.root_attrs = (chunk.root_attrs or NO_ATTRS) if root_attrs else NO_ATTRS
             self.root_resource_attrs = root.attrs
 
     @property

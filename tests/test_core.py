@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sampler.buffer import TRACE_OVERHEAD, Buffer, spans_cost
+from sampler.buffer import Buffer, trace_cost
 from sampler.core import POLICY_ERROR, Core, KeptTrace
 from sampler.decisions import DecisionCache
 from sampler.otlp.splice import POLICY_KEY, RATE_KEY
@@ -84,7 +84,7 @@ def test_hitting_max_traces_decides_the_oldest_early() -> None:
 
 def test_hitting_max_bytes_decides_oldest_until_under_bound() -> None:
     span = len(parse(request([S(1, 1)])).resource_spans[0].scope_spans[0].spans[0].SerializeToString())
-    one = spans_cost(span, 1) + TRACE_OVERHEAD  # what a one-span trace holds
+    one = trace_cost(span, 1)  # what a one-span trace holds
     h = Harness(max_bytes=one * 2)
     h.send(0.0, S(1, 1))
     h.send(1.0, S(2, 2))
@@ -180,7 +180,7 @@ def test_bounds_hold_and_every_span_is_forwarded_once_or_dropped(
 ) -> None:
     span_size = len(parse(request([S(1, 1, attrs={"keep": "yes"})])).resource_spans[0].scope_spans[0]
                     .spans[0].SerializeToString())
-    h = Harness(max_traces=max_traces, max_bytes=(spans_cost(span_size, 1) + TRACE_OVERHEAD) * max_spans * 2,
+    h = Harness(max_traces=max_traces, max_bytes=trace_cost(span_size, 1) * max_spans * 2,
                 wait=2.0, age=6.0)
     now = 0.0
     sent: list[tuple[int, int]] = []

@@ -169,7 +169,8 @@ def test_an_owner_that_pushes_back_is_waited_for_not_written_off(tmp_path: Path,
     try:
         for i, port in enumerate(ports):
             instances.append(start_member(tmp_path / f"i{i}", otlp_backend, port, peers, peer_settings=settings,
-                                          buffer=", max_bytes: 4MiB, min_eviction_age: 2s" if i == 2 else ""))
+                                          buffer=", max_bytes: 4MiB, min_eviction_age: 2s, compress_after: 10m"
+                                          if i == 2 else ""))
         admins = [ts.admin_port for ts in instances]
         busy = instances[2]
         background = Background([ts.grpc_target for ts in instances], rate=20).start()

@@ -18,6 +18,7 @@ from sampler.buffer import Buffer
 from sampler.config import Config, default_policies_doc, load_config
 from sampler.core import Core
 from sampler.decisions import DecisionCache
+from sampler.frames import Compression
 from sampler.policy.loader import load_policies
 from tests.otlp_backend import EXPORT_METHOD, GRPC_OPTIONS, http_request
 from tests.spans import S, parse, request
@@ -106,19 +107,23 @@ def _traffics() -> dict[str, list[bytes]]:
     }
 
 
+@pytest.mark.parametrize("state", ["hot", "packed", "compressed"])
 @pytest.mark.parametrize("traffic", ["realistic", "one-span traces", "500-span traces"])
-def test_the_buffer_holds_the_bytes_it_counts(traffic: str) -> None:
+def test_the_buffer_holds_the_bytes_it_counts(traffic: str, state: str) -> None:
     """`buffer.nbytes` (tailsampler_buffer_bytes) is the memory the buffered traces hold, overhead
-    included, within 20% of what tracemalloc sees."""
+    included, within 20% of what tracemalloc sees: spans as they arrive, packed, and compressed."""
     requests = _traffics()[traffic]
-    core = Core(Buffer(10**9, 2**40, 1e9, 1e9), load_policies(default_policies_doc()).engine(),
-                DecisionCache(10, 10), lambda t: None)
+    core = Core(Buffer(10**9, 2**40, 1e9, 1e9, compress_after=0.0), load_policies(default_policies_doc()).engine(),
+                DecisionCache(10, 10), lambda t: None,
+                compression=Compression(enabled=state == "compressed", dictionary=False))
     gc.collect()
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         for data in requests:
             core.ingest(data, "grpc", 0.0)
+        if state != "hot":
+            assert core.compress_quiet(1.0) == len(core.buffer)
         gc.collect()
         held = tracemalloc.get_traced_memory()[0] - before
     finally:

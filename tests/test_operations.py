@@ -77,6 +77,28 @@ def test_sigterm_decides_every_buffered_trace_and_flushes_it(tmp_path: Path, otl
     assert len(otlp_backend.spans) == 10
 
 
+def test_sigterm_flushes_traces_held_compressed(tmp_path: Path, otlp_backend: OtlpBackend) -> None:
+    """Traces quiet for compress_after are held packed and compressed; at SIGTERM they are decided
+    and the kept ones arrive whole, every span intact."""
+    ts = start(tmp_path, otlp_backend.endpoint, ERRORS_ONLY,
+               "{decision_wait: 60s, max_trace_age: 120s, compress_after: 100ms}")
+    try:
+        sent = {n: [S(n, n * 100 + i, parent=None if i == 0 else n * 100, status=2 if i == 3 else 0,
+                      attrs={"http.route": "/checkout", "pad": "x" * 40}) for i in range(8)] for n in range(1, 41)}
+        for spans in sent.values():
+            send(ts, request(spans))
+        assert wait_until(lambda: ts.metric("tailsampler_buffer_packed_frames_total") == 40, 10)
+        assert wait_until(lambda: (ts.metric("tailsampler_compression_output_bytes_total") or 0) > 0, 10)
+        assert otlp_backend.spans == []
+    finally:
+        stopped = ts.stop()
+    assert stopped.code == 0, stopped.stderr
+    assert len(otlp_backend.spans) == 40 * 8
+    got = {(s.trace_id, s.span_id) for s in otlp_backend.spans}
+    assert got == {(tid(n).hex(), (n * 100 + i + 1).to_bytes(8, "big").hex()) for n in sent for i in range(8)}
+    assert {s.attributes["pad"] for s in otlp_backend.spans} == {"x" * 40}
+
+
 def test_traces_queued_while_the_backend_is_down_arrive_after_it_recovers(tmp_path: Path) -> None:
     port = free_port()
     ts = start(tmp_path, f"http://127.0.0.1:{port}", ALWAYS, "{decision_wait: 200ms}",
@@ -267,7 +289,8 @@ def test_sigterm_with_more_kept_data_than_the_export_queue_holds_exports_all_of_
     from tests.test_faults import grpc_exporter
     from tests.test_faults import start as start_with
 
-    ts = start_with(tmp_path, ALWAYS, buffer="{decision_wait: 60s, max_trace_age: 120s, max_bytes: 256MiB}",
+    ts = start_with(tmp_path, ALWAYS, buffer="{decision_wait: 60s, max_trace_age: 120s, max_bytes: 256MiB,"
+                                             " compress_after: 10m}",  # held as they came: 100 MiB
                     exporter=grpc_exporter(otlp_backend.endpoint, queue_max_bytes="8MiB"),
                     extra="memory_limit: null\n")
     pad = os.urandom(1000).hex()  # 2 KB of attribute a span

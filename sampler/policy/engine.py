@@ -57,6 +57,8 @@ class Engine:
                 bit <<= 1
                 (self.span_predicates if p.span_level else self.predicates).append(p)
         self.keys = frozenset(keys)
+        # Policies that read attributes but test no span (route) read the root span's from the summary.
+        self.reads_root_attrs = any(p.keys and not p.predicate for p in walk(self.policies))
 
     def bits(self, attrs: Mapping[str, AttrValue], is_resource: bool) -> int:
         """The predicate bits that one span's (or resource's) extracted attributes satisfy."""
