@@ -129,6 +129,9 @@ def test_histogram_buckets_and_quantile_as_prometheus() -> None:
     assert h.cumulative()[-1] == h.count == 5 and h.sum == pytest.approx(20.6)
     assert h.quantile(0.5) == pytest.approx(0.15)  # rank 2.5: half way through (0.1, 0.2]
     assert h.quantile(0.99) == 12.8  # in +Inf: the highest finite bound
+    few = Histogram(TEMPO_BUCKETS)
+    few.observe(0.25)
+    assert few.quantile(0.95) == 0.25  # interpolation alone says 0.39: never above the largest seen
     assert Histogram(TEMPO_BUCKETS).quantile(0.95) is None
     fine = Histogram(DISPLAY_BUCKETS)
     for _ in range(100):

@@ -175,20 +175,22 @@ def _client_request(client: SpanRecord, children: Sequence[SpanRecord]) -> EdgeR
 
 class Histogram:
     """Bucket counts, sum and count, as a Prometheus histogram keeps them (buckets here are not
-    cumulative; `cumulative()` gives the exposition's)."""
+    cumulative; `cumulative()` gives the exposition's), and the largest value seen."""
 
-    __slots__ = ("bounds", "count", "counts", "sum")
+    __slots__ = ("bounds", "count", "counts", "max", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)  # the last is +Inf
         self.sum = 0.0
         self.count = 0
+        self.max = 0.0
 
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1  # a value equal to a bound is within it (le)
         self.sum += value
         self.count += 1
+        self.max = max(self.max, value)
 
     def cumulative(self) -> list[int]:
         out: list[int] = []
@@ -199,20 +201,23 @@ class Histogram:
         return out
 
     def quantile(self, q: float) -> float | None:
-        """Prometheus's histogram_quantile: linear within the bucket the rank falls in; the highest
-        finite bound when it falls in +Inf; None without observations."""
+        """Prometheus's histogram_quantile (linear within the bucket the rank falls in; the highest
+        finite bound when it falls in +Inf), but never above the largest value seen: with few
+        observations the interpolation alone would put them near their bucket's upper bound.
+        None without observations."""
         if self.count == 0:
             return None
         rank = q * self.count
         below = 0
+        estimate = self.bounds[-1]
         for i, n in enumerate(self.counts):
             if below + n >= rank and n > 0:
-                if i == len(self.bounds):
-                    return self.bounds[-1]
-                lower = self.bounds[i - 1] if i > 0 else 0.0
-                return lower + (self.bounds[i] - lower) * (rank - below) / n
+                if i < len(self.bounds):
+                    lower = self.bounds[i - 1] if i > 0 else 0.0
+                    estimate = lower + (self.bounds[i] - lower) * (rank - below) / n
+                break
             below += n
-        return self.bounds[-1]
+        return min(estimate, self.max)
 
 
 class EdgeStats:
