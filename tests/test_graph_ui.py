@@ -301,3 +301,22 @@ def test_hostile_service_names_are_shown_as_text() -> None:
             assert page.errors == []
 
     run(check)
+
+
+def test_an_empty_graph_is_drawn_without_errors_and_fills_in() -> None:
+    """A process that has seen no traffic yet: an empty drawing, then the first edge as it arrives."""
+    _browser()
+    graph = ServiceGraph()
+
+    async def check() -> None:
+        async with admin(graph.to_json) as base, browser_page(base) as page:
+            await page.wait_updates(1)
+            assert await page.drawn() == (set(), set())
+            assert (await page.page.text_content("#status") or "").startswith("0 nodes, 0 edges")
+            trace_id, spans = Shop().trace()
+            graph.add_trace(spans, trace_id)
+            await page.page.wait_for_selector('g.edge[data-client="user"][data-server="frontend"]',
+                                              timeout=10 * REFRESH_MS)
+            assert page.errors == []
+
+    run(check)

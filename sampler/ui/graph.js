@@ -111,7 +111,7 @@
     }
     const widths = new Map(doc.nodes.map((n) => [n.id, Math.max(140, 7.6 * shortName(n.id).length + 28)]));
     const colWidth = columns.map((col) => Math.max(...col.map((id) => widths.get(id))));
-    const tallest = Math.max(...columns.map((col) => col.length));
+    const tallest = Math.max(1, ...columns.map((col) => col.length)); // 1: an empty graph is drawn too
     const result = new Map();
     const gaps = []; // per column: the x in the middle of the gap to its right, where labels go
     let x = MARGIN;
