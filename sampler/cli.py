@@ -1,4 +1,4 @@
-"""The `tailsampler` command: run | validate | simulate | demo."""
+"""The `tailsampler` command: run | validate | simulate | graph | schema | demo."""
 
 from __future__ import annotations
 
@@ -75,6 +75,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return simulate(Path(args.policies), [Path(f) for f in args.files], args.format)
 
 
+def cmd_graph(args: argparse.Namespace) -> int:
+    from sampler.tools.graph import graph
+
+    return graph([Path(f) for f in args.files], args.format)
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from sampler.schema import render
 
@@ -112,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--format", choices=("table", "jsonl"), default="table")
     simulate.add_argument("files", nargs="+", metavar="FILE")
     simulate.set_defaults(func=cmd_simulate)
+    graph = sub.add_parser("graph", help="draw the service graph of recorded OTLP/JSON traces")
+    graph.add_argument("--format", choices=("mermaid", "dot", "json"), default="mermaid")
+    graph.add_argument("files", nargs="+", metavar="FILE")
+    graph.set_defaults(func=cmd_graph)
     schema = sub.add_parser("schema", help="print the JSON Schema of the config or policies file")
     schema.add_argument("which", choices=("config", "policies"))
     schema.set_defaults(func=cmd_schema)
