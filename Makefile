@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 
 # The receive path is compiled by the package build (setup.py: Cython and mypyc); an editable install
 # puts the extensions beside their sources, so editing a source must rebuild them.
-$(STAMP): pyproject.toml setup.py sampler/otlp/_split.pyx sampler/_untrack.pyx sampler/_idring.pyx sampler/summary.py sampler/frames.py sampler/buffer.py sampler/core.py \
+$(STAMP): pyproject.toml setup.py sampler/otlp/_split.pyx sampler/_untrack.pyx sampler/_idring.pyx sampler/_pack.pyx sampler/summary.py sampler/frames.py sampler/buffer.py sampler/core.py \
 		sampler/decisions.py sampler/otlp/splice.py sampler/otlp/jsonwire.py $(wildcard sampler/policy/*.py)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -55,7 +55,7 @@ wheel: $(STAMP)
 	$(BIN)/python -m pip wheel --no-deps . -w dist
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info sampler/*.so sampler/*/*.so sampler/otlp/_split.c sampler/_untrack.c sampler/_idring.c
+	rm -rf $(VENV) build dist *.egg-info *__mypyc*.so sampler/*.so sampler/*/*.so sampler/otlp/_split.c sampler/_untrack.c sampler/_idring.c sampler/_pack.c
 
 # A long fuzz run (make test runs the same tests briefly); well over an hour at this size.
 fuzz: $(STAMP)

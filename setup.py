@@ -17,7 +17,7 @@ import sys
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-CYTHON_MODULES = ["sampler/otlp/_split.pyx", "sampler/_untrack.pyx", "sampler/_idring.pyx"]
+CYTHON_MODULES = ["sampler/otlp/_split.pyx", "sampler/_untrack.pyx", "sampler/_idring.pyx", "sampler/_pack.pyx"]
 # The per-trace work of the core around the splitter.
 MYPYC_MODULES = [
     "sampler/summary.py",

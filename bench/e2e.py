@@ -558,6 +558,69 @@ def _measure_tailsampler(procs: Procs, spans: int, args: argparse.Namespace, wor
     }
 
 
+def measure_defaults(procs: Procs, args: argparse.Namespace, workdir: Path, rates: list[int]) -> dict[str, Any]:
+    """tailsampler at its default config (only the endpoints set: decision_wait 5s, buffer.max_bytes
+    256MiB without a memory limit, compression on) at fixed rates, each for `--default-seconds`
+    after a warm-up as long as decision_wait: what share of its decisions were early (a trace
+    decided before it went quiet, for lack of room), and the highest rate with under 0.1% early
+    and the rate actually reached ("spans/s at full decision quality")."""
+    out: list[dict[str, Any]] = []
+    for rate in rates:
+        sink_proc, sink_port = _start_server(procs, "sink", 3 * args.default_seconds + 120)
+        grpc_port, admin_port = free_port(), free_port()
+        config = workdir / f"tailsampler-defaults-{rate}.yaml"
+        config.write_text(f"""# written by bench/e2e.py: the defaults, endpoints aside
+receivers: {{otlp: {{grpc: {{endpoint: "{HOST}:{grpc_port}"}}, http: null}}}}
+exporter: {{protocol: grpc, endpoint: "http://{HOST}:{sink_port}"}}
+admin: {{endpoint: "{HOST}:{admin_port}"}}
+""")
+        with open(workdir / f"tailsampler-defaults-{rate}.log", "w") as log:
+            ts = procs.start([sys.executable, "-m", "sampler", "run", "--config", str(config)], cwd=str(ROOT),
+                             stdout=log, stderr=subprocess.STDOUT)
+        admin = f"{HOST}:{admin_port}"
+        try:
+            _wait_ready(admin, ts)
+            cpu0, t0 = _cpu_seconds(ts.pid), time.monotonic()
+            calls = rate / 512
+            load = _run_load(procs, f"{HOST}:{grpc_port}", 512, args.default_seconds, 6.0, calls,
+                             max(64, args.inflight * 8), seed=rate)
+            cores = (_cpu_seconds(ts.pid) - cpu0) / (time.monotonic() - t0)
+            text = _http_get(f"http://{admin}/metrics")
+            lag = lag_p99_ms({}, _lag_buckets(text))
+            peak = _proc_status(ts.pid, "VmHWM")
+        finally:
+            procs.stop(ts)
+            procs.stop(sink_proc)
+        decided = sum(float(line.split()[-1]) for line in text.splitlines()
+                      if line.startswith("tailsampler_traces_decided_total{"))
+        early = _metric(text, "tailsampler_traces_evicted_total") + _metric(text, "tailsampler_traces_limited_total")
+        packed_in = _metric(text, "tailsampler_compression_input_bytes_total")
+        packed_out = _metric(text, "tailsampler_compression_output_bytes_total")
+        row = {
+            "offered_spans_per_s": rate,
+            "spans_per_s": round(load["spans_per_s"]),
+            "early_decision_share": round(early / decided, 5) if decided else float("nan"),
+            "decided": decided,
+            "refused_calls": load["failed"],
+            "skipped_calls": load["skipped"],
+            "cpu_cores": round(cores, 2),
+            "cpu_cores_per_100k_spans_s": round(cores / (load["spans_per_s"] / 1e5), 3) if load["spans_per_s"]
+            else None,
+            "compression_ratio": round(packed_in / packed_out, 2) if packed_out else None,
+            "decision_lag_p99_ms": round(lag, 1),
+            "buffer_bytes_per_span": round(_metric(text, "tailsampler_buffer_bytes")
+                                           / max(1.0, _metric(text, "tailsampler_buffer_spans")), 1),
+            "peak_rss_mb": round(peak, 1),
+        }
+        out.append(row)
+        sustained = row["spans_per_s"] >= 0.98 * rate and not row["skipped_calls"] and not row["refused_calls"]
+        if not sustained or row["early_decision_share"] >= 0.001:
+            break
+    full = [r["offered_spans_per_s"] for r in out if r["early_decision_share"] < 0.001
+            and r["spans_per_s"] >= 0.98 * r["offered_spans_per_s"] and not r["refused_calls"]]
+    return {"rates": out, "full_decision_quality_spans_per_s": max(full, default=0)}
+
+
 def measure_json(procs: Procs, args: argparse.Namespace, workdir: Path, spans: int = 512) -> dict[str, Any]:
     """OTLP/JSON over HTTP through tailsampler: full speed, then half that rate for latency."""
     phase, warmup = args.phase_seconds, args.warmup
@@ -781,6 +844,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--protocol", choices=["grpc", "json"], default="grpc", help=argparse.SUPPRESS)
+    parser.add_argument("--defaults", metavar="RATES",
+                        help="also run the default config at these spans/s rates (comma-separated, rising; stops at "
+                             "the first with 0.1%% or more traces decided early, or not sustained)")
+    parser.add_argument("--default-seconds", type=float, default=20.0, help="--defaults: seconds per rate")
     parser.add_argument("--otlp-json", action="store_true",
                         help="also measure OTLP/JSON over HTTP (512-span requests): spans/s, latency")
     args = parser.parse_args()
@@ -801,6 +868,8 @@ def main() -> None:
             results[str(size)] = bench_size(procs, size, args, Path(tmp))
         if args.otlp_json:
             results["otlp_json"] = measure_json(procs, args, Path(tmp))
+        if args.defaults:
+            results["defaults"] = measure_defaults(procs, args, Path(tmp), [int(r) for r in args.defaults.split(",")])
         if args.plot is not None:
             results["memory_ramp"] = memory_ramp(procs, args, Path(tmp))
     if args.plot is not None:
@@ -811,6 +880,16 @@ def main() -> None:
                               if isinstance(v, dict) else v) for k, v in results.items()}))
         return
     print_table(results, args)
+    if "defaults" in results:
+        d = results["defaults"]
+        print(f"  default config: spans/s at full decision quality (< 0.1% decided early): "
+              f"{d['full_decision_quality_spans_per_s']:,}")
+        for r in d["rates"]:
+            print(f"    offered {r['offered_spans_per_s']:>8,}  reached {r['spans_per_s']:>8,}  early "
+                  f"{100 * r['early_decision_share']:.3f}%  cores/100k {r['cpu_cores_per_100k_spans_s']}  "
+                  f"compression {r['compression_ratio']}x  {r['buffer_bytes_per_span']} B/span  "
+                  f"lag p99 {r['decision_lag_p99_ms']} ms  "
+                  f"peak RSS {r['peak_rss_mb']} MB")
     if "otlp_json" in results:
         j = results["otlp_json"]
         print(f"  OTLP/JSON over HTTP (512-span requests): {j['spans_per_s']:,} spans/s at full speed, "

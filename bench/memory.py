@@ -14,7 +14,10 @@ Cases (all on 127.0.0.1, every process its own):
 - huge_trace: one trace of 100k spans (1,000-span requests) among normal traffic.
 - sharded_pushback: three sharded instances, one with a tiny buffer that pushes back.
 - oversized_buffer: grpc_overload with `buffer.max_bytes` set far above what the limit leaves it:
-  only the resident-memory governor (deciding early above 90%, refusing above 95%) keeps the limit.
+  only the resident-memory governor (deciding early above 88%, refusing above 93%) keeps the limit.
+- capacity (asked for by name: `--case capacity --limit 512MiB --seconds 60 --rate 150000`): the
+  default config (decision_wait 5s) at a fixed rate: no trace may be decided early, no request
+  refused, and the peak resident memory stays under the limit.
 
 tests/test_memory_limit.py runs the same cases, shorter, and holds their figures to the limit.
 """
@@ -44,6 +47,8 @@ import e2e  # bench/e2e.py: processes, ports, the gRPC load generator
 ROOT = e2e.ROOT
 HOST = e2e.HOST
 CASES = ("grpc_overload", "http_json", "backend_dead", "huge_trace", "sharded_pushback", "oversized_buffer")
+# Not in the default set (a minute long): the capacity a memory_limit buys, at full decision quality.
+EXTRA_CASES = ("capacity",)
 READY_POLL = 0.25
 
 
@@ -351,7 +356,8 @@ DEFAULT = ("[{name: errors, type: errors}, {name: slow, type: latency, latency: 
            "{name: baseline, type: probabilistic, probabilistic: {sampling_percentage: 5}}]")
 
 
-def run_case(name: str, limit: str, seconds: float, dead_seconds: float = 30.0) -> dict[str, Any]:
+def run_case(name: str, limit: str, seconds: float, dead_seconds: float = 30.0,
+             rate: float = 150_000) -> dict[str, Any]:
     """One stress case in a fresh temporary directory; every process stopped at the end."""
     procs = e2e.Procs()
     with e2e._cleanup_on_signals(procs), tempfile.TemporaryDirectory(prefix=f"tailsampler-{name}-") as tmp:
@@ -384,6 +390,10 @@ def run_case(name: str, limit: str, seconds: float, dead_seconds: float = 30.0) 
                 with run.watching():
                     load = _load_child(run, "huge", seconds, "--target", f"{HOST}:{inst.grpc_port}",
                                        "--huge-spans", "100000")
+            elif name == "capacity":
+                inst = run.start("ts", "", DEFAULT)
+                with run.watching():
+                    load = _load_grpc(run, f"{HOST}:{inst.grpc_port}", seconds, 64, rate=rate / 512)
             elif name == "sharded_pushback":
                 ports = [(e2e.free_port(), e2e.free_port(), e2e.free_port()) for _ in range(3)]
                 members = ", ".join(f'"{HOST}:{g}"' for g, _, _ in ports)
@@ -417,7 +427,8 @@ def run_case(name: str, limit: str, seconds: float, dead_seconds: float = 30.0) 
 def sizing(limits: list[str], decision_wait: float = 5.0) -> list[dict[str, Any]]:
     """What a pod of each memory_limit holds: its buffer's share (buffer.max_bytes: auto), the
     measured cost of a buffered span (tailsampler_buffer_bytes / tailsampler_buffer_spans, on the
-    bench's traffic), the spans that fit, and the rate whose traces all fit for `decision_wait`."""
+    bench's traffic, with the last compress_after of it not yet compressed as in a running
+    buffer), the spans that fit, and the rate whose traces all fit for `decision_wait`."""
     out = []
     for limit in limits:
         procs = e2e.Procs()
@@ -425,7 +436,9 @@ def sizing(limits: list[str], decision_wait: float = 5.0) -> list[dict[str, Any]
             run = Run(procs, Path(tmp), limit)
             run.start_sink()
             inst = run.start("ts", "buffer: {decision_wait: 10m, max_trace_age: 20m}", DEFAULT)
-            _load_grpc(run, f"{HOST}:{inst.grpc_port}", 2.0, 4, rate=40)  # ~80 requests: well under the bound
+            # decision_wait's worth of traffic well under the bound: as many traces still hot (not yet
+            # compressed) as in a buffer that decides after decision_wait
+            _load_grpc(run, f"{HOST}:{inst.grpc_port}", decision_wait, 4, rate=20)
             text = e2e._http_get(f"http://{inst.admin}/metrics")
             run.finish()
             run.stop_sink()
@@ -442,7 +455,9 @@ def main() -> None:
     parser.add_argument("--limit", default="256MiB",
                         help="memory_limit of every instance; none: no memory_limit key and buffer.max_bytes "
                              "64MiB (what a build before memory_limit can run)")
-    parser.add_argument("--case", action="append", choices=CASES, help="run only these cases (repeatable)")
+    parser.add_argument("--case", action="append", choices=CASES + EXTRA_CASES,
+                        help="run only these cases (repeatable)")
+    parser.add_argument("--rate", type=float, default=150_000, help="capacity: spans/s offered")
     parser.add_argument("--seconds", type=float, default=20.0, help="load duration of each case")
     parser.add_argument("--dead-seconds", type=float, default=30.0, help="backend_dead: how long the backend is down")
     parser.add_argument("--json", action="store_true")
@@ -469,7 +484,7 @@ def main() -> None:
             print(f"  {r['limit']:14}{r['buffer_max_bytes'] / 2**20:>12,.0f} MiB{r['bytes_per_buffered_span']:>12}"
                   f"{r['spans_held']:>12,}{r['spans_per_s_at_decision_wait']:>15,}")
         return
-    results = [run_case(c, args.limit, args.seconds, args.dead_seconds) for c in (args.case or CASES)]
+    results = [run_case(c, args.limit, args.seconds, args.dead_seconds, args.rate) for c in (args.case or CASES)]
     if args.json:
         print(json.dumps(results))
         return

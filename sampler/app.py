@@ -21,13 +21,14 @@ from sampler.admin import AdminServer
 from sampler.auth import Authenticator
 from sampler.buffer import Buffer
 from sampler.config import Loaded, split_host_port
-from sampler.core import Backpressure, Core, KeptTrace, compress_frames
+from sampler.core import Backpressure, Core, KeptTrace, PackJob, pack_jobs
 from sampler.decisions import DecisionCache
 from sampler.exporters import build_sender
 from sampler.exporters.base import Sender
 from sampler.exporters.queue import ExportQueue
-from sampler.frames import Codec, Compression, Frame, train
+from sampler.frames import Compression, Frame, train
 from sampler.memory import (
+    COMPRESSION_BOUND,
     MIN_BUFFER,
     NO_LIMIT_BUFFER,
     Governor,
@@ -60,8 +61,7 @@ QUEUE_HIGH_WATER = 0.9
 TASK_RESTART_SECONDS = 1.0
 PEER_NAMES_SECONDS = 30.0  # how often static members given by name are resolved again
 SWEEP_CHUNK = 256  # traces decided between two chances for the receivers to run
-PACK_CHUNK = 1024  # quiet traces packed between two chances for the receivers to run
-COMPRESS_BATCH = 512  # packed frames compressed per job on the compression thread
+PACK_BATCH = 256  # quiet traces packed and compressed per job on the compression thread
 RESUMMARY_CHUNK = 2048  # spans re-split after a policy reload between two such chances...
 # ...and the pause between two such steps. A real pause, not one bare loop turn: an Export call needs
 # several turns, and gRPC's poller thread the GIL in between, so with bare turns calls crawled while
@@ -146,8 +146,7 @@ class App:
             compression=Compression(enabled=buf.compression == "zstd"),
         )
         self._compressor = ThreadPoolExecutor(1, thread_name_prefix="compress")
-        self._to_compress: list[tuple[bytes, Frame]] = []
-        self._compressing = False
+        self._packing = False
         self.metrics = Metrics(self.core)
         sender = self._sender or build_sender(cfg.exporter)
         self.queue = ExportQueue(sender, self.metrics, self.bounds["export_queue"] or 0,
@@ -222,10 +221,12 @@ class App:
                     raise StartupError(str(exc)) from None
             buffer.max_bytes = buffer.bound = max(MIN_BUFFER, plan.buffer)
         elif plan.buffer < buffer.max_bytes:
-            log.warning("buffer.max_bytes (%d) is more than memory_limit leaves it (%d): near the limit the "
-                        "oldest traces will be decided early", buffer.max_bytes, max(0, plan.buffer))
+            log.warning("buffer.max_bytes (%d) is more than memory_limit leaves it (%d): it may grow past that "
+                        "only as far as the resident memory leaves room", buffer.max_bytes, max(0, plan.buffer))
+            buffer.bound = max(MIN_BUFFER, plan.buffer)  # the governor raises it as it measures room
         self.baseline = plan.baseline
         self.governor = Governor(self.limit, buffer.max_bytes)
+        self.governor.bound = buffer.bound
 
     def memory_report(self) -> tuple[dict[str, int], int]:
         """What each component holds now, in bytes, and the resident memory: `baseline` is the
@@ -383,44 +384,46 @@ class App:
             # After a policy reload, buffered traces are re-summarised the same way, a step at a time.
             while self.core.resummarise(RESUMMARY_CHUNK):
                 await asyncio.sleep(RESUMMARY_PAUSE)
-            # Quiet traces are packed here, a chunk at a time, and compressed on a thread of their own.
-            while frames := self.core.pack_quiet(now, PACK_CHUNK):
-                self._to_compress.extend(frames)
-                self._compress_next()
-                if len(frames) < PACK_CHUNK:
-                    break
-                await asyncio.sleep(0)
+            # Quiet traces are packed and compressed on a thread of their own, a batch at a time.
+            self._pack_next()
             self._train(now)
             self._govern(now)
             if self.forwarder is not None:
                 self.membership.revive()
 
-    def _compress_next(self) -> None:
-        """Hand the next batch of packed frames to the compression thread, if it is idle."""
-        codec = self.core.compression.codec
-        if self._compressing or not self._to_compress or codec is None:
-            if codec is None:
-                self._to_compress.clear()  # compression: none: frames stay packed
+    def _pack_next(self) -> None:
+        """Hand the next batch of quiet traces' spans to the compression thread, if it is idle. The
+        rest stay hot (and counted so) until it is: spans handed over stay alive until their batch
+        is done, even if their trace is decided meanwhile, so only one batch is ever handed over."""
+        if self._packing:
             return
-        batch = self._to_compress[:COMPRESS_BATCH]
-        del self._to_compress[:COMPRESS_BATCH]
-        self._compressing = True
-        future = self.loop.run_in_executor(self._compressor, compress_frames, codec, batch)
-        future.add_done_callback(functools.partial(self._compressed, batch, codec))
+        now = self.loop.time()
+        self.core._now = now
+        batch = self.core.detach_quiet(now, PACK_BATCH)
+        if not batch:
+            return
+        self._packing = True
+        codec = self.core.compression.codec
+        future = self.loop.run_in_executor(self._compressor, pack_jobs, codec, batch)
+        future.add_done_callback(functools.partial(self._packed, batch))
 
-    def _compressed(self, batch: list[tuple[bytes, Frame]], codec: Codec, future: asyncio.Future[list[bytes]]) -> None:
-        self._compressing = False
+    def _packed(self, batch: list[PackJob], future: asyncio.Future[tuple[list[Frame], list[bytes]]]) -> None:
+        self._packing = False
         if future.cancelled():
             return
         try:
-            self.core.compressed(batch, future.result(), codec)
-        except Exception:  # a bug: the frames stay packed (correct, only larger); count it, keep going
-            log.exception("compressing %d frames failed; they stay uncompressed", len(batch))
+            frames, raw = future.result()
+            self.core.packed(batch, frames, raw)
+        except Exception:  # a bug: the spans stay pending (held and exported as they are); count it
+            log.exception("packing %d traces failed; their spans stay as they are", len(batch))
             self.metrics.task_failures.labels("compress").inc()
-        self._compress_next()
+        self._pack_next()
 
     def _train(self, now: float) -> None:
-        """Train a compression dictionary on sampled frames when it is time (off the loop)."""
+        """Train a compression dictionary on sampled frames when it is time (off the loop), and not
+        while memory is short: training takes working memory of its own (COMPRESSION_BOUND)."""
+        if self.governor is not None and self.governor.rss + COMPRESSION_BOUND >= self.governor.soft:
+            return
         samples = self.core.compression.due(now)
         if samples is None:
             return

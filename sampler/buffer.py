@@ -44,7 +44,8 @@ class TraceEntry:
     `generation` is the policy set its summary was made under (Core re-summarises after a reload);
     `marked`: some span of it arrived annotated by a tailsampler before this one (Chunk.marked)."""
 
-    __slots__ = ("cost", "first_seen", "frames", "generation", "groups", "last_seen", "marked", "spans", "summary")
+    __slots__ = ("cost", "first_seen", "frames", "generation", "groups", "last_seen", "marked", "pending", "spans",
+                 "summary")
 
     def __init__(
         self, trace_id: bytes, now: float, spans: list[bytes], groups: list[Group], generation: int = 0,
@@ -55,6 +56,7 @@ class TraceEntry:
         self.marked = False
         self.cost = TRACE_OVERHEAD + HOT_LISTS  # memory held, spans added as they are folded in (Buffer.touched)
         self.frames: tuple[Frame, ...] = ()  # spans packed (and compressed) so far, in arrival order
+        self.pending: tuple[tuple[list[bytes], list[Group]], ...] = ()  # spans being packed, in order
         self.hold(TraceSummary(trace_id), spans, groups)
         untrack(self)
 
@@ -72,18 +74,31 @@ class TraceEntry:
         untrack(spans)
         untrack(groups)
 
-    def packed(self, frame: Frame) -> None:
-        """Its hot spans are now `frame`."""
-        self.frames = (*self.frames, frame)
-        untrack(frame)
-        untrack(self.frames)
-        self.spans = None
-        self.groups = None
-
     def resummarised(self, summary: TraceSummary) -> None:
         """Take a summary made anew from the same spans (after a policy reload)."""
         self.summary = summary
         untrack(summary)
+
+    def detach(self) -> None:
+        """Its hot spans are being packed: pending until `attach` (spans arriving meanwhile start
+        new hot lists)."""
+        if self.spans is not None and self.groups is not None:
+            self.pending = (*self.pending, (self.spans, self.groups))
+            untrack(self.pending)
+        self.spans = None
+        self.groups = None
+
+    def attach(self, spans: list[bytes], frame: Frame) -> bool:
+        """The pending `spans` are now `frame`; False when they are not pending here."""
+        for i, (pending, _) in enumerate(self.pending):
+            if pending is spans:
+                self.pending = self.pending[:i] + self.pending[i + 1 :]
+                self.frames = (*self.frames, frame)
+                untrack(frame)
+                untrack(self.frames)
+                untrack(self.pending)
+                return True
+        return False
 
     @property
     def nbytes(self) -> int:

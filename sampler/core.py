@@ -114,6 +114,7 @@ class Core:
     ) -> None:
         self.buffer = buffer
         self.compression = compression or Compression()
+        self._now = 0.0  # the time of the last sweep (dictionary sampling reads it)
         self.decisions = decisions
         self.emit = emit
         self.on_decision = on_decision
@@ -326,70 +327,86 @@ class Core:
         entry.generation = self.generation
         return summary.spans
 
-    def pack_quiet(self, now: float, limit: int) -> list[tuple[bytes, Frame]]:
-        """Pack the spans of up to `limit` traces quiet for `compress_after` into frames (one per
-        trace, each alongside those it already has); returns them, with their trace ids, for
-        compressing (off the loop: `compress_frames`, then `compressed`)."""
+    def detach_quiet(self, now: float, limit: int) -> list[PackJob]:
+        """Hand the hot spans of up to `limit` traces quiet for `compress_after` to be packed and
+        compressed off the loop (`pack_jobs`, then `packed`). Until then they are the trace's
+        pending spans: still counted as they were, and still part of it if it is decided first."""
         buffer = self.buffer
         quiet_since = now - buffer.compress_after
-        out: list[tuple[bytes, Frame]] = []
+        out: list[PackJob] = []
         while len(out) < limit and (entry := buffer.next_hot(quiet_since)) is not None:
             spans = entry.spans
-            if not spans or entry.groups is None:
+            groups = entry.groups
+            if not spans or groups is None:
                 continue
-            frame = pack(spans, entry.groups)
-            nbytes = 0
-            for data in spans:
-                nbytes += len(data)
-            entry.packed(frame)
-            buffer.recost(entry, frame.cost - spans_cost(nbytes, len(spans)) - HOT_LISTS)
-            self.stats.packed_frames += 1
-            self.stats.packed_bytes += nbytes
-            self.compression.sample(frame.data, now)
-            out.append((entry.trace_id, frame))
+            entry.detach()
+            out.append((entry.trace_id, spans, groups))
         return out
 
-    def compressed(self, frames: list[tuple[bytes, Frame]], datas: list[bytes], codec: Codec) -> None:
-        """Take the compression of packed frames (made off the loop with `codec`): each frame whose
-        trace is still buffered holds its compressed bytes from now on (when they are smaller)."""
+    def packed(self, jobs: list[PackJob], frames: list[Frame], raw: list[bytes]) -> None:
+        """Take what `pack_jobs` made of `jobs` (`raw`: each frame's packed bytes, before any
+        compression): each trace still buffered holds its frame instead of those pending spans."""
         buffer = self.buffer
-        for (trace_id, frame), data in zip(frames, datas, strict=True):
+        stats = self.stats
+        for (trace_id, spans, _), frame, data in zip(jobs, frames, raw, strict=True):
+            nbytes = 0
+            for span in spans:
+                nbytes += len(span)
+            stats.packed_frames += 1
+            stats.packed_bytes += nbytes
+            if frame.codec is not None:
+                stats.compressed_in += len(data)
+                stats.compressed_out += len(frame.data)
+            self.compression.sample(data, self._now)
             entry = buffer.get(trace_id)
-            if entry is None or frame.codec is not None or len(data) >= len(frame.data):
-                continue
-            if not any(f is frame for f in entry.frames):
-                continue
-            before = frame.cost
-            self.stats.compressed_in += len(frame.data)
-            self.stats.compressed_out += len(data)
-            frame.data = data
-            frame.codec = codec
-            buffer.recost(entry, frame.cost - before)
+            if entry is None or not entry.attach(spans, frame):
+                continue  # decided meanwhile, with these spans
+            buffer.recost(entry, frame.cost - spans_cost(nbytes, len(spans)) - HOT_LISTS)
 
     def compress_quiet(self, now: float) -> int:
         """Pack and compress every quiet trace at once, here (tests, benchmarks; the server does it
         off the loop); returns how many frames were made."""
-        frames = self.pack_quiet(now, 1 << 62)
-        codec = self.compression.codec
-        if codec is not None and frames:
-            self.compressed(frames, compress_frames(codec, frames), codec)
-        return len(frames)
+        jobs = self.detach_quiet(now, 1 << 62)
+        self._now = now
+        if jobs:
+            frames, raw = pack_jobs(self.compression.codec, jobs)
+            self.packed(jobs, frames, raw)
+        return len(jobs)
 
 
-def compress_frames(codec: Codec, frames: list[tuple[bytes, Frame]]) -> list[bytes]:
-    """The compressed bytes of packed frames: safe off the event loop (zstd releases the GIL; the
-    frames' packed bytes never change until `Core.compressed` swaps them)."""
-    return [compress(codec, frame.data) for _, frame in frames]
+PackJob = tuple[bytes, list[bytes], list[Group]]  # a trace id, and spans of it with their groups
+
+
+def pack_jobs(codec: Codec | None, jobs: list[PackJob]) -> tuple[list[Frame], list[bytes]]:
+    """Frames of the jobs' spans, compressed with `codec` when there is one, and each frame's packed
+    bytes. Safe off the event loop: the jobs hold their lists (so their spans) until `Core.packed`
+    takes the result, packing copies the spans without the GIL, and zstd releases it."""
+    frames: list[Frame] = []
+    raw: list[bytes] = []
+    for _, spans, groups in jobs:
+        frame = pack(spans, groups)
+        raw.append(frame.data)
+        if codec is not None:
+            data = compress(codec, frame.data)
+            if len(data) < len(frame.data):
+                frame.data = data
+                frame.codec = codec
+        frames.append(frame)
+    return frames, raw
 
 
 def _spans_of(entry: TraceEntry) -> tuple[list[bytes], list[Group]]:
-    """Every span of a buffered trace, unpacked, in arrival order, with its group."""
-    if not entry.frames and entry.spans is not None and entry.groups is not None:
+    """Every span of a buffered trace, unpacked, in arrival order, with its group: its frames, the
+    spans being packed, then its hot spans."""
+    if not entry.frames and not entry.pending and entry.spans is not None and entry.groups is not None:
         return entry.spans, entry.groups
     spans: list[bytes] = []
     groups: list[Group] = []
     for frame in entry.frames:
         s, g = unpack(frame)
+        spans.extend(s)
+        groups.extend(g)
+    for s, g in entry.pending:
         spans.extend(s)
         groups.extend(g)
     if entry.spans is not None and entry.groups is not None:

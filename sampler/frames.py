@@ -15,6 +15,7 @@ it was compressed with, so older frames stay readable, and a codec is freed with
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 import zstandard
@@ -76,8 +77,10 @@ def _varint(out: bytearray, n: int) -> None:
     out.append(n)
 
 
-def pack(spans: list[bytes], groups: list[Group]) -> Frame:
-    """A frame of these spans (groups[i] is the resource and scope of spans[i]), in their order."""
+def _pack_spans(spans: list[bytes], groups: list[Group]) -> tuple[bytes, tuple[Group, ...]]:
+    """Interpreted: the packed bytes of these spans, and the distinct groups their runs refer to."""
+    if len(groups) != len(spans):
+        raise ValueError("one group per span")
     out = bytearray()
     distinct: dict[int, int] = {}
     order: list[Group] = []
@@ -99,7 +102,20 @@ def pack(spans: list[bytes], groups: list[Group]) -> Frame:
             _varint(out, len(data))
             out += data
         i = j
-    return Frame(bytes(out), tuple(order), n)
+    return bytes(out), tuple(order)
+
+
+pack_spans: Callable[[list[bytes], list[Group]], tuple[bytes, tuple[Group, ...]]]
+try:
+    from sampler._pack import pack_spans
+except ImportError:  # no compiled module (TAILSAMPLER_NO_COMPILE, no compiler)
+    pack_spans = _pack_spans
+
+
+def pack(spans: list[bytes], groups: list[Group]) -> Frame:
+    """A frame of these spans (groups[i] is the resource and scope of spans[i]), in their order."""
+    data, order = pack_spans(spans, groups)
+    return Frame(data, order, len(spans))
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:

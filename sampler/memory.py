@@ -34,6 +34,10 @@ HARD = 0.93  # ...above this: refuse requests until it falls
 AUTO_SHARE = 0.80  # memory_limit: auto takes this share of the container's limit
 MIN_BUFFER = 8 * 2**20  # a plan leaving the buffer less than this is refused at start
 SPLITTER_BOUND = 8 * 2**20  # the splitters' caches: the current one's bound, and a reloaded one's
+# Compression's own memory: the samples a dictionary is trained on, zstd's working memory while it
+# trains (about 13 MiB, measured: it does not depend on the samples' size), one batch of frames on
+# its way through the compression thread.
+COMPRESSION_BOUND = 24 * 2**20
 TRIM_SETTLE = 2.0  # seconds: above SOFT, a trim is tried before traces are given up, this often at most
 TRIM_OTHER = 0.20  # below SOFT, trim when the memory resident beyond everything counted exceeds this
 TRIM_EVERY = 30.0  # ...share of the limit, this often at most (a trim holds the heap's lock a while)
@@ -168,6 +172,7 @@ def bounds(config: Config, limit: int | None, decision_cache: int, sharding: boo
                                 NO_LIMIT_FORWARD) if sharding else 0,
         "requests": inflight if isinstance(inflight, int) else (None if limit is None else int(limit * 0.10)),
         "splitter": SPLITTER_BOUND,
+        "compression": COMPRESSION_BOUND if config.buffer.compression == "zstd" else 0,
     }
 
 
@@ -241,7 +246,8 @@ class Governor:
     def update(self, rss: int, buffer_bytes: int, other: int, now: float, trimming: bool) -> bool:
         """Take a reading (`other`: resident memory beyond everything counted); True when a trim
         should start now. Refuse from HARD until back under SOFT (so refusals do not flap). While a
-        trim runs, the resident memory does not yet show what it will give back: the bound is held.
+        trim runs, the resident memory does not yet show what it will give back: the bound is held
+        (above SOFT, no higher than what the buffer holds now).
         Above SOFT after a recent trim, the bound drops by the excess (the buffer then decides its
         oldest traces until under it, and what that frees is trimmed); below SOFT it may grow by
         the room left, up to max_bytes."""
@@ -250,6 +256,8 @@ class Governor:
             self.refusing = True
         elif rss < self.soft:
             self.refusing = False
+        if rss >= self.soft:  # whatever a trim gives back, the buffer does not grow meanwhile
+            self.bound = min(self.bound, buffer_bytes)
         if trimming:
             return False
         if rss >= self.soft and now - self.last_trim > TRIM_SETTLE:

@@ -123,9 +123,9 @@ class MemoryCollector(Collector):
                                 "memory_limit in bytes (auto resolved); 0 when there is none.", self.limit)
         held = GaugeMetricFamily(
             "tailsampler_memory_bytes",
-            "Memory held by component: buffer, decision_cache, export_queue, forward_queues, requests (bodies "
-            "being received and decoded), splitter (its caches), baseline (the process as it started), other "
-            "(resident memory beyond all of these).",
+            "Memory held by component: buffer (and the samples a compression dictionary is trained on), "
+            "decision_cache, export_queue, forward_queues, requests (bodies being received and decoded), splitter "
+            "(its caches), baseline (the process as it started), other (resident memory beyond all of these).",
             labels=["component"],
         )
         for name, n in components.items():

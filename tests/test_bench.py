@@ -18,6 +18,6 @@ def test_hotpath_prints_its_keys() -> None:
     ).stdout
     result = json.loads(out.strip().splitlines()[-1])
     keys = ("spans_per_s", "floor_spans_per_s", "ratio", "bytes_per_buffered_span", "serialized_bytes_per_span",
-            "deep_spans_per_s", "deep_floor_spans_per_s", "deep_ratio")
+            "buffered_to_serialized", "deep_spans_per_s", "deep_floor_spans_per_s", "deep_ratio")
     assert all(result[k] > 0 for k in keys), result
     assert result["depth"] == 2

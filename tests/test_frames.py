@@ -5,12 +5,15 @@ decisions); and the packed form is what the buffer counts."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sampler import frames
 from sampler.buffer import Buffer
-from sampler.core import Core, KeptTrace
+from sampler.core import Core, KeptTrace, pack_jobs
 from sampler.decisions import DecisionCache
 from sampler.frames import Codec, Compression, compress, pack, train, unpack
 from sampler.otlp.wire import Group
@@ -19,6 +22,16 @@ from sampler.yamlfile import parse_yaml
 from tests.spans import S, parse, request, tid
 
 GROUPS = [Group(b"r%d" % i, b"s%d" % i, {}) for i in range(4)]
+PACKERS = [frames._pack_spans] + ([frames.pack_spans] if frames.pack_spans is not frames._pack_spans else [])
+
+
+@pytest.mark.parametrize("pack_spans", PACKERS)
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.binary(max_size=300), st.integers(0, 3)), max_size=60))
+def test_the_compiled_and_interpreted_packing_agree(pack_spans: Any, items: list[tuple[bytes, int]]) -> None:
+    spans = [data for data, _ in items]
+    groups = [GROUPS[g] for _, g in items]
+    assert pack_spans(spans, groups) == frames._pack_spans(spans, groups)
 
 
 @settings(max_examples=300, deadline=None)
@@ -130,12 +143,18 @@ def test_a_reload_resummarises_compressed_traces_from_their_frames() -> None:
     assert [t.trace_id for t in kept] == [tid(1)] and len(kept[0].spans) == 2
 
 
-def test_late_results_of_compression_are_ignored_for_traces_decided_meanwhile() -> None:
+def test_a_trace_decided_while_its_spans_are_being_packed_is_decided_with_them() -> None:
     c, kept = core()
-    c.ingest(request([S(1, 1)]), "grpc", 0.0)
-    frames = c.pack_quiet(1.0, 10)
-    c.decide_all(1.5)  # decided (and exported) while its frame was being compressed
-    codec = c.compression.codec
-    assert codec is not None
-    c.compressed(frames, [compress(codec, f.data) for _, f in frames], codec)
-    assert c.buffer.nbytes == 0 and span_ids(kept) == [2]
+    c.ingest(request([S(1, 1), S(2, 2)]), "grpc", 0.0)
+    jobs = c.detach_quiet(1.0, 10)
+    assert len(jobs) == 2
+    entry = c.buffer.get(tid(2))
+    assert entry is not None and entry.spans is None and len(entry.pending) == 1
+    c.ingest(request([S(2, 3)]), "grpc", 1.1)  # more spans meanwhile: a new hot list
+    c.decide_oldest(1.5, 1)  # trace 1 decided (and exported) while its spans were being packed
+    frames, raw = pack_jobs(c.compression.codec, jobs)
+    c.packed(jobs, frames, raw)  # the result for trace 1 is ignored; trace 2 holds its frame
+    assert entry.pending == () and len(entry.frames) == 1 and entry.spans is not None
+    c.decide_all(2.0)
+    assert sorted(span_ids(kept)) == [2, 3, 4]
+    assert c.buffer.nbytes == 0

@@ -200,7 +200,8 @@ def test_auto_sizes_follow_the_limit() -> None:
     assert memory.effective_limit(_config("memory_limit: null"), 1000 * 2**20) is None
     limited = memory.bounds(cfg, 256 * 2**20, 7, sharding=False)
     assert limited == {"decision_cache": 7, "export_queue": int(256 * 2**20 * 0.1), "forward_queues": 0,
-                       "requests": int(256 * 2**20 * 0.1), "splitter": memory.SPLITTER_BOUND}
+                       "requests": int(256 * 2**20 * 0.1), "splitter": memory.SPLITTER_BOUND,
+                       "compression": memory.COMPRESSION_BOUND}
     unlimited = memory.bounds(cfg, None, 7, sharding=True)
     assert unlimited["export_queue"] == 64 * 2**20 and unlimited["forward_queues"] == 32 * 2**20
     assert unlimited["requests"] is None
@@ -223,11 +224,11 @@ def test_the_governor_trims_first_then_sheds_what_is_over_soft_and_refuses_over_
     g = memory.Governor(limit=100 * mib, max_bytes=40 * mib)  # soft 88 MiB, hard 93 MiB
     assert not g.update(rss=50 * mib, buffer_bytes=10 * mib, other=0, now=0.0, trimming=False)
     assert (g.bound, g.pressure, g.refusing) == (40 * mib, memory.NORMAL, False)  # room: up to max_bytes
-    # 2 MiB over soft: first a trim, the bound held
+    # 2 MiB over soft: first a trim; meanwhile the buffer may not grow
     assert g.update(rss=90 * mib, buffer_bytes=30 * mib, other=0, now=1.0, trimming=False)
-    assert g.bound == 40 * mib and g.pressure == memory.DECIDING_EARLY
+    assert g.bound == 30 * mib and g.pressure == memory.DECIDING_EARLY
     assert not g.update(rss=90 * mib, buffer_bytes=30 * mib, other=0, now=1.1, trimming=True)  # still trimming
-    assert g.bound == 40 * mib
+    assert g.bound == 30 * mib
     # the trim gave nothing back: the buffer gives up the excess, and what that frees is trimmed
     assert g.update(rss=90 * mib, buffer_bytes=30 * mib, other=0, now=1.2, trimming=False)
     assert g.bound == 28 * mib
