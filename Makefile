@@ -8,8 +8,8 @@ STAMP := $(VENV)/.installed-stamp
 
 # The receive path is compiled by the package build (setup.py: Cython and mypyc); an editable install
 # puts the extensions beside their sources, so editing a source must rebuild them.
-$(STAMP): pyproject.toml setup.py sampler/otlp/_split.pyx sampler/_untrack.pyx sampler/_idring.pyx sampler/_pack.pyx sampler/summary.py sampler/frames.py sampler/buffer.py sampler/core.py \
-		sampler/decisions.py sampler/otlp/splice.py sampler/otlp/jsonwire.py $(wildcard sampler/policy/*.py)
+$(STAMP): pyproject.toml setup.py sampler/otlp/_split.pyx sampler/otlp/splice.py sampler/otlp/jsonwire.py \
+		$(wildcard sampler/pipeline/*.py sampler/pipeline/*.pyx sampler/policy/*.py)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The editable install compiles the receive path in place (setup.py). That needs the build
@@ -25,6 +25,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check sampler tests bench
 	$(BIN)/mypy sampler
+	$(BIN)/lint-imports
 
 # The admin UI's browser tests drive Debian's chromium through Playwright (whose own browser download
 # cannot work offline): installed here when missing, as root (CI) or with passwordless sudo. Where that
@@ -55,7 +56,7 @@ wheel: $(STAMP)
 	$(BIN)/python -m pip wheel --no-deps . -w dist
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info *__mypyc*.so sampler/*.so sampler/*/*.so sampler/otlp/_split.c sampler/_untrack.c sampler/_idring.c sampler/_pack.c
+	rm -rf $(VENV) build dist *.egg-info *__mypyc*.so sampler/*/*.so sampler/otlp/_split.c sampler/pipeline/_*.c
 
 # A long fuzz run (make test runs the same tests briefly); well over an hour at this size.
 fuzz: $(STAMP)

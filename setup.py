@@ -17,16 +17,21 @@ import sys
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-CYTHON_MODULES = ["sampler/otlp/_split.pyx", "sampler/_untrack.pyx", "sampler/_idring.pyx", "sampler/_pack.pyx"]
+CYTHON_MODULES = [
+    "sampler/otlp/_split.pyx",
+    "sampler/pipeline/_untrack.pyx",
+    "sampler/pipeline/_idring.pyx",
+    "sampler/pipeline/_pack.pyx",
+]
 # The per-trace work of the core around the splitter.
 MYPYC_MODULES = [
-    "sampler/summary.py",
-    "sampler/frames.py",
-    "sampler/buffer.py",
-    "sampler/core.py",
+    "sampler/policy/summary.py",
+    "sampler/pipeline/frames.py",
+    "sampler/pipeline/buffer.py",
+    "sampler/pipeline/core.py",
     "sampler/policy/hashing.py",
     "sampler/policy/engine.py",
-    "sampler/decisions.py",
+    "sampler/pipeline/decisions.py",
     "sampler/otlp/splice.py",
     "sampler/otlp/jsonwire.py",
     # The policy types the engine evaluates per decided trace (their pydantic models are in

@@ -3,7 +3,7 @@
     .venv/bin/python bench/capacity.py [--traces N] [--json]
 
 Traffics:
-- `bench`: the requests bench/hotpath.py and bench/e2e.py send (sampler.demo's templates: 8-20 spans
+- `bench`: the requests bench/hotpath.py and bench/e2e.py send (sampler.tools.demo's templates: 8-20 spans
   a trace over 3-5 services, 10-20 attributes a span), with fresh trace ids in each copy;
 - `demo`: what `tailsampler demo` sends: the same generator, with the demo's seed and its 16
   templates (the benches use 8);
@@ -28,16 +28,16 @@ import time
 import tracemalloc
 from typing import Any
 
-from sampler.buffer import Buffer
-from sampler.config import default_policies_doc
-from sampler.core import Core, KeptTrace
-from sampler.decisions import DecisionCache
-from sampler.frames import Compression, train
+from sampler.pipeline.buffer import Buffer
+from sampler.pipeline.core import Core, KeptTrace
+from sampler.pipeline.decisions import DecisionCache
+from sampler.pipeline.frames import Compression, train
 from sampler.policy.loader import load_policies
+from sampler.server.settings import default_policies_doc
 
 
 def bench_traffic(requests: int, seed: int, templates: int = 8) -> list[bytes]:
-    from sampler.demo import build_template
+    from sampler.tools.demo import build_template
 
     rng = random.Random(seed)
     made = [build_template(rng) for _ in range(templates)]

@@ -11,7 +11,7 @@ For each request size (512 and 64 spans by default) it runs, all on 127.0.0.1:
    server shows on the same machine with the same generator.
 
 The load generator is a separate process that stamps fresh trace ids into pre-built realistic
-requests (`sampler.demo.build_template` / `Template.stamp`) and sends them over gRPC with a fixed
+requests (`sampler.tools.demo.build_template` / `Template.stamp`) and sends them over gRPC with a fixed
 number of calls in flight (full speed) or on a fixed schedule (half rate, open loop).
 
     .venv/bin/python bench/e2e.py [--quick] [--json] [--sizes 512,64] [--phase-seconds 10] [--plot DIR]
@@ -112,7 +112,7 @@ async def _serve(kind: str, max_seconds: float) -> None:
 
 
 def _templates(spans: int, seed: int) -> list[Any]:
-    from sampler.demo import build_template
+    from sampler.tools.demo import build_template
 
     rng = random.Random(seed)
     return [build_template(rng, spans_per_request=spans) for _ in range(8)]

@@ -35,16 +35,16 @@ from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from sampler.app import tune_gc
-from sampler.buffer import Buffer
-from sampler.config import default_policies_doc
-from sampler.core import Core, KeptTrace, PackJob, pack_jobs
-from sampler.decisions import DecisionCache
-from sampler.demo import build_template
 from sampler.exporters.base import encode_batch
-from sampler.frames import train
+from sampler.pipeline.buffer import Buffer
+from sampler.pipeline.core import Core, KeptTrace, PackJob, pack_jobs
+from sampler.pipeline.decisions import DecisionCache
+from sampler.pipeline.frames import train
 from sampler.policy.engine import NO_KEEP
 from sampler.policy.loader import load_policies
+from sampler.server.app import tune_gc
+from sampler.server.settings import default_policies_doc
+from sampler.tools.demo import build_template
 
 COMPRESS = True  # --no-compress: the buffer without packing or compression (spans held as they came)
 

@@ -23,10 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from sampler.app import App
-from sampler.config import load_config
-from sampler.core import KeptTrace
-from sampler.demo import build_template
+from sampler.pipeline.core import KeptTrace
+from sampler.server.app import App
+from sampler.server.settings import load_config
+from sampler.tools.demo import build_template
 
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 BEFORE = ("policies: [{name: errors, type: errors}, "
@@ -47,7 +47,7 @@ class Null:
 CLIENT = r"""
 import json, random, sys, time
 import grpc
-from sampler.demo import build_template
+from sampler.tools.demo import build_template
 
 port, seconds = int(sys.argv[1]), float(sys.argv[2])
 rng = random.Random(7)

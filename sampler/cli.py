@@ -9,9 +9,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sampler import __version__, logs
-from sampler.config import DEFAULT_CONFIG_ENV, load_config, validate_file
-from sampler.yamlfile import ConfigError
+from sampler import __version__
+from sampler.config.yamlfile import ConfigError
+from sampler.server import log_setup
+from sampler.server.settings import DEFAULT_CONFIG_ENV, load_config
+from sampler.tools.validate import validate_file
 
 
 def _event_loop() -> None:
@@ -24,8 +26,8 @@ def _event_loop() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from sampler.app import App, StartupError, Worker
-    from sampler.workers import GroupStatus, parse_worker_of, supervise
+    from sampler.server.app import App, StartupError, Worker
+    from sampler.server.workers import GroupStatus, parse_worker_of, supervise
 
     path = args.config or os.environ.get(DEFAULT_CONFIG_ENV)
     try:
@@ -39,14 +41,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             print("--workers and peers cannot be combined in this version", file=sys.stderr)
             return 1
         run_args = ["--log-format", args.log_format] + (["--config", path] if path else [])
-        logs.setup("debug" if args.debug else loaded.config.log_level, args.log_format)
+        log_setup.setup("debug" if args.debug else loaded.config.log_level, args.log_format)
         return supervise(run_args + (["--debug"] if args.debug else []), args.workers)
     worker = None
     if args.worker_of:
         index, peers = parse_worker_of(args.worker_of)
         status = GroupStatus(args.worker_status) if args.worker_status is not None else None
         worker = Worker(index, peers, status.problem if status is not None else None)
-    logs.setup("debug" if args.debug else loaded.config.log_level, args.log_format)
+    log_setup.setup("debug" if args.debug else loaded.config.log_level, args.log_format)
     _event_loop()
     try:
         asyncio.run(App(loaded, worker=worker).run_until_stopped())
@@ -70,7 +72,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from sampler.simulate import simulate
+    from sampler.tools.simulate import simulate
 
     return simulate(Path(args.policies), [Path(f) for f in args.files], args.format)
 
@@ -82,16 +84,16 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from sampler.schema import render
+    from sampler.tools.schema import render
 
     sys.stdout.write(render(args.which))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from sampler.demo import run_demo
+    from sampler.tools.demo import run_demo
 
-    logs.setup("warning")
+    log_setup.setup("warning")
     _event_loop()
     return asyncio.run(run_demo(args.seconds))
 

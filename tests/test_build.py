@@ -19,9 +19,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 import sampler.otlp.split as split
-from sampler.demo import build_template
 from sampler.otlp.split import Chunk, Splitter
 from sampler.otlp.wire import AttrValue, SpanFields, WireError
+from sampler.tools.demo import build_template
 from tests.spans import S, request
 from tests.test_wire import KEYS, ids_valid, mutated, upb_spans
 
@@ -189,3 +189,16 @@ def test_splitters_agree_on_which_chunks_arrived_annotated() -> None:
         assert all(o == outcomes[0] for o in outcomes), keys
         marked = [c.marked for c in SPLITS[-1](data, splitter(keys))]
         assert marked == ([True, True, False, False] if keys & MARK_KEYS else [False] * 4), keys
+
+
+@pytest.mark.parametrize("split_request", SPLITS)
+def test_each_splitter_chunk_has_every_field_the_protocol_names(split_request: Split) -> None:
+    """mypy checks the compiled stub against the Chunk protocol; this checks the compiled class
+    against its stub, field by field, with the interpreted chunk's value types."""
+    data = request([S(1, 1, name="root", attrs={"http.route": "/a"})])
+    chunk = split_request(data, Splitter(KEYS, value_bits, resource_bits))[0]
+    reference = split._split_request(data, Splitter(KEYS, value_bits, resource_bits))[0]
+    fields = [*Chunk.__annotations__, "bits"]
+    assert len(fields) == 12
+    for name in fields:
+        assert type(getattr(chunk, name)) is type(getattr(reference, name)), name

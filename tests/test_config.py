@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from sampler.config import env_overrides, load_config, parse_duration, parse_size
+from sampler.config.models import env_overrides, parse_duration, parse_size
+from sampler.config.yamlfile import ConfigError
 from sampler.otlp.jsonconv import json_to_protobuf, protobuf_to_dict
 from sampler.otlp.wire import WireError
-from sampler.yamlfile import ConfigError
+from sampler.server.settings import load_config
 from tests.spans import parse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +60,7 @@ def test_defaults_without_a_file() -> None:
 
 
 def test_shipped_default_policies_are_the_builtin_ones() -> None:
-    assert (ROOT / "policies" / "default.yaml").read_text() == (ROOT / "sampler" / "default_policies.yaml").read_text()
+    assert (ROOT / "policies" / "default.yaml").read_text() == (ROOT / "sampler" / "policy" / "default.yaml").read_text()
 
 
 def test_tail_sampling_block_fills_unset_buffer_keys(tmp_path: Path) -> None:
@@ -116,7 +117,7 @@ def test_bad_otlp_json_is_a_clear_error(body: str) -> None:
 
 @pytest.mark.parametrize("path", sorted((ROOT / "policies").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_policy_sets_are_valid(path: Path) -> None:
-    from sampler.config import validate_file
+    from sampler.tools.validate import validate_file
 
     assert validate_file(path) == []
 
@@ -137,7 +138,7 @@ def test_without_a_config_file_kept_traces_go_to_stdout() -> None:
 
 
 def test_a_bad_tail_sampling_decision_wait_fails_validate_at_its_line(tmp_path: Path) -> None:
-    from sampler.config import validate_file
+    from sampler.tools.validate import validate_file
 
     path = tmp_path / "p.yaml"
     path.write_text("tail_sampling:\n  decision_wait: soon\n  num_traces: -3\n"
@@ -188,8 +189,8 @@ def test_trusted_networks_must_be_ip_networks(tmp_path: Path) -> None:
     ("policies: !!timestamp x\n", "(document)"),  # ... AttributeError
 ])
 def test_odd_policy_documents_are_reported_not_raised(text: str, field: str) -> None:
+    from sampler.config.yamlfile import parse_yaml
     from sampler.policy.loader import load_policies
-    from sampler.yamlfile import parse_yaml
 
     with pytest.raises(ConfigError) as caught:
         load_policies(parse_yaml(text, "p.yaml"))

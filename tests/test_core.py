@@ -8,15 +8,15 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sampler.buffer import Buffer, trace_cost
-from sampler.core import POLICY_ERROR, Core, KeptTrace
-from sampler.decisions import DecisionCache
+from sampler.config.yamlfile import parse_yaml
 from sampler.otlp.splice import POLICY_KEY, RATE_KEY
+from sampler.pipeline.buffer import Buffer, trace_cost
+from sampler.pipeline.core import POLICY_ERROR, Core, KeptTrace
+from sampler.pipeline.decisions import DecisionCache
 from sampler.policy.base import Policy, Vote
 from sampler.policy.engine import Engine, Verdict
 from sampler.policy.loader import load_policies
-from sampler.summary import TraceSummary
-from sampler.yamlfile import parse_yaml
+from sampler.policy.summary import TraceSummary
 from tests.spans import S, parse, request, tid
 
 KEEP_MARKED = "policies: [{name: marked, type: string_attribute, string_attribute: {key: keep, values: ['yes']}}]"
@@ -244,7 +244,7 @@ def test_buffered_traces_are_hidden_from_the_cycle_collector_and_still_freed() -
 def test_untrack_without_the_compiled_module() -> None:
     import gc
 
-    from sampler.untrack import _untrack
+    from sampler.pipeline.untrack import _untrack
 
     held = [[1]]
     _untrack(held)
@@ -256,7 +256,7 @@ def test_untrack_leaves_objects_the_collector_never_tracked_alone() -> None:
     before it), an untracked object may be passed again, and only the object itself is untracked."""
     import gc
 
-    from sampler.untrack import _untrack, untrack
+    from sampler.pipeline.untrack import _untrack, untrack
 
     for fn in (untrack, _untrack):
         atoms: list[object] = [None, "text", b"bytes", 7, 2**100, 1.5, True]  # no GC header at all
@@ -335,8 +335,8 @@ def test_a_reload_stalls_the_event_loop_for_a_step_not_for_the_whole_buffer(tmp_
     import asyncio
     import time
 
-    from sampler.app import App
-    from sampler.config import load_config
+    from sampler.server.app import App
+    from sampler.server.settings import load_config
     from tests.test_ops_units import _Collect
 
     policies = tmp_path / "policies.yaml"

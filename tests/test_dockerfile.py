@@ -36,6 +36,8 @@ from typing import Any
 import pytest
 import yaml
 
+import sampler
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -395,7 +397,8 @@ def test_wheel_holds_package_data_and_console_script(installed: Installed) -> No
         names = set(wheel.namelist())
         entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         scripts = wheel.read(entry_points).decode()
-    assert {"sampler/__init__.py", "sampler/cli.py", "sampler/default_policies.yaml", "sampler/py.typed"} <= names
+    assert {"sampler/__init__.py", "sampler/cli.py", "sampler/policy/default.yaml", "sampler/py.typed",
+            "sampler/server/ui/frame.html"} <= names
     assert not [n for n in names if n.startswith(("tests/", "bench/", "helm/", "docker/"))]
     assert re.search(r"^tailsampler\s*=\s*sampler\.cli:main$", scripts, re.MULTILINE), scripts
     # TAILSAMPLER_NO_COMPILE=1 gives pure Python; no extension built on the host leaked in through the context.
@@ -406,7 +409,7 @@ def test_wheel_holds_package_data_and_console_script(installed: Installed) -> No
 def test_fresh_venv_runs_the_installed_package(installed: Installed) -> None:
     probe = (
         "import importlib.resources, json, sampler, sampler.cli\n"
-        "text = importlib.resources.files('sampler').joinpath('default_policies.yaml').read_text()\n"
+        "text = importlib.resources.files('sampler.policy').joinpath('default.yaml').read_text()\n"
         "print(json.dumps({'file': sampler.__file__, 'policies': 'policies:' in text}))\n"
     )
     out = subprocess.run(
@@ -506,7 +509,7 @@ from pathlib import Path
 import sampler.otlp.split as split
 from sampler.otlp.split import Splitter
 mypyc = [line.split(".py")[0].replace("/", ".") for line in sys.argv[2].split(",")]
-modules = {name: __import__(name, fromlist=["_"]).__file__ for name in ["sampler._untrack", *mypyc]}
+modules = {name: __import__(name, fromlist=["_"]).__file__ for name in ["sampler.pipeline._untrack", *mypyc]}
 data = Path(sys.argv[1]).read_bytes()
 def chunks(fn):
     return [[c.trace_id.hex(), [s.hex() for s in c.spans]] for c in fn(data, Splitter(frozenset(), lambda k, v: 0,
@@ -580,7 +583,8 @@ def test_chart_metadata() -> None:
     chart = _load_yaml(CHART / "Chart.yaml")
     assert chart["apiVersion"] == "v2"
     assert chart["name"] == "tailsampler"
-    assert str(chart["appVersion"]) == "0.1.0"
+    # the version lives in sampler/__init__.py; the package metadata and the chart's appVersion agree
+    assert str(chart["appVersion"]) == sampler.__version__ == importlib.metadata.version("tailsampler")
 
 
 def test_ci_values_cover_every_mode() -> None:

@@ -19,18 +19,18 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from sampler.buffer import Buffer
-from sampler.config import Retry
-from sampler.core import Core, KeptTrace
-from sampler.decisions import DecisionCache
+from sampler.config.models import Retry
 from sampler.exporters.base import RetryableError, encode_batch
 from sampler.exporters.otlp_grpc import GrpcSender
 from sampler.exporters.otlp_http import HttpSender, http_url
 from sampler.exporters.queue import ExportQueue
-from sampler.metrics import Metrics
+from sampler.pipeline.buffer import Buffer
+from sampler.pipeline.core import Core, KeptTrace
+from sampler.pipeline.decisions import DecisionCache
 from sampler.policy.always_sample import AlwaysSample
 from sampler.policy.configs import AlwaysSampleConfig
 from sampler.policy.engine import Engine
+from sampler.server.metrics import Metrics
 from tests.spans import S, request
 
 FAST = Retry(initial_interval=0.01, max_interval=0.05, max_elapsed_time=5.0)

@@ -12,15 +12,18 @@ from typing import Any
 import grpc
 import pytest
 
-from sampler.buffer import Buffer
-from sampler.core import Backpressure, Core
-from sampler.decisions import DecisionCache
+from sampler.config.yamlfile import parse_yaml
 from sampler.otlp.splice import encode_request
 from sampler.otlp.split import Chunk
-from sampler.peers import Call, Forwarder, Membership, retry_hint
+from sampler.otlp.transport import retry_details as _retry_details
+from sampler.otlp.transport import retry_hint
+from sampler.pipeline.buffer import Buffer
+from sampler.pipeline.core import Core
+from sampler.pipeline.decisions import DecisionCache
+from sampler.pipeline.pushback import Backpressure
 from sampler.policy.loader import load_policies
-from sampler.receivers.grpc import _retry_details
-from sampler.yamlfile import parse_yaml
+from sampler.sharding.forwarder import Call, Forwarder
+from sampler.sharding.membership import Membership
 from tests.spans import S, parse, request
 
 ME, PEER, OTHER = "10.0.0.1:4317", "10.0.0.2:4317", "10.0.0.3:4317"
@@ -303,13 +306,13 @@ def test_the_core_refuses_a_request_whose_spans_the_forward_queues_cannot_take()
     membership = Membership(ME, [ME, PEER])
     core.route = membership.route
     core.forward = lambda owner, c: forwarded.extend(c)
-    core.forward_room = lambda remote: False
+    core.pushback.forward_room = lambda remote: False
     body = request([S(n, n) for n in range(1, 41)])
     with pytest.raises(Backpressure) as refused:
         core.ingest(body, "grpc", 0.0)
     assert refused.value.reason == "forward_queue_full"
     assert len(core.buffer) == 0 and forwarded == [] and core.stats.spans_received["grpc"] == 0  # nothing taken
-    core.forward_room = lambda remote: True
+    core.pushback.forward_room = lambda remote: True
     assert core.ingest(body, "grpc", 0.0) == 40 and forwarded and len(core.buffer) == 40 - len(forwarded)
 
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from sampler.peers import Membership, retry_hint
-from sampler.receivers.grpc import _retry_details
+from sampler.otlp.transport import retry_details as _retry_details
+from sampler.otlp.transport import retry_hint
+from sampler.sharding.membership import Membership
 from tests.otlp_backend import (
     EXPORT_METHOD,
     GRPC_OPTIONS,

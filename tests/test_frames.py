@@ -1,4 +1,4 @@
-"""Buffered spans packed and compressed (sampler/frames.py): every span byte comes back exactly, in
+"""Buffered spans packed and compressed (sampler/pipeline/frames.py): every span byte comes back exactly, in
 order, with its resource and scope; traces keep working after compression (late spans, reloads,
 decisions); and the packed form is what the buffer counts."""
 
@@ -11,14 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sampler import frames
-from sampler.buffer import Buffer
-from sampler.core import Core, KeptTrace, pack_jobs
-from sampler.decisions import DecisionCache
-from sampler.frames import Codec, Compression, compress, pack, train, unpack
+from sampler.config.yamlfile import parse_yaml
 from sampler.otlp.wire import Group
+from sampler.pipeline import frames
+from sampler.pipeline.buffer import Buffer
+from sampler.pipeline.core import Core, KeptTrace, pack_jobs
+from sampler.pipeline.decisions import DecisionCache
+from sampler.pipeline.frames import Codec, Compression, compress, pack, train, unpack
 from sampler.policy.loader import load_policies
-from sampler.yamlfile import parse_yaml
 from tests.spans import S, parse, request, tid
 
 GROUPS = [Group(b"r%d" % i, b"s%d" % i, {}) for i in range(4)]

@@ -49,16 +49,16 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 import sampler.otlp.split as split
 import sampler.otlp.wire as loaded_wire
-from sampler.buffer import Buffer
-from sampler.config import load_config
-from sampler.core import Core
-from sampler.decisions import DecisionCache
+from sampler.config.yamlfile import ConfigError, Problem, parse_yaml
 from sampler.otlp.jsonconv import json_to_protobuf, protobuf_to_dict
 from sampler.otlp.split import Chunk, Splitter
 from sampler.otlp.wire import WireError
+from sampler.pipeline.buffer import Buffer
+from sampler.pipeline.core import Core
+from sampler.pipeline.decisions import DecisionCache
 from sampler.policy.loader import COMPOUND, SIMPLE, load_policies
 from sampler.receivers.http import HttpReceiver
-from sampler.yamlfile import ConfigError, Problem, parse_yaml
+from sampler.server.settings import load_config
 from tests.spans import S, request
 
 EXAMPLES = int(os.environ.get("TAILSAMPLER_FUZZ_EXAMPLES", "0") or 0)

@@ -22,7 +22,6 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sampler.admin import AdminServer, GraphProvider
 from sampler.insight.servicegraph import (
     KIND_CLIENT,
     KIND_INTERNAL,
@@ -30,6 +29,7 @@ from sampler.insight.servicegraph import (
     ServiceGraph,
     SpanRecord,
 )
+from sampler.server.admin import AdminServer, GraphProvider
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]

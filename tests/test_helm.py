@@ -18,11 +18,13 @@ from typing import Any
 import pytest
 import yaml
 
+from sampler.cli import main as tailsampler_main
+from sampler.server.settings import load_config
+from sampler.tools.validate import validate_file
+
 helm_python = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (pip install -e '.[test]')")
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
 
-from sampler.cli import main as tailsampler_main  # noqa: E402
-from sampler.config import load_config, validate_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "tailsampler"

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sampler import idring
-from sampler.decisions import DecisionCache
+from sampler.pipeline import idring
+from sampler.pipeline.decisions import DecisionCache
 from sampler.policy.engine import NO_KEEP, Verdict
 
 RINGS: list[Callable[[int], idring.Ring]] = [idring._IdRing]

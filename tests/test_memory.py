@@ -12,14 +12,16 @@ import grpc
 import pytest
 import yaml
 
-from sampler import memory
-from sampler.app import App, StartupError
-from sampler.buffer import Buffer
-from sampler.config import Config, default_policies_doc, load_config
-from sampler.core import Core
-from sampler.decisions import DecisionCache
-from sampler.frames import Compression
+from sampler.config.models import Config
+from sampler.pipeline import memory
+from sampler.pipeline.buffer import Buffer
+from sampler.pipeline.core import Core
+from sampler.pipeline.decisions import DecisionCache
+from sampler.pipeline.frames import Compression
 from sampler.policy.loader import load_policies
+from sampler.server import system
+from sampler.server.app import App, StartupError
+from sampler.server.settings import default_policies_doc, load_config
 from tests.otlp_backend import EXPORT_METHOD, GRPC_OPTIONS, http_request
 from tests.spans import S, parse, request
 
@@ -96,7 +98,7 @@ policies: [{name: all, type: always_sample}]
 
 
 def _traffics() -> dict[str, list[bytes]]:
-    from sampler.demo import build_template
+    from sampler.tools.demo import build_template
 
     rng = random.Random(5)
     templates = [build_template(rng) for _ in range(8)]
@@ -145,47 +147,47 @@ def _fake_root(tmp_path: Path, cgroup: str, files: dict[str, str]) -> Path:
 
 def test_container_limit_reads_cgroup_v2(tmp_path: Path) -> None:
     root = _fake_root(tmp_path, "0::/kubepods/pod1/ctr\n", {"kubepods/pod1/ctr/memory.max": "536870912\n"})
-    assert memory.container_limit(root, {}) == 512 * 2**20
+    assert system.container_limit(root, {}) == 512 * 2**20
 
 
 def test_container_limit_v2_inside_a_namespace_and_unlimited(tmp_path: Path) -> None:
-    assert memory.container_limit(_fake_root(tmp_path / "a", "0::/\n", {"memory.max": "268435456\n"}), {}) == 2**28
-    assert memory.container_limit(_fake_root(tmp_path / "b", "0::/\n", {"memory.max": "max\n"}), {}) is None
+    assert system.container_limit(_fake_root(tmp_path / "a", "0::/\n", {"memory.max": "268435456\n"}), {}) == 2**28
+    assert system.container_limit(_fake_root(tmp_path / "b", "0::/\n", {"memory.max": "max\n"}), {}) is None
 
 
 def test_container_limit_reads_cgroup_v1(tmp_path: Path) -> None:
     cgroup = "5:cpu,cpuacct:/x\n4:memory:/process_api/abc\n0::/\n"
     root = _fake_root(tmp_path / "a", cgroup, {"memory/process_api/abc/memory.limit_in_bytes": "1073741824\n"})
-    assert memory.container_limit(root, {}) == 2**30
+    assert system.container_limit(root, {}) == 2**30
     unlimited = _fake_root(tmp_path / "b", cgroup, {"memory/process_api/abc/memory.limit_in_bytes":
                                                     "9223372036854771712\n"})
-    assert memory.container_limit(unlimited, {}) is None
+    assert system.container_limit(unlimited, {}) is None
 
 
 def test_container_limit_where_the_container_sees_its_cgroup_at_the_root(tmp_path: Path) -> None:
     v1 = _fake_root(tmp_path / "a", "4:memory:/kubepods/burstable/pod1/ctr\n",
                     {"memory/memory.limit_in_bytes": "536870912\n"})
-    assert memory.container_limit(v1, {}) == 512 * 2**20
+    assert system.container_limit(v1, {}) == 512 * 2**20
     v2 = _fake_root(tmp_path / "b", "0::/kubepods/pod1/ctr\n", {"memory.max": "268435456\n"})
-    assert memory.container_limit(v2, {}) == 256 * 2**20
+    assert system.container_limit(v2, {}) == 256 * 2**20
 
 
 def test_container_limit_from_the_downward_api_wins(tmp_path: Path) -> None:
     root = _fake_root(tmp_path, "0::/\n", {"memory.max": "268435456\n"})
-    assert memory.container_limit(root, {memory.CONTAINER_LIMIT_ENV: "536870912"}) == 512 * 2**20
-    assert memory.container_limit(root, {memory.CONTAINER_LIMIT_ENV: "0"}) == 256 * 2**20
+    assert system.container_limit(root, {system.CONTAINER_LIMIT_ENV: "536870912"}) == 512 * 2**20
+    assert system.container_limit(root, {system.CONTAINER_LIMIT_ENV: "0"}) == 256 * 2**20
 
 
 def test_container_limit_without_cgroups(tmp_path: Path) -> None:
-    assert memory.container_limit(tmp_path, {}) is None
-    assert memory.container_limit(_fake_root(tmp_path / "a", "0::/\n", {}), {}) is None
+    assert system.container_limit(tmp_path, {}) is None
+    assert system.container_limit(_fake_root(tmp_path / "a", "0::/\n", {}), {}) is None
 
 
 def test_read_rss_is_this_process(tmp_path: Path) -> None:
-    rss = memory.read_rss()
+    rss = system.read_rss()
     assert 10 * 2**20 < rss < 4 * 2**30
     (tmp_path / "statm").write_text("garbage")
-    assert memory.read_rss(tmp_path / "statm") == 0
+    assert system.read_rss(tmp_path / "statm") == 0
 
 
 def _config(text: str) -> Config:
@@ -247,8 +249,8 @@ def test_the_governor_trims_first_then_sheds_what_is_over_soft_and_refuses_over_
 
 
 def test_tune_malloc_and_trim_run_here() -> None:
-    assert memory.tune_malloc()
-    memory.malloc_trim()  # returns whether memory was released: either is fine
+    assert system.tune_malloc()
+    system.malloc_trim()  # returns whether memory was released: either is fine
 
 
 def test_inflight_admits_within_its_bound() -> None:

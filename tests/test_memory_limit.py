@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from sampler.memory import CONTAINER_LIMIT_ENV
+from sampler.server.system import CONTAINER_LIMIT_ENV
 from tests.otlp_backend import clean_env, http_request, metric_value, wait_until, write_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))

@@ -25,7 +25,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from sampler.receivers.grpc import RETRY_AFTER_SECONDS
+from sampler.otlp.transport import RETRY_AFTER_SECONDS
 from tests.otlp_backend import (
     EXPORT_METHOD,
     GRPC_OPTIONS,

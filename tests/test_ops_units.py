@@ -12,16 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from sampler.app import App, keep_unchanged
-from sampler.buffer import Buffer
-from sampler.config import load_config
-from sampler.core import Backpressure, Core, KeptTrace
-from sampler.decisions import DecisionCache
-from sampler.logs import JsonFormatter
-from sampler.metrics import MemoryCollector, Metrics
+from sampler.config.yamlfile import parse_yaml
+from sampler.pipeline.buffer import Buffer
+from sampler.pipeline.core import Core, KeptTrace
+from sampler.pipeline.decisions import DecisionCache
+from sampler.pipeline.pushback import Backpressure
 from sampler.policy.loader import load_policies
 from sampler.policy.rate_limiting import RateLimiting
-from sampler.yamlfile import parse_yaml
+from sampler.server.app import App, keep_unchanged
+from sampler.server.log_setup import JsonFormatter
+from sampler.server.metrics import MemoryCollector, Metrics
+from sampler.server.settings import load_config
 from tests.spans import S, request, tid
 from tests.test_exporters import value
 

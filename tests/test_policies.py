@@ -8,14 +8,14 @@ import random
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from sampler.buffer import Buffer
-from sampler.core import Core
-from sampler.decisions import DecisionCache
+from sampler.config.yamlfile import ConfigError, parse_yaml
+from sampler.pipeline.buffer import Buffer
+from sampler.pipeline.core import Core
+from sampler.pipeline.decisions import DecisionCache
 from sampler.policy.engine import Engine, Verdict
 from sampler.policy.hashing import fnv1a64, threshold
 from sampler.policy.loader import load_policies
-from sampler.summary import TraceSummary
-from sampler.yamlfile import ConfigError, parse_yaml
+from sampler.policy.summary import TraceSummary
 from tests.spans import S, request, span_message, tid
 
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import pytest
 
-from sampler.buffer import Buffer
-from sampler.core import Core
-from sampler.decisions import DecisionCache
+from sampler.config.yamlfile import ConfigError, parse_yaml
+from sampler.pipeline.buffer import Buffer
+from sampler.pipeline.core import Core
+from sampler.pipeline.decisions import DecisionCache
 from sampler.policy.engine import Verdict
 from sampler.policy.limiter import TokenBucket
 from sampler.policy.loader import load_policies
 from sampler.policy.ottl import OttlError, compile_condition
-from sampler.summary import TraceSummary
-from sampler.yamlfile import ConfigError, parse_yaml
+from sampler.policy.summary import TraceSummary
 from tests.spans import S, request
 
 

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from sampler.buffer import Buffer
-from sampler.config import validate_file
-from sampler.core import Core
-from sampler.decisions import DecisionCache
+from sampler.config.yamlfile import ConfigError, parse_yaml
+from sampler.pipeline.buffer import Buffer
+from sampler.pipeline.core import Core
+from sampler.pipeline.decisions import DecisionCache
 from sampler.policy.engine import Verdict
 from sampler.policy.loader import load_policies
 from sampler.policy.ottl import OttlError, compile_condition
 from sampler.policy.regex import RegexError, compile_pattern
-from sampler.summary import TraceSummary
-from sampler.yamlfile import ConfigError, parse_yaml
+from sampler.policy.summary import TraceSummary
+from sampler.tools.validate import validate_file
 from tests.spans import S, request
 
 EVIL = "(a+)+$"

@@ -12,14 +12,16 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from sampler.buffer import Buffer
-from sampler.core import Core
-from sampler.decisions import DecisionCache
+from sampler.config.yamlfile import parse_yaml
 from sampler.otlp.split import Chunk
-from sampler.peers import Membership, resolve_names
+from sampler.otlp.transport import EXPORT_METHOD, FORWARDED_HEADER
+from sampler.pipeline.buffer import Buffer
+from sampler.pipeline.core import Core
+from sampler.pipeline.decisions import DecisionCache
 from sampler.policy.loader import load_policies
-from sampler.receivers.grpc import EXPORT_METHOD, FORWARDED_HEADER, GrpcReceiver
-from sampler.yamlfile import parse_yaml
+from sampler.receivers.grpc import GrpcReceiver
+from sampler.sharding.discovery import resolve_names
+from sampler.sharding.membership import Membership
 from tests.spans import S, request, tid
 
 MEMBERS = ["10.0.0.1:4317", "10.0.0.2:4317", "10.0.0.3:4317"]
@@ -108,7 +110,7 @@ def test_dns_discovery_resolves_the_name_and_updates_membership() -> None:
     import asyncio
     import contextlib
 
-    from sampler.peers import resolve, watch_dns
+    from sampler.sharding.discovery import resolve, watch_dns
 
     async def main() -> Membership:
         assert "127.0.0.1:4317" in await resolve("localhost", 4317)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from sampler.otlp.jsonconv import protobuf_to_dict
-from sampler.schema import render
+from sampler.tools.schema import render
 from tests.spans import S, request, tid
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,3 +107,21 @@ def test_simulate_spends_a_rate_limit_once_per_trace(tmp_path: Path) -> None:
             assert sum(json.loads(x)["decision"] == "keep" for x in result.stdout.splitlines()) == 20
         else:
             assert "kept    20 (100.0%)" in result.stdout
+
+
+def test_simulate_rate_limits_follow_the_recorded_time(tmp_path: Path) -> None:
+    """Rate limits spend their budget on the traces' recorded times, not the simulator's own speed:
+    the same 40 two-span traces at 10 spans/s (burst 10) keep all when recorded 1 s apart, and the
+    burst's 5 when recorded within 50 ms; the same on every run."""
+    (tmp_path / "p.yaml").write_text("policies: [{name: rl, type: rate_limiting, "
+                                     "rate_limiting: {spans_per_second: 10, burst_capacity: 10}}]\n")
+    spread = [[S(n, 2 * n, start_ms=1000 * n, end_ms=1000 * n + 5),
+               S(n, 2 * n + 1, parent=2 * n, start_ms=1000 * n + 1, end_ms=1000 * n + 4)] for n in range(1, 41)]
+    packed = [[S(n, 2 * n, start_ms=n, end_ms=n + 5),
+               S(n, 2 * n + 1, parent=2 * n, start_ms=n + 1, end_ms=n + 4)] for n in range(1, 41)]
+    for traces, kept in ((spread, 40), (packed, 5)):
+        record(tmp_path / "t.jsonl", traces)
+        for _ in range(2):
+            result = simulate("--policies", str(tmp_path / "p.yaml"), "--format", "jsonl", str(tmp_path / "t.jsonl"))
+            assert result.returncode == 0, result.stderr
+            assert sum(json.loads(x)["decision"] == "keep" for x in result.stdout.splitlines()) == kept

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from sampler.demo import build_template
 from sampler.otlp.wire import SpanFields, WireError, walk_request
+from sampler.tools.demo import build_template
 from tests.spans import S, kv, request
 
 KEYS = frozenset({"service.name", "http.route", "http.response.status_code", "app.cache_hit", "ratio"})

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from sampler.workers import CRASH_LOOP_RESTARTS, STABLE_SECONDS, GroupStatus, Restarts
+from sampler.server.workers import CRASH_LOOP_RESTARTS, STABLE_SECONDS, GroupStatus, Restarts
 from tests.otlp_backend import (
     EXPORT_METHOD,
     GRPC_OPTIONS,
@@ -52,7 +52,7 @@ def test_crash_looping_means_more_restarts_in_a_row_than_the_limit() -> None:
 
 def test_group_status_reaches_a_process_that_inherits_it() -> None:
     status = GroupStatus.create()
-    probe = f"from sampler.workers import GroupStatus; print(repr(GroupStatus({status.fd}).problem()))"
+    probe = f"from sampler.server.workers import GroupStatus; print(repr(GroupStatus({status.fd}).problem()))"
 
     def seen() -> str:
         return subprocess.run([sys.executable, "-c", probe], pass_fds=(status.fd,), capture_output=True, text=True,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sampler.config import ExporterConfig
+from sampler.config.models import ExporterConfig
 from sampler.exporters.base import Sender
 from sampler.exporters.file import FileSender
 from sampler.exporters.otlp_grpc import GrpcSender

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from sampler.core import KeptTrace
+from prometheus_client import Counter
+
 from sampler.otlp.splice import annotation, encode_request, strip_annotation
+from sampler.pipeline.core import KeptTrace
 
 WORKERS = 4  # export batches in flight at once
 
@@ -25,6 +27,15 @@ class PermanentError(Exception):
 class TooLargeError(PermanentError):
     """The backend refused the request as too large (gRPC RESOURCE_EXHAUSTED without RetryInfo, HTTP
     413): the same spans may pass in smaller requests."""
+
+
+class ExportMetrics(Protocol):
+    """The counters an export queue moves. The server's `Metrics` satisfies it; the queue names only
+    this, so exporters do not import the server shell above them."""
+
+    spans_exported: Counter
+    export_failures: Counter
+    spans_dropped: Counter
 
 
 class Sender(Protocol):

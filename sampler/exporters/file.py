@@ -7,9 +7,9 @@ import asyncio
 import json
 from pathlib import Path
 
-from sampler.core import KeptTrace
 from sampler.exporters.base import encode_batch
 from sampler.otlp.jsonconv import protobuf_to_dict
+from sampler.pipeline.core import KeptTrace
 
 
 class FileSender:

@@ -3,8 +3,8 @@ objects), classifying failures as the OTLP specification says.
 
 Calls go through grpc's blocking API on a few threads of their own, not through grpc.aio: gRPC core
 compresses a message inside the call that sends it, and grpc.aio makes that call on the event-loop
-thread holding the GIL, so gzip of a 4096-span batch (tens of ms) stalled every receive behind it
-and took about a quarter of the loop's time (py-spy under bench/e2e.py). The blocking API releases
+thread holding the GIL, so gzip of a large batch stalled every receive behind it (py-spy under
+bench/e2e.py; docs/performance.md). The blocking API releases
 the GIL while core works, so compression runs on the second core.
 """
 
@@ -14,11 +14,9 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from sampler.config import TlsClient
-from sampler.core import KeptTrace
+from sampler.config.models import TlsClient
 from sampler.exporters.base import (
     WORKERS,
     PermanentError,
@@ -27,32 +25,14 @@ from sampler.exporters.base import (
     encode_batch,
     split_endpoint,
 )
-from sampler.receivers.grpc import EXPORT_METHOD
-from sampler.tls import Files, grpc_channel_credentials
+from sampler.otlp.transport import EXPORT_METHOD, channel_options, retry_hint
+from sampler.pipeline.core import KeptTrace
+from sampler.security.tls import Files, grpc_channel_credentials
 
-
-def channel_options(max_backoff_ms: int) -> list[tuple[str, int]]:
-    """Client channel options: gRPC's own reconnect backoff grows to 120 s by default, so a recovered
-    server would wait for the channel long after our own retries have started asking again."""
-    return [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", max_backoff_ms)]
 RETRYABLE = frozenset({
     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
     grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DATA_LOSS,
 })
-
-
-def retry_delay(error: grpc.Call) -> float | None:
-    """The RetryInfo delay carried in the status details, if the server sent one."""
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                    info = error_details_pb2.RetryInfo()
-                    detail.Unpack(info)
-                    return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
-    return None
 
 
 class GrpcSender:
@@ -98,7 +78,7 @@ class GrpcSender:
         except grpc.RpcError as exc:
             assert isinstance(exc, grpc.Call)  # grpc raises errors that are also the failed call
             code = exc.code()
-            delay = retry_delay(exc)
+            delay = retry_hint(exc.trailing_metadata())
             message = f"gRPC {code.name}: {exc.details()}"
             if code in RETRYABLE or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None):
                 raise RetryableError(message, delay) from None

@@ -8,10 +8,10 @@ import gzip
 import aiohttp
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from sampler.config import TlsClient
-from sampler.core import KeptTrace
+from sampler.config.models import TlsClient
 from sampler.exporters.base import PermanentError, RetryableError, TooLargeError, encode_batch, split_endpoint
-from sampler.tls import Files, client_context
+from sampler.pipeline.core import KeptTrace
+from sampler.security.tls import Files, client_context
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 

@@ -20,13 +20,12 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 
-from sampler.buffer import spans_cost
-from sampler.config import DEFAULT_BATCH_MAX_BYTES, Retry
-from sampler.core import KeptTrace
-from sampler.exporters.base import WORKERS, PermanentError, RetryableError, Sender, TooLargeError
-from sampler.metrics import Metrics
+from sampler.config.models import DEFAULT_BATCH_MAX_BYTES, Retry
+from sampler.exporters.base import WORKERS, ExportMetrics, PermanentError, RetryableError, Sender, TooLargeError
 from sampler.otlp.splice import annotation, group_size, span_size, spans_size
 from sampler.otlp.wire import Group
+from sampler.pipeline.buffer import spans_cost
+from sampler.pipeline.core import KeptTrace
 
 log = logging.getLogger("tailsampler.export")
 
@@ -64,7 +63,7 @@ class ExportQueue:
     def __init__(
         self,
         sender: Sender,
-        metrics: Metrics,
+        metrics: ExportMetrics,
         max_bytes: int,
         batch_max_spans: int,
         retry: Retry,

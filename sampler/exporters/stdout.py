@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from sampler.core import KeptTrace
+from sampler.pipeline.core import KeptTrace
 
 
 def summary_line(trace: KeptTrace) -> str:

@@ -1,5 +1,23 @@
-"""Type stub of the Cython-compiled splitter (_split.pyx); the same contract as split._split_request."""
+"""Type stub of the Cython-compiled splitter (_split.pyx): the same contract as split._split_request.
+`Chunk` here declares the compiled class's fields; split.py has mypy check it satisfies split.Chunk."""
 
-from sampler.otlp.split import Chunk, Splitter
+from sampler.otlp.split import Chunk as ChunkProtocol
+from sampler.otlp.split import Splitter
+from sampler.otlp.wire import AttrValue, Group
 
-def split_request(data: bytes, splitter: Splitter) -> list[Chunk]: ...
+class Chunk:
+    trace_id: bytes
+    spans: list[bytes]
+    groups: list[Group]
+    nbytes: int
+    min_start: int
+    max_end: int
+    status_mask: int
+    marked: bool
+    root_name: str | None
+    root_attrs: dict[str, AttrValue] | None
+    root_group: Group | None
+    @property
+    def bits(self) -> int: ...
+
+def split_request(data: bytes, splitter: Splitter) -> list[ChunkProtocol]: ...

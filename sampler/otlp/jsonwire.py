@@ -1,8 +1,8 @@
 """OTLP/JSON straight to protobuf wire bytes, driven by the installed message descriptors.
 
 protobuf's own `json_format` parses a JSON document by walking the descriptors in Python and setting
-fields one by one: about 0.15 s per MB, on the event loop, so one client posting OTLP/JSON stalled
-every receiver. Here the decoded JSON (dicts and lists from `json.loads`, which is C) is encoded
+fields one by one, slowly, on the event loop, so one client posting OTLP/JSON stalled every
+receiver (docs/performance.md). Here the decoded JSON (dicts and lists from `json.loads`, which is C) is encoded
 field by field into the bytes protobuf would accept, with tables built once per message type; the
 module is compiled by the package build (mypyc).
 

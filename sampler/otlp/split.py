@@ -13,6 +13,7 @@ same chunks come from the interpreted walker (`wire.walk_request`) and the group
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from sampler.otlp.splice import MARK_KEYS
 from sampler.otlp.wire import AttrValue, Group, SpanFields, walk_request
@@ -93,10 +94,31 @@ class Splitter:
         return bits
 
 
-class Chunk:
+class Chunk(Protocol):
     """The spans of one trace in one request, and what they fold into the trace's summary. `marked`:
     some span carries a wanted key of MARK_KEYS (with a primitive value): annotated by a tailsampler
-    before this one."""
+    before this one. Both splitters' chunk classes satisfy it: `_Chunk` below, and the compiled
+    `_split.Chunk` (mypy checks it against the stub, in `_compiled_chunk_is_a_chunk`)."""
+
+    trace_id: bytes
+    spans: list[bytes]
+    groups: list[Group]
+    nbytes: int
+    min_start: int
+    max_end: int
+    status_mask: int
+    marked: bool
+    root_name: str | None
+    root_attrs: dict[str, AttrValue] | None
+    root_group: Group | None
+
+    @property
+    def bits(self) -> int:
+        """The predicate bits the spans satisfied."""
+
+
+class _Chunk:
+    """The interpreted splitter's Chunk."""
 
     __slots__ = (
         "bits", "groups", "marked", "max_end", "min_start", "nbytes", "root_attrs", "root_group", "root_name",
@@ -118,13 +140,20 @@ class Chunk:
         self.root_group: Group | None = None
 
 
+if TYPE_CHECKING:
+    from sampler.otlp import _split
+
+    def _compiled_chunk_is_a_chunk(chunk: _split.Chunk) -> Chunk:
+        return chunk
+
+
 def _split_request(data: bytes, splitter: Splitter) -> list[Chunk]:
     """Interpreted: walk into SpanFields, then fold each span into its trace's chunk."""
-    by_trace: dict[bytes, Chunk] = {}
+    by_trace: dict[bytes, _Chunk] = {}
     for span in walk_request(data, splitter.keys):
         chunk = by_trace.get(span.trace_id)
         if chunk is None:
-            chunk = by_trace[span.trace_id] = Chunk(span.trace_id, span.start, span.end)
+            chunk = by_trace[span.trace_id] = _Chunk(span.trace_id, span.start, span.end)
         group = span.group = splitter.group(span.group)
         chunk.spans.append(span.data)
         chunk.groups.append(group)

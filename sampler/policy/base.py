@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from mypy_extensions import mypyc_attr
 
 from sampler.otlp.wire import AttrValue, SpanFields
-from sampler.summary import TraceSummary
+from sampler.policy.summary import TraceSummary
 
 
 class Vote(enum.Enum):

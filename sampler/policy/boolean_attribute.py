@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from sampler.otlp.wire import AttrValue
 from sampler.policy.base import Policy, Vote, match_vote
 from sampler.policy.configs import BooleanAttributeConfig
-from sampler.summary import TraceSummary
+from sampler.policy.summary import TraceSummary
 
 
 class BooleanAttribute(Policy):

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from sampler.policy.base import KEEP_VOTES, Policy, Vote
 from sampler.policy.configs import CompositeConfig
-from sampler.summary import TraceSummary
+from sampler.policy.summary import TraceSummary
 
 
 class Composite(Policy):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sampler.policy.base import Policy, Vote
-from sampler.summary import TraceSummary
+from sampler.policy.summary import TraceSummary
 
 
 class And(Policy):

@@ -10,7 +10,7 @@ from typing import Final, NamedTuple
 
 from sampler.otlp.wire import AttrValue, SpanFields
 from sampler.policy.base import Policy, Vote
-from sampler.summary import TraceSummary
+from sampler.policy.summary import TraceSummary
 
 ALWAYS_KEYS = frozenset({"service.name"})
 # The votes as module constants: compiled, these are static loads, not attribute lookups on the Enum.

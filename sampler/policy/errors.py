@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from sampler.otlp.wire import AttrValue
 from sampler.policy.base import Policy, Vote
 from sampler.policy.configs import ErrorsConfig
-from sampler.summary import STATUS_ERROR, TraceSummary
+from sampler.policy.summary import STATUS_ERROR, TraceSummary
 
 HTTP_STATUS_KEYS = ("http.response.status_code", "http.status_code")
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from sampler.config.units import parse_duration
+from sampler.config.yamlfile import ConfigError, Loc, Problem, YamlDoc
 from sampler.policy.always_sample import AlwaysSample
 from sampler.policy.base import Policy
 from sampler.policy.boolean_attribute import BooleanAttribute
@@ -52,8 +54,6 @@ from sampler.policy.status_code import StatusCode
 from sampler.policy.string_attribute import StringAttribute
 from sampler.policy.trace_flags import TraceFlags
 from sampler.policy.trace_state import TraceState
-from sampler.units import parse_duration
-from sampler.yamlfile import ConfigError, Loc, Problem, YamlDoc
 
 Clock = Callable[[], float]
 Factory = Callable[[str, Any, Clock], Policy]

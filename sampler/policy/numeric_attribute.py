@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from sampler.otlp.wire import AttrValue
 from sampler.policy.base import Policy, Vote, match_vote
 from sampler.policy.configs import NumericAttributeConfig
-from sampler.summary import TraceSummary
+from sampler.policy.summary import TraceSummary
 
 _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1

@@ -27,7 +27,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from sampler.otlp.wire import AttrValue, SpanFields
 from sampler.policy.base import Policy, Vote
 from sampler.policy.regex import compile_pattern
-from sampler.summary import TraceSummary
+from sampler.policy.summary import TraceSummary
 
 ENUMS = {
     "SPAN_KIND_UNSPECIFIED": 0, "SPAN_KIND_INTERNAL": 1, "SPAN_KIND_SERVER": 2, "SPAN_KIND_CLIENT": 3,

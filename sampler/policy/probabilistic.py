@@ -6,7 +6,7 @@ from __future__ import annotations
 from sampler.policy.base import Policy, Vote
 from sampler.policy.configs import ProbabilisticConfig
 from sampler.policy.hashing import DEFAULT_SALT, SaltedHash, rate_for, threshold
-from sampler.summary import TraceSummary
+from sampler.policy.summary import TraceSummary
 
 
 class Probabilistic(Policy):

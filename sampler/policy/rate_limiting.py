@@ -14,7 +14,7 @@ from collections.abc import Callable
 from sampler.policy.base import Policy, Vote
 from sampler.policy.configs import BytesLimitingConfig, RateLimitingConfig
 from sampler.policy.limiter import TokenBucket
-from sampler.summary import TraceSummary
+from sampler.policy.summary import TraceSummary
 
 
 class RateLimiting(Policy):

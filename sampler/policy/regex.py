@@ -15,8 +15,8 @@ itself (PyPI `google-re2`, import `re2`, Google's own bindings shipped as wheels
   end of the text (Python's `re` also matches before a final newline) and `\\d`, `\\w`, `\\s` are ASCII.
 
 Matching goes through an `RE2::Set` holding the one pattern: it answers "does it match anywhere"
-without computing capture positions, about 15x faster per call than `re2.compile(...).search`
-(whose pure-Python wrapper maps UTF-8 offsets back to `str` indices).
+without computing capture positions, many times faster per call than `re2.compile(...).search`
+(whose pure-Python wrapper maps UTF-8 offsets back to `str` indices; docs/performance.md).
 
 Considered and not chosen: the `regex` module's `timeout=` (bounds each call, but a pathological
 pattern still burns its full timeout on every span it sees and turns a decision into an exception),

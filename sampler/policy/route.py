@@ -15,7 +15,7 @@ from sampler.policy.base import Policy, Vote
 from sampler.policy.configs import RouteConfig
 from sampler.policy.hashing import SaltedHash, rate_for, threshold
 from sampler.policy.regex import compile_pattern
-from sampler.summary import TraceSummary
+from sampler.policy.summary import TraceSummary
 
 FALLBACK_KEYS = ("url.path", "http.target")
 

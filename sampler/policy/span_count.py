@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sampler.policy.base import Policy, Vote
 from sampler.policy.configs import SpanCountConfig
-from sampler.summary import TraceSummary
+from sampler.policy.summary import TraceSummary
 
 
 class SpanCount(Policy):

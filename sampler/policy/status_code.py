@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sampler.policy.base import Policy, Vote
 from sampler.policy.configs import StatusCodeConfig
-from sampler.summary import STATUS_ERROR, STATUS_OK, STATUS_UNSET, TraceSummary
+from sampler.policy.summary import STATUS_ERROR, STATUS_OK, STATUS_UNSET, TraceSummary
 
 _BITS = {"UNSET": STATUS_UNSET, "OK": STATUS_OK, "ERROR": STATUS_ERROR}
 

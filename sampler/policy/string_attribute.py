@@ -11,7 +11,7 @@ from sampler.otlp.wire import AttrValue
 from sampler.policy.base import Policy, Vote, match_vote
 from sampler.policy.configs import StringAttributeConfig
 from sampler.policy.regex import compile_pattern, joined
-from sampler.summary import TraceSummary
+from sampler.policy.summary import TraceSummary
 
 
 class StringAttribute(Policy):

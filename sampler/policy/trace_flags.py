@@ -5,7 +5,7 @@ from __future__ import annotations
 from sampler.otlp.wire import SpanFields
 from sampler.policy.base import Policy, Vote
 from sampler.policy.configs import TraceFlagsConfig
-from sampler.summary import TraceSummary
+from sampler.policy.summary import TraceSummary
 
 SAMPLED_FLAG = 0x01
 

@@ -7,35 +7,17 @@ import logging
 from collections.abc import Callable
 
 import grpc
-from google.protobuf import duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from sampler.auth import Authenticator
-from sampler.config import TlsServer
-from sampler.core import Backpressure
+from sampler.config.models import TlsServer
+from sampler.otlp.transport import FORWARDED_HEADER, SERVICE, retry_details
 from sampler.otlp.wire import WireError
-from sampler.tls import grpc_server_credentials
+from sampler.pipeline.pushback import Backpressure
+from sampler.security.auth import Authenticator
+from sampler.security.tls import grpc_server_credentials
 
 log = logging.getLogger("tailsampler.receiver.grpc")
-SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
-EXPORT_METHOD = f"/{SERVICE}/Export"
-# Marks spans one instance forwarded to their owner, which must never forward them again.
-FORWARDED_HEADER = "tailsampler-forwarded"
 
 Ingest = Callable[[bytes, str], int]
-RETRY_AFTER_SECONDS = 1  # what both receivers tell senders to wait when pushing back
-
-
-def _retry_details(message: str) -> tuple[tuple[str, bytes], ...]:
-    """The retry hint as trailing metadata, in the two places OTLP clients look for it: RetryInfo
-    inside the google.rpc.Status details (the Collector, grpc-go and grpc-java clients), and RetryInfo
-    alone in a `google.rpc.retryinfo-bin` trailer (the OpenTelemetry Python exporter reads only that
-    one, and otherwise backs off 1, 2, 4... s whatever the hint)."""
-    info = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=RETRY_AFTER_SECONDS))
-    status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=message)
-    status.details.add().Pack(info)
-    return (("grpc-status-details-bin", status.SerializeToString()),
-            ("google.rpc.retryinfo-bin", info.SerializeToString()))
 
 
 def _fail(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str,
@@ -87,7 +69,7 @@ class GrpcReceiver:
         except Backpressure as exc:
             self.refused(exc.reason)
             message = f"tailsampler is overloaded ({exc.reason}); retry later"
-            return _fail(context, grpc.StatusCode.UNAVAILABLE, message, _retry_details(message))
+            return _fail(context, grpc.StatusCode.UNAVAILABLE, message, retry_details(message))
         return b""  # an empty ExportTraceServiceResponse: full success
 
     def _trusts(self, peer: str) -> bool:

@@ -19,12 +19,12 @@ from collections.abc import Callable
 from aiohttp import web
 from google.rpc import status_pb2
 
-from sampler.auth import Authenticator
-from sampler.core import Backpressure
-from sampler.memory import JSON_COST, PROTOBUF_COST
 from sampler.otlp.jsonconv import json_to_protobuf_stepwise
+from sampler.otlp.transport import RETRY_AFTER_SECONDS
 from sampler.otlp.wire import WireError
-from sampler.receivers.grpc import RETRY_AFTER_SECONDS
+from sampler.pipeline.memory import JSON_COST, PROTOBUF_COST
+from sampler.pipeline.pushback import Backpressure
+from sampler.security.auth import Authenticator
 
 log = logging.getLogger("tailsampler.receiver.http")
 PROTOBUF = "application/x-protobuf"

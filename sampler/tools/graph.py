@@ -21,7 +21,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Status
 from sampler.insight.servicegraph import DATABASE, ServiceGraph, SpanRecord
 from sampler.otlp.jsonconv import dict_to_protobuf
 from sampler.otlp.wire import WireError
-from sampler.simulate import read_documents
+from sampler.tools.simulate import read_documents
 
 FORMATS = ("mermaid", "dot", "json")
 UNKNOWN_SERVICE = "unknown_service"  # what OpenTelemetry SDKs call a service without service.name

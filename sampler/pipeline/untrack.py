@@ -37,6 +37,6 @@ def _untrack(obj: object) -> None:
 
 untrack: Callable[[object], None]
 try:
-    from sampler._untrack import untrack
+    from sampler.pipeline._untrack import untrack
 except ImportError:  # no compiled module (TAILSAMPLER_NO_COMPILE, no compiler)
     untrack = _untrack

@@ -4,17 +4,13 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Mapping
-from importlib import resources
-from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
-from sampler.policy.loader import PolicySet, load_policies
-from sampler.units import _DURATION, _SIZE, parse_duration, parse_size
-from sampler.yamlfile import ConfigError, Problem, YamlDoc, load_yaml, parse_yaml
+from sampler.config.units import _DURATION, _SIZE, parse_duration, parse_size
+from sampler.config.yamlfile import ConfigError, parse_yaml
 
 _DURATION_SCHEMA = {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": _DURATION.pattern}]}
 _SIZE_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": _SIZE.pattern}]}
@@ -33,7 +29,7 @@ def _auto_size(value: Any) -> int | str:
     return size
 
 
-# A size, or `auto`: derived from memory_limit at start (sampler/memory.py).
+# A size, or `auto`: derived from memory_limit at start (sampler/pipeline/memory.py).
 AutoSize = Annotated[int | Literal["auto"], BeforeValidator(_auto_size), WithJsonSchema(_AUTO_SIZE_SCHEMA)]
 
 
@@ -125,7 +121,7 @@ class BufferConfig(_Model):
     max_spans_per_trace: int = Field(default=20_000, gt=0)  # beyond it the trace is decided early
     max_bytes_per_trace: Size = Field(default=16 * 2**20, gt=0)  # ...likewise
     min_eviction_age: Duration = 1.0  # evicting younger traces to make room means push back instead
-    # A trace quiet this long has its spans packed and compressed (sampler/frames.py); spans arriving
+    # A trace quiet this long has its spans packed and compressed (sampler/pipeline/frames.py); spans arriving
     # later are packed in a frame of their own. zstd: compressed with a dictionary trained on the
     # live stream; none: only packed.
     compression: Literal["zstd", "none"] = "zstd"
@@ -208,7 +204,7 @@ class PeersConfig(_Model):
 
 
 class Config(_Model):
-    # The process's resident memory stays under this (sampler/memory.py). auto: 80% of the container's
+    # The process's resident memory stays under this (sampler/pipeline/memory.py). auto: 80% of the container's
     # memory limit (cgroup), none when there is none; null: no limit.
     memory_limit: AutoSize | None = AUTO
     receivers: Receivers = Receivers()
@@ -222,12 +218,8 @@ class Config(_Model):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-DEFAULT_CONFIG_ENV = "TAILSAMPLER_CONFIG"
 _ENV_PREFIX = "TAILSAMPLER_"
 _TOP_LEVEL_ENV_KEYS = frozenset({"policies_file", "shutdown_timeout", "log_level", "memory_limit"})
-# Policies inline (YAML: a list, or any form a policies file takes); read by load_config itself, so
-# their mistakes are reported against the variable, and an empty value counts as unset.
-POLICIES_ENV = "TAILSAMPLER_POLICIES"
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -256,88 +248,12 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`over` laid over `base`, mappings merged key by key."""
     merged = dict(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge(merged[key], value)
         else:
             merged[key] = value
     return merged
-
-
-class Loaded:
-    """A validated config with its policies, and where each came from (for hot reload)."""
-
-    def __init__(self, config: Config, policies: PolicySet, policies_path: Path | None) -> None:
-        self.config = config
-        self.policies = policies
-        self.policies_path = policies_path
-
-
-def default_policies_doc() -> YamlDoc:
-    text = resources.files("sampler").joinpath("default_policies.yaml").read_text(encoding="utf-8")
-    return parse_yaml(text, "<built-in default policies>")
-
-
-def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Loaded:
-    """Read, merge environment overrides into, and validate a config file and its policies."""
-    environ = os.environ if environ is None else environ
-    if path is not None:
-        doc = load_yaml(path)
-        if doc.data is None:
-            doc.data = {}
-        if not isinstance(doc.data, dict):
-            raise ConfigError([doc.problem((), "expected a mapping of config sections")])
-        base_dir = path.parent
-    else:
-        # CONTRACT: with no config, kept traces are written to stdout (the exporter's own default
-        # endpoint is this very proxy's receiver port, which would loop).
-        doc = YamlDoc("<defaults>", {"exporter": {"protocol": "stdout"}}, {})
-        base_dir = Path.cwd()
-    raw = _merge(doc.data, env_overrides(environ))
-    try:
-        config = Config.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(doc.problems_from(exc)) from None
-    policies_path: Path | None = None
-    env_policies = environ.get(POLICIES_ENV, "").strip()
-    if env_policies:  # the environment wins over the file, as for every key
-        env_doc = parse_yaml(env_policies, f"${POLICIES_ENV}")
-        policy_set = load_policies(env_doc, () if isinstance(env_doc.data, list) else None)
-    elif config.policies is not None:
-        policy_set = load_policies(doc, ("policies",))
-    elif config.policies_file is not None:
-        # Absolute but not resolved: a ConfigMap mount swaps symlinks, and each poll must follow them anew.
-        policies_path = Path(os.path.abspath(base_dir / config.policies_file))
-        policy_set = load_policies(load_yaml(policies_path))
-    else:
-        policy_set = load_policies(default_policies_doc())
-    _apply_tail_sampling_block(config, policy_set)
-    return Loaded(config, policy_set, policies_path)
-
-
-def _apply_tail_sampling_block(config: Config, policy_set: PolicySet) -> None:
-    """A Collector `tail_sampling` block's decision_wait / num_traces fill buffer keys the config left unset."""
-    explicit = config.buffer.model_fields_set  # the loader has already checked both values
-    if policy_set.decision_wait is not None and "decision_wait" not in explicit:
-        config.buffer.decision_wait = parse_duration(policy_set.decision_wait)
-    if policy_set.num_traces is not None and "max_traces" not in explicit:
-        config.buffer.max_traces = int(policy_set.num_traces)
-
-
-def validate_file(path: Path) -> list[Problem]:
-    """Check a config file or a policies file (told apart by their keys); [] when valid."""
-    try:
-        doc = load_yaml(path)
-        data = doc.data
-        is_policies = isinstance(data, dict) and (
-            "tail_sampling" in data or "processors" in data or ("policies" in data and len(data) == 1)
-        )
-        if is_policies:
-            load_policies(doc)
-        else:
-            load_config(path, environ={})
-    except ConfigError as exc:
-        return exc.problems
-    return []

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from sampler import ui
+from sampler.server import ui
 
 log = logging.getLogger("tailsampler.admin")
 

@@ -66,6 +66,6 @@ class _IdRing:
 
 IdRing: Callable[[int], Ring]
 try:
-    from sampler._idring import IdRing
+    from sampler.pipeline._idring import IdRing
 except ImportError:  # no compiled module (TAILSAMPLER_NO_COMPILE, no compiler)
     IdRing = _IdRing

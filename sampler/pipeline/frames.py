@@ -107,7 +107,7 @@ def _pack_spans(spans: list[bytes], groups: list[Group]) -> tuple[bytes, tuple[G
 
 pack_spans: Callable[[list[bytes], list[Group]], tuple[bytes, tuple[Group, ...]]]
 try:
-    from sampler._pack import pack_spans
+    from sampler.pipeline._pack import pack_spans
 except ImportError:  # no compiled module (TAILSAMPLER_NO_COMPILE, no compiler)
     pack_spans = _pack_spans
 

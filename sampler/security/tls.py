@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 
-from sampler.config import TlsClient, TlsServer
+from sampler.config.models import TlsClient, TlsServer
 
 
 class Files:

@@ -1,10 +1,6 @@
-"""Sharding by trace id: membership, owner hashing, and forwarding spans to their owner.
-
-Every instance computes the same owner for a trace id from the same member list by rendezvous
-hashing (the member with the highest hash of member + trace id wins), so when a member joins or
-leaves only its own share of traces moves. Spans owned elsewhere are forwarded once, batched, over
-OTLP/gRPC to the owner's receiver with a `tailsampler-forwarded` header; an instance never forwards
-what it received that way, so two instances that briefly disagree on membership cannot loop.
+"""Forwarding spans to the instance that owns their trace (sampler/sharding/membership.py decides
+which), over OTLP/gRPC with a `tailsampler-forwarded` header; an instance never forwards what it
+received that way, so two instances that briefly disagree on membership cannot loop.
 
 What an owner answers decides what happens to a forward (`Forwarder._failed`):
 - accepted: delivered.
@@ -27,29 +23,21 @@ Spans kept here instead of at their owner are counted by reason (`PeerStats.fall
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import ipaddress
 import logging
-import socket
 import time
-import urllib.parse
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 
 import grpc
-from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2, status_pb2
 
-from sampler.buffer import spans_cost
-from sampler.config import split_host_port
-from sampler.exporters.otlp_grpc import channel_options
 from sampler.otlp.splice import encode_request
 from sampler.otlp.split import Chunk
-from sampler.receivers.grpc import EXPORT_METHOD, FORWARDED_HEADER
+from sampler.otlp.transport import EXPORT_METHOD, FORWARDED_HEADER, channel_options, retry_hint
+from sampler.pipeline.buffer import spans_cost
+from sampler.sharding.membership import Membership
 
 log = logging.getLogger("tailsampler.peers")
 
-IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 Call = Callable[..., Awaitable[object]]  # an Export call on a peer's channel: call(body, timeout=, metadata=)
 
 FORWARD_BATCH_SPANS = 4096  # spans in one forward request, whatever their size
@@ -65,110 +53,6 @@ NO_ANSWER = frozenset({
     grpc.StatusCode.ABORTED, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.DATA_LOSS,
 })
 PUSHBACK = NO_ANSWER | {grpc.StatusCode.RESOURCE_EXHAUSTED}  # ...that, with RetryInfo, mean "busy, retry later"
-
-
-class Membership:
-    """The member list (host:port strings, self included) and the owner of each trace id.
-
-    A member that could not be reached within the forwarding bounds is taken out of the hashing
-    for a cooldown: every survivor notices the same failure, so they agree again on one owner per
-    trace instead of each keeping its own part of the dead member's traces.
-    """
-
-    def __init__(self, self_addr: str, members: Sequence[str], trusted_networks: Sequence[str] = (),
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.self_addr = self_addr
-        self.clock = clock
-        self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_networks)
-        self.members: tuple[str, ...] = ()
-        self.down: dict[str, float] = {}  # member -> until when (clock time) it is left out
-        self._keys: list[tuple[bytes, str]] = []
-        self.changes = 0
-        self.resolved: dict[str, frozenset[str]] = {}  # member host name -> its addresses
-        self.addresses: frozenset[IP] = frozenset()  # every member's IP address: whom to trust
-        self.set(members)
-
-    @property
-    def alive(self) -> tuple[str, ...]:
-        return tuple(m for m in self.members if m not in self.down)
-
-    def _rehash(self, reason: str, before: tuple[str, ...]) -> None:
-        after = self.alive
-        if before:
-            self.changes += 1
-            log.info("peer membership changed (%s): %s -> %s", reason, ",".join(before), ",".join(after))
-        self._keys = [(m.encode(), m) for m in after]
-
-    def set(self, members: Sequence[str]) -> bool:
-        """Replace the member list (from configuration or discovery); True when it changed."""
-        new = tuple(sorted(set(members) | {self.self_addr}))
-        if new == self.members:
-            return False
-        before = self.alive
-        self.members = new
-        self.down = {m: t for m, t in self.down.items() if m in new}
-        self._rehash("discovery", before)
-        self.update_addresses()
-        return True
-
-    @property
-    def host_names(self) -> list[str]:
-        """Members given by name rather than IP address; their addresses come from `resolve_names`."""
-        return sorted({h for h in map(_host, self.members) if _ip(h) is None})
-
-    def update_addresses(self) -> None:
-        hosts = set(map(_host, self.members))
-        addresses = {_ip(h) for h in hosts} | {_ip(a) for h in hosts for a in self.resolved.get(h, ())}
-        self.addresses = frozenset(a for a in addresses if a is not None)
-
-    def trusts(self, peer: str) -> bool:
-        """Whether a gRPC caller (`context.peer()`, e.g. `ipv4:10.0.0.2:51234`) is a member, whose
-        `tailsampler-forwarded` header may be honoured. Any client can send that header; honouring
-        it from one would let its spans skip their owner and split its traces."""
-        scheme, _, rest = peer.partition(":")
-        if scheme not in ("ipv4", "ipv6"):
-            return False
-        try:
-            address = _ip(_host(urllib.parse.unquote(rest)))
-        except ValueError:
-            return False
-        if address is None:
-            return False
-        return address in self.addresses or any(address in network for network in self.networks)
-
-    def mark_down(self, member: str, cooldown: float) -> None:
-        """Leave `member` out of the hashing for `cooldown` seconds (never self)."""
-        if member == self.self_addr or member in self.down:
-            return
-        before = self.alive
-        self.down[member] = self.clock() + cooldown
-        self._rehash(f"{member} unreachable", before)
-
-    def revive(self) -> None:
-        """Give members whose cooldown is over another chance."""
-        now = self.clock()
-        back = [m for m, until in self.down.items() if until <= now]
-        if back:
-            before = self.alive
-            for m in back:
-                del self.down[m]
-            self._rehash("cooldown over", before)
-
-    def owner(self, trace_id: bytes) -> str:
-        best = ""
-        best_hash = -1
-        for key, member in self._keys:
-            h = int.from_bytes(hashlib.blake2b(key + trace_id, digest_size=8).digest(), "big")
-            if h > best_hash:
-                best, best_hash = member, h
-        return best
-
-    def route(self, trace_id: bytes) -> str | None:
-        """The owner's address, or None when this instance owns the trace."""
-        if len(self._keys) <= 1:
-            return None
-        owner = self.owner(trace_id)
-        return None if owner == self.self_addr else owner
 
 
 class PeerStats:
@@ -474,61 +358,6 @@ class Forwarder:
                  ", ".join(f"{reason} {n}" for reason, n in stats.fallback.items() if n) or "none")
 
 
-def retry_hint(trailers: Iterable[tuple[str, str | bytes]] | None) -> float | None:
-    """The RetryInfo delay in an answer's trailers, in seconds, wherever the server put it: in the
-    google.rpc.Status details (the Collector, grpc-go and grpc-java servers), or alone in a
-    `google.rpc.retryinfo-bin` trailer; tailsampler's receivers send both."""
-    for key, value in trailers or ():
-        if not isinstance(value, bytes):
-            continue
-        info: error_details_pb2.RetryInfo | None = None
-        try:
-            if key == "google.rpc.retryinfo-bin":
-                info = error_details_pb2.RetryInfo.FromString(value)
-            elif key == "grpc-status-details-bin":
-                for detail in status_pb2.Status.FromString(value).details:
-                    if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                        info = error_details_pb2.RetryInfo()
-                        detail.Unpack(info)
-        except DecodeError:
-            continue
-        if info is not None:
-            return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
-    return None
-
-
-def _host(host_port: str) -> str:
-    return split_host_port(host_port)[0]
-
-
-def _ip(host: str) -> IP | None:
-    """The address a host string spells, in one form whatever the spelling (`FD00::2`, `fd00::2`;
-    an IPv4-mapped IPv6 address as its IPv4 address, the way gRPC reports such a peer); None for a name."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-async def resolve_names(membership: Membership, interval: float) -> None:
-    """Keep the addresses of members given by name current, so their forwarded spans are trusted;
-    a failed lookup keeps the addresses last seen."""
-    loop = asyncio.get_running_loop()
-    while True:
-        for name in membership.host_names:
-            try:
-                infos = await loop.getaddrinfo(name, None, type=socket.SOCK_STREAM)
-            except OSError as exc:
-                log.warning("peer %s: cannot resolve its address (%s); its forwarded spans are routed anew", name, exc)
-                continue
-            membership.resolved[name] = frozenset(str(info[4][0]) for info in infos)
-        membership.update_addresses()
-        await asyncio.sleep(interval)
-
-
 def _spans(chunks: list[Chunk]) -> int:
     return sum(len(c.spans) for c in chunks)
 
@@ -542,24 +371,3 @@ def _encoded(chunk: Chunk) -> int:
     resource and scope groups with theirs (a group shared by several chunks is counted in each)."""
     groups = sum(len(g.resource) + len(g.scope) + 2 * _FIELD for g in set(chunk.groups))
     return chunk.nbytes + _FIELD * len(chunk.spans) + groups
-
-
-async def resolve(name: str, port: int) -> list[str]:
-    """host:port of every address a (headless Service) DNS name resolves to."""
-    infos = await asyncio.get_running_loop().getaddrinfo(name, port, type=socket.SOCK_STREAM)
-    hosts = sorted({str(info[4][0]) for info in infos})
-    return [f"[{h}]:{port}" if ":" in h else f"{h}:{port}" for h in hosts]
-
-
-async def watch_dns(membership: Membership, name: str, port: int, interval: float) -> None:
-    """Re-resolve the member list every `interval`; a failed lookup keeps the last known members."""
-    while True:
-        try:
-            members = await resolve(name, port)
-        except OSError as exc:
-            log.warning("peer discovery: cannot resolve %s (%s); keeping %d members", name, exc,
-                        len(membership.members))
-        else:
-            if members:
-                membership.set(members)
-        await asyncio.sleep(interval)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sampler.config import Config
+from sampler.config.models import Config
 from sampler.policy.loader import COMPOUND, SIMPLE
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"

@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""The compiled IdRing (see sampler/idring.py): trace ids in preallocated C arrays.
+"""The compiled IdRing (see sampler/pipeline/idring.py): trace ids in preallocated C arrays.
 
 A ring of `capacity` slots holds each id's 16 bytes and a 32-bit value in insertion order; an
 open-addressing index (linear probing, at most half full, slots holding ring position + 1) finds

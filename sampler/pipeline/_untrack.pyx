@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""The compiled `untrack` (see sampler/untrack.py): one C call instead of a ctypes call."""
+"""The compiled `untrack` (see sampler/pipeline/untrack.py): one C call instead of a ctypes call."""
 
 cdef extern from "Python.h":
     int PyObject_IS_GC(object obj)

@@ -14,8 +14,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sampler.core import LAG_BUCKETS, Core
-from sampler.peers import Forwarder, Membership
+from sampler.pipeline.core import LAG_BUCKETS, Core
+from sampler.sharding.forwarder import Forwarder
+from sampler.sharding.membership import Membership
 
 
 class CoreCollector(Collector):

@@ -2,7 +2,7 @@
 
 A trace's spans arrive as one bytes object each and stay so while the trace is active ("hot");
 once it has been quiet for `compress_after` they are packed into a frame and compressed
-(sampler/frames.py), and spans arriving after that start a new hot list.
+(sampler/pipeline/frames.py), and spans arriving after that start a new hot list.
 
 Traces are kept in three orders: by last arrival (the quiet-time sweep pops from its front), by
 first arrival (the max-age sweep and bound evictions pop from its front), and hot traces by last
@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from sampler.frames import Frame
 from sampler.otlp.wire import Group
-from sampler.summary import TraceSummary
-from sampler.untrack import untrack
+from sampler.pipeline.frames import Frame
+from sampler.pipeline.untrack import untrack
+from sampler.policy.summary import TraceSummary
 
 # What holding spans costs besides their serialized bytes, as tracemalloc sees it (tests/test_memory.py
 # holds these to it): per span, its bytes object's header and its slots in the span and group lists;
@@ -40,7 +40,7 @@ def trace_cost(nbytes: int, spans: int) -> int:
 
 class TraceEntry:
     """One buffered trace. It adopts the lists of its first chunk (no copy); it, its summary and
-    its lists are hidden from the cycle collector (sampler/untrack.py says why that is safe).
+    its lists are hidden from the cycle collector (sampler/pipeline/untrack.py says why that is safe).
     `generation` is the policy set its summary was made under (Core re-summarises after a reload);
     `marked`: some span of it arrived annotated by a tailsampler before this one (Chunk.marked)."""
 

@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""The compiled `pack` of sampler/frames.py: the same layout, sized first and written with one
+"""The compiled `pack` of sampler/pipeline/frames.py: the same layout, sized first and written with one
 allocation. It runs on the compression thread: the spans' addresses are gathered holding the GIL,
 then copied without it (reading spans long out of the CPU caches is most of the cost), so the
 event loop is not held up meanwhile. The caller keeps the lists, and so the spans, alive."""

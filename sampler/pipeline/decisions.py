@@ -1,6 +1,6 @@
 """The decision cache that late spans consult, so a trace's stragglers follow its decision.
 
-Decided trace ids live in two rings of fixed capacity (sampler/idring.py), oldest forgotten first:
+Decided trace ids live in two rings of fixed capacity (sampler/pipeline/idring.py), oldest forgotten first:
 one for kept traces, whose late spans are forwarded with the same annotation (the ring holds an
 index into a small table of distinct verdicts), and one for dropped traces, which need no payload
 and are far more numerous. Both are allocated up front, so the cache's memory is known at start and
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from sampler.idring import IdRing
+from sampler.pipeline.idring import IdRing
 from sampler.policy.engine import NO_KEEP, Verdict
 
 # Distinct kept verdicts (deciding policy and sample rate) a policy set can produce are few; reloads

@@ -9,8 +9,8 @@ import logging
 import os
 from pathlib import Path
 
-from sampler.config import Auth
-from sampler.tls import Files
+from sampler.config.models import Auth
+from sampler.security.tls import Files
 
 log = logging.getLogger("tailsampler.auth")
 

@@ -13,16 +13,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from sampler.buffer import Buffer
-from sampler.core import Core, KeptTrace
-from sampler.decisions import DecisionCache
+from sampler.config.yamlfile import ConfigError, load_yaml
 from sampler.otlp.jsonconv import dict_to_protobuf
 from sampler.otlp.wire import WireError
+from sampler.pipeline.buffer import Buffer, TraceEntry
+from sampler.pipeline.core import Core, KeptTrace
+from sampler.pipeline.decisions import DecisionCache
 from sampler.policy.base import KEEP_VOTES, Policy
 from sampler.policy.engine import Engine, Verdict
 from sampler.policy.loader import load_policies
-from sampler.summary import TraceSummary
-from sampler.yamlfile import ConfigError, load_yaml
+from sampler.policy.summary import TraceSummary
 
 _UNBOUNDED = 1 << 62
 PROGRESS_MIN_BYTES = 2 * 2**20
@@ -129,17 +129,33 @@ class _Progress:
                   file=sys.stderr, flush=True)
 
 
+class ReplayClock:
+    """The stateful policies' clock (rate and bytes limits, composite shares): the recorded end of the
+    trace being decided, in seconds, so they spend their budget at the rate the traces were recorded,
+    the same on every run however fast the simulation goes."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def at(self, entry: TraceEntry) -> None:
+        self.now = max(self.now, entry.summary.max_end / 1e9)
+
+
 def simulate(policies_path: Path, files: list[Path], fmt: str, out: TextIO | None = None) -> int:
     out = out or sys.stdout
+    clock = ReplayClock()
     try:
-        policy_set = load_policies(load_yaml(policies_path))
+        policy_set = load_policies(load_yaml(policies_path), clock=clock)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
     alone = None
     if fmt == "table":
-        alone = load_policies(load_yaml(policies_path)).policies
+        alone = load_policies(load_yaml(policies_path), clock=clock).policies
         Engine(alone)  # assigns the same predicate bits as the deciding engine's, which the summaries carry
     tally = _Tally(policy_set.policies, alone, out, fmt == "jsonl")
 
@@ -159,7 +175,7 @@ def simulate(policies_path: Path, files: list[Path], fmt: str, out: TextIO | Non
             return 1
         progress.file_done(path)
     progress.close()
-    core.decide_all(0.0)
+    core.decide_all(0.0, clock.at)
     if fmt == "table":
         tally.table()
     return 0

@@ -11,14 +11,15 @@ from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Callable
 
-from sampler.buffer import HOT_LISTS, TRACE_OVERHEAD, Buffer, TraceEntry, spans_cost, trace_cost
-from sampler.decisions import DecisionCache
-from sampler.frames import Codec, Compression, Frame, compress, pack, unpack
 from sampler.otlp.splice import MARK_KEYS, encode_request
 from sampler.otlp.split import Chunk, Splitter, split_request
 from sampler.otlp.wire import Group
+from sampler.pipeline.buffer import HOT_LISTS, Buffer, TraceEntry, spans_cost, trace_cost
+from sampler.pipeline.decisions import DecisionCache
+from sampler.pipeline.frames import Codec, Compression, Frame, compress, pack, unpack
+from sampler.pipeline.pushback import Pushback
 from sampler.policy.engine import Engine, Verdict
-from sampler.summary import TraceSummary
+from sampler.policy.summary import TraceSummary
 
 log = logging.getLogger("tailsampler")
 
@@ -51,15 +52,6 @@ class KeptTrace:
         for one export request is sent in parts)."""
         return KeptTrace(self.trace_id, self.spans[start:stop], self.groups[start:stop],
                          Verdict(True, self.policy, self.sample_rate), None, self.marked)
-
-
-class Backpressure(Exception):
-    """The request cannot be taken now (the buffer would have to decide traces too young, or the
-    export queue is full); the sender should retry later. `reason` labels the refusal metric."""
-
-    def __init__(self, reason: str = "buffer_full") -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class Stats:
@@ -123,10 +115,9 @@ class Core:
         self.splitter = _splitter(engine)
         self.generation = 0  # of the policy set in force; a buffered trace's summary is of its own
         self._stale: deque[bytes] = deque()  # ids of traces buffered at the last reload, to re-summarise
-        # Sharding (peers.py): the owner of a trace id when it is another instance, whether the forward
-        # queues have room for a request's chunks for their owners, and where to send them.
+        self.pushback = Pushback()
+        # Sharding: the owner of a trace id when it is another instance, and where to send its chunks.
         self.route: Callable[[bytes], str | None] | None = None
-        self.forward_room: Callable[[dict[str, list[Chunk]]], bool] | None = None
         self.forward: Callable[[str, list[Chunk]], None] | None = None
         engine.on_error = self._policy_error
         self._error_logged = False  # a decision that raised is logged once per policy set, then counted
@@ -141,6 +132,8 @@ class Core:
         that were themselves forwarded (protocol "peer"), which are always kept here; when the forward
         queues have no room for them, the request is refused (Backpressure "forward_queue_full")
         rather than its traces kept here, split from their spans at the owner."""
+        pushback = self.pushback
+        pushback.check()
         chunks = split_request(data, self.splitter)
         nspans = 0
         for chunk in chunks:
@@ -155,19 +148,8 @@ class Core:
                     local.append(chunk)
                 else:
                     remote.setdefault(owner, []).append(chunk)
-            if remote and self.forward_room is not None and not self.forward_room(remote):
-                raise Backpressure("forward_queue_full")
-        buffer = self.buffer
-        if buffer.min_eviction_age > 0:
-            new = 0
-            local_cost = 0
-            for chunk in local:
-                local_cost += spans_cost(chunk.nbytes, len(chunk.spans))
-                if buffer.get(chunk.trace_id) is None:
-                    new += 1
-                    local_cost += TRACE_OVERHEAD + HOT_LISTS
-            if buffer.would_evict_young(new, local_cost, now):
-                raise Backpressure
+            pushback.check_forward(remote)
+        pushback.check_buffer(self.buffer, local, now)
         self.stats.spans_received[protocol] += nspans
         for chunk in local:
             self._add(chunk, now)
@@ -284,10 +266,13 @@ class Core:
             n += 1
         return n
 
-    def decide_all(self, now: float) -> int:
-        """Decide every buffered trace at once (shutdown)."""
+    def decide_all(self, now: float, before: Callable[[TraceEntry], None] | None = None) -> int:
+        """Decide every buffered trace at once (shutdown; the simulator, whose `before` sets its replay
+        clock for each trace)."""
         entries = self.buffer.entries()
         for entry in entries:
+            if before is not None:
+                before(entry)
             self._decide(entry, now, SHUTDOWN)
         return len(entries)
 

@@ -22,12 +22,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 
-from sampler.app import App
-from sampler.config import load_config
 from sampler.otlp.splice import POLICY_KEY
 from sampler.otlp.split import Splitter, split_request
+from sampler.otlp.transport import EXPORT_METHOD, SERVICE
 from sampler.otlp.wire import AttrValue
-from sampler.receivers.grpc import EXPORT_METHOD, SERVICE
+from sampler.server.app import App
+from sampler.server.settings import load_config
 
 SERVICES = ("frontend", "checkout", "payments", "inventory", "users")
 ROUTES = ("/", "/checkout/pay", "/cart", "/products/{id}", "/users/{id}", "/search")

@@ -17,17 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sampler.admin import AdminServer
-from sampler.auth import Authenticator
-from sampler.buffer import Buffer
-from sampler.config import Loaded, split_host_port
-from sampler.core import Backpressure, Core, KeptTrace, PackJob, pack_jobs
-from sampler.decisions import DecisionCache
+from sampler.config.models import split_host_port
+from sampler.config.yamlfile import ConfigError, load_yaml
 from sampler.exporters import build_sender
 from sampler.exporters.base import Sender
 from sampler.exporters.queue import ExportQueue
-from sampler.frames import Compression, Frame, train
-from sampler.memory import (
+from sampler.otlp.split import Chunk
+from sampler.pipeline.buffer import Buffer
+from sampler.pipeline.core import Core, KeptTrace, PackJob, pack_jobs
+from sampler.pipeline.decisions import DecisionCache
+from sampler.pipeline.frames import Compression, Frame, train
+from sampler.pipeline.memory import (
     COMPRESSION_BOUND,
     MIN_BUFFER,
     NO_LIMIT_BUFFER,
@@ -35,29 +35,27 @@ from sampler.memory import (
     InFlight,
     Plan,
     bounds,
-    container_limit,
     effective_limit,
-    malloc_trim,
-    read_rss,
-    tune_malloc,
 )
-from sampler.metrics import MemoryCollector, Metrics, PeerCollector
-from sampler.otlp.split import Chunk
-from sampler.peers import Forwarder, Membership, resolve_names, watch_dns
+from sampler.pipeline.pushback import Backpressure
 from sampler.policy.base import Policy
 from sampler.policy.engine import Verdict
 from sampler.policy.loader import load_policies
+from sampler.policy.summary import TraceSummary
 from sampler.receivers.grpc import GrpcReceiver
 from sampler.receivers.http import HttpReceiver
-from sampler.summary import TraceSummary
-from sampler.tls import Files, grpc_channel_credentials, reload_server_context, server_context
-from sampler.yamlfile import ConfigError, load_yaml
+from sampler.security.auth import Authenticator
+from sampler.security.tls import Files, grpc_channel_credentials, reload_server_context, server_context
+from sampler.server.admin import AdminServer
+from sampler.server.metrics import MemoryCollector, Metrics, PeerCollector
+from sampler.server.settings import Loaded
+from sampler.server.system import container_limit, malloc_trim, read_rss, tune_malloc
+from sampler.sharding.discovery import resolve_names, watch_dns
+from sampler.sharding.forwarder import Forwarder
+from sampler.sharding.membership import Membership
 
 log = logging.getLogger("tailsampler")
 RELOAD_POLL_SECONDS = 1.0
-# Above this share of exporter.queue_max_bytes, receivers push back instead of accepting spans
-# whose kept traces would have nowhere to go.
-QUEUE_HIGH_WATER = 0.9
 TASK_RESTART_SECONDS = 1.0
 PEER_NAMES_SECONDS = 30.0  # how often static members given by name are resolved again
 SWEEP_CHUNK = 256  # traces decided between two chances for the receivers to run
@@ -65,9 +63,9 @@ PACK_BATCH = 256  # quiet traces packed and compressed per job on the compressio
 RESUMMARY_CHUNK = 2048  # spans re-split after a policy reload between two such chances...
 # ...and the pause between two such steps. A real pause, not one bare loop turn: an Export call needs
 # several turns, and gRPC's poller thread the GIL in between, so with bare turns calls crawled while
-# the buffer was re-summarised (measured with bench/reload.py).
+# the buffer was re-summarised (bench/reload.py; docs/performance.md).
 RESUMMARY_PAUSE = 0.001
-GC_THRESHOLDS = (50_000, 20, 20)  # a full collection every ~20M allocations: ~40 s at 100k spans/s
+GC_THRESHOLDS = (50_000, 20, 20)  # a full collection every ~20M allocations
 
 
 class StartupError(Exception):
@@ -96,7 +94,7 @@ class Worker:
 
 
 def tune_gc() -> None:
-    """The buffer's own objects are hidden from the cycle collector (sampler/untrack.py); what it
+    """The buffer's own objects are hidden from the cycle collector (sampler/pipeline/untrack.py); what it
     still sees is per-request garbage (grpc.aio leaves a few cycles per call) and whatever else lives
     long. Collect the young generation rarely, the old one rarer: each collection stalls requests."""
     gc.freeze()
@@ -155,6 +153,8 @@ class App:
         queue = self.queue
         self.metrics.export_queue_bytes.set_function(lambda: queue.nbytes)
         self.inflight = InFlight(self.bounds["requests"])
+        self.core.pushback.inflight = self.inflight
+        self.core.pushback.export_fill = self._export_fill
         self.baseline = read_rss()
         self.governor: Governor | None = None
         self._trimming = False
@@ -207,7 +207,7 @@ class App:
         log.info("tailsampler ready: %d policies, exporter %s", len(self.core.engine.policies), cfg.exporter.protocol)
 
     def _plan(self, auto_buffer: bool, final: bool = False) -> None:
-        """Share memory_limit out (sampler/memory.py): the process as it stands now, every
+        """Share memory_limit out (sampler/pipeline/memory.py): the process as it stands now, every
         component's bound, and what is left for the buffer when its max_bytes is auto. The first
         plan, before the receivers open, stops a start that cannot work; the final one only refines."""
         assert self.limit is not None
@@ -226,6 +226,7 @@ class App:
             buffer.bound = max(MIN_BUFFER, plan.buffer)  # the governor raises it as it measures room
         self.baseline = plan.baseline
         self.governor = Governor(self.limit, buffer.max_bytes)
+        self.core.pushback.governor = self.governor
         self.governor.bound = buffer.bound
 
     def memory_report(self) -> tuple[dict[str, int], int]:
@@ -315,7 +316,7 @@ class App:
             batch_max_bytes=min(peers.forward_batch_max_bytes, self.config.receivers.max_request_bytes),
         )
         self.core.route = membership.route
-        self.core.forward_room = self.forwarder.room
+        self.core.pushback.forward_room = self.forwarder.room
         self.core.forward = self.forwarder.forward
         self.metrics.registry.register(PeerCollector(membership, self.forwarder))
         if peers.dns is not None and self.worker is None:
@@ -336,15 +337,14 @@ class App:
 
     def _ingest(self, data: bytes, protocol: str) -> int:
         try:
-            if self.governor is not None and self.governor.refusing:
-                raise Backpressure("memory")
-            if self.queue.nbytes >= self.queue.max_bytes * QUEUE_HIGH_WATER:
-                raise Backpressure("export_queue_full")
             n = self.core.ingest(data, protocol, self.loop.time())
         except Backpressure as exc:
             self._pushed_back(exc.reason)
             raise
         return n
+
+    def _export_fill(self) -> float:
+        return self.queue.nbytes / self.queue.max_bytes if self.queue.max_bytes else 0.0
 
     def _pushed_back(self, reason: str) -> None:
         """A request was refused for lack of room: logged when pushback starts (the sweep logs its
@@ -357,10 +357,7 @@ class App:
     def _admit(self, cost: int) -> str | None:
         """Room for a request body costing `cost` bytes to receive and decode (HTTP, before reading
         it): None, or the reason for refusing it (release the cost afterwards when admitted)."""
-        if self.governor is not None and self.governor.refusing:
-            self._pushed_back("memory")
-            return "memory"
-        reason = self.inflight.admit(cost)
+        reason = self.core.pushback.admit(cost)
         if reason == "memory":
             self._pushed_back(reason)
         return reason
@@ -437,7 +434,7 @@ class App:
         future.add_done_callback(done)
 
     def _hold_limit(self, now: float) -> None:
-        """Read the resident memory and act on it (sampler/memory.py): lower or raise the buffer's
+        """Read the resident memory and act on it (sampler/pipeline/memory.py): lower or raise the buffer's
         bound, decide what no longer fits, and hand freed memory back to the system."""
         governor = self.governor
         assert governor is not None
