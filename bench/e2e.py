@@ -24,6 +24,9 @@ from the histogram buckets), peak_rss_mb (tailsampler's VmHWM), plus cpu_cores (
 use at full speed) and cpu_cores_per_100k_spans_s. `--plot DIR` (needs the `bench` extra,
 matplotlib) draws spans/s against request size, and adds a memory ramp (512-span requests at full
 speed with nothing decided) to draw tailsampler's RSS against buffered traces.
+`--logs` sends, after each traces request, a logs request with RECORDS_PER_SPAN records per span of
+the same traces (the floor parses both), and adds records_per_s, floor_records_per_s and
+cpu_cores_per_100k_items_s (spans and records together).
 Every process started here is stopped on exit, on error and on Ctrl-C.
 """
 
@@ -50,6 +53,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 METHOD = f"/{SERVICE}/Export"
+LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
+LOGS_METHOD = f"/{LOGS_SERVICE}/Export"
+RECORDS_PER_SPAN = 3  # --logs: log records sent per span, with the span's trace and span ids
 HOST = "127.0.0.1"  # everything stays on loopback
 GRPC_OPTIONS = [
     ("grpc.enable_http_proxy", 0),
@@ -72,33 +78,43 @@ def _uvloop() -> None:
 
 
 async def _serve(kind: str, max_seconds: float) -> None:
-    """`floor`: grpc parses each request into ExportTraceServiceRequest and nothing more.
-    `sink`: an OTLP backend that accepts raw bytes and counts them (tailsampler's exporter target)."""
+    """`floor`: grpc parses each request into ExportTraceServiceRequest (or ExportLogsServiceRequest)
+    and nothing more. `sink`: an OTLP backend that accepts raw bytes and counts them (tailsampler's
+    exporter target)."""
     import grpc
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+        ExportLogsServiceRequest,
+        ExportLogsServiceResponse,
+    )
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
         ExportTraceServiceRequest,
         ExportTraceServiceResponse,
     )
 
     received = [0, 0]  # requests, bytes
+    handlers = {}
     if kind == "floor":
-        empty = ExportTraceServiceResponse()
+        kinds = ((SERVICE, ExportTraceServiceRequest, ExportTraceServiceResponse),
+                 (LOGS_SERVICE, ExportLogsServiceRequest, ExportLogsServiceResponse))
+        for service, request_type, response_type in kinds:
+            empty = response_type()
 
-        async def export_parsed(request: Any, context: Any) -> Any:
-            return empty
+            async def export_parsed(request: Any, context: Any, empty: Any = empty) -> Any:
+                return empty
 
-        handler = grpc.unary_unary_rpc_method_handler(
-            export_parsed, request_deserializer=ExportTraceServiceRequest.FromString,
-            response_serializer=ExportTraceServiceResponse.SerializeToString)
+            handlers[service] = grpc.unary_unary_rpc_method_handler(
+                export_parsed, request_deserializer=request_type.FromString,
+                response_serializer=response_type.SerializeToString)
     else:
         async def export_raw(request: bytes, context: Any) -> bytes:
             received[0] += 1
             received[1] += len(request)
             return b""
 
-        handler = grpc.unary_unary_rpc_method_handler(export_raw)
+        handlers = {service: grpc.unary_unary_rpc_method_handler(export_raw) for service in (SERVICE, LOGS_SERVICE)}
     server = grpc.aio.server(options=[*GRPC_OPTIONS, ("grpc.so_reuseport", 0)])
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),))
+    server.add_generic_rpc_handlers(tuple(grpc.method_handlers_generic_handler(service, {"Export": handler})
+                                          for service, handler in handlers.items()))
     port = server.add_insecure_port(f"{HOST}:0")
     await server.start()
     print(json.dumps({"port": port}), flush=True)
@@ -140,8 +156,48 @@ def json_templates(spans: int, seed: int) -> list[tuple[list[str], list[int], in
     return out
 
 
+def logs_offsets(template: Any, rng: random.Random) -> tuple[bytes, list[list[int]]]:
+    """A logs request for a traces template: RECORDS_PER_SPAN records per span (bodies of 80-200
+    bytes, 4 attributes, the span's trace and span ids, one in 50 at WARN), and where each of the
+    template's traces has its id in it, in the template's trace order."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    order = {bytes(template.data[p[0]:p[0] + 16]): i for i, p in enumerate(template.offsets)}
+    spans = ExportTraceServiceRequest.FromString(template.data)
+    logs = ExportLogsServiceRequest()
+    for rs in spans.resource_spans:
+        rl = logs.resource_logs.add()
+        rl.resource.CopyFrom(rs.resource)
+        sl = rl.scope_logs.add()
+        sl.scope.name = "bench.logs"
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                for k in range(RECORDS_PER_SPAN):
+                    record = sl.log_records.add()
+                    record.time_unix_nano = span.start_time_unix_nano + k * 1000
+                    warn = rng.random() < 0.02
+                    record.severity_number = 13 if warn else 9  # type: ignore[assignment]
+                    record.severity_text = "WARN" if warn else "INFO"
+                    record.body.string_value = f"{span.name}: " + "x" * rng.randint(70, 190)
+                    record.attributes.extend(KeyValue(key=f"log.attr{a}", value=AnyValue(string_value=f"v{a}"))
+                                             for a in range(4))
+                    record.trace_id = span.trace_id
+                    record.span_id = span.span_id
+    data = logs.SerializeToString()
+    offsets: list[list[int]] = [[] for _ in template.offsets]
+    for trace_id, index in order.items():
+        at = data.find(trace_id)
+        while at >= 0:
+            offsets[index].append(at)
+            at = data.find(trace_id, at + 16)
+    return data, offsets
+
+
 class _Export:
-    """One way of sending: OTLP/gRPC protobuf, or OTLP/HTTP JSON; `send` raises _Failed(code)."""
+    """One way of sending: OTLP/gRPC protobuf, or OTLP/HTTP JSON; `send` raises _Failed(code).
+    "logs": OTLP/gRPC protobuf, each traces request followed by a logs request for the same traces."""
 
     def __init__(self, protocol: str, target: str, spans: int, seed: int) -> None:
         self.protocol = protocol
@@ -151,6 +207,8 @@ class _Export:
             self.json = json_templates(spans, seed)
         else:
             self.templates = _templates(spans, seed)
+        if protocol == "logs":
+            self.logs = [logs_offsets(t, random.Random(seed + 2)) for t in self.templates]
 
     async def open(self) -> None:
         if self.protocol == "json":
@@ -163,6 +221,7 @@ class _Export:
         self.channel = grpc.aio.insecure_channel(self.target, options=GRPC_OPTIONS)
         await asyncio.wait_for(self.channel.channel_ready(), START_TIMEOUT)
         self.call = self.channel.unary_unary(METHOD)  # raw bytes in and out
+        self.logs_call = self.channel.unary_unary(LOGS_METHOD)
 
     def payload(self, i: int) -> tuple[Any, int]:
         if self.protocol == "json":
@@ -171,6 +230,10 @@ class _Export:
             body = "".join(p + (fresh[order[k]] if k < len(order) else "") for k, p in enumerate(parts))
             return body.encode(), count
         t = self.templates[i % len(self.templates)]
+        if self.protocol == "logs":
+            ids = [self.rng.randbytes(16) for _ in t.offsets]
+            logs, logs_at = self.logs[i % len(self.logs)]
+            return (_stamp(t.data, t.offsets, ids), _stamp(logs, logs_at, ids)), t.spans
         return t.stamp(self.rng), t.spans
 
     async def send(self, data: Any) -> None:
@@ -189,7 +252,11 @@ class _Export:
         import grpc
 
         try:
-            await self.call(data, timeout=CALL_TIMEOUT)
+            if self.protocol == "logs":
+                await self.call(data[0], timeout=CALL_TIMEOUT)
+                await self.logs_call(data[1], timeout=CALL_TIMEOUT)
+            else:
+                await self.call(data, timeout=CALL_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
             raise _Failed(exc.code().name) from None
 
@@ -202,6 +269,18 @@ class _Export:
 
 class _Failed(Exception):
     pass
+
+
+def _protocol(args: argparse.Namespace) -> str:
+    return "logs" if args.logs else "grpc"
+
+
+def _stamp(data: bytes, offsets: list[list[int]], ids: list[bytes]) -> bytes:
+    out = bytearray(data)
+    for positions, trace_id in zip(offsets, ids, strict=True):
+        for pos in positions:
+            out[pos:pos + 16] = trace_id
+    return bytes(out)
 
 
 async def _load(target: str, spans: int, seconds: float, warmup: float, rate: float, inflight: int,
@@ -225,7 +304,7 @@ async def _load(target: str, spans: int, seconds: float, warmup: float, rate: fl
     sent = 0
     last_done = measure_from
 
-    async def one(data: bytes, n: int) -> None:
+    async def one(data: Any, n: int) -> None:
         nonlocal ok_spans, ok_calls, last_done
         t0 = time.perf_counter()  # uvloop's loop.time() has millisecond resolution
         try:
@@ -483,16 +562,22 @@ def bench_size(procs: Procs, spans: int, args: argparse.Namespace, workdir: Path
     floor_proc, floor_port = _start_server(procs, "floor", life)
     try:
         fcpu0, ft0 = _cpu_seconds(floor_proc.pid), time.monotonic()
-        floor = _run_load(procs, f"{HOST}:{floor_port}", spans, phase, warmup, 0, args.inflight, seed=spans)
+        floor = _run_load(procs, f"{HOST}:{floor_port}", spans, phase, warmup, 0, args.inflight, seed=spans,
+                          protocol=_protocol(args))
         floor_cores = (_cpu_seconds(floor_proc.pid) - fcpu0) / (time.monotonic() - ft0)
         measured = _measure_tailsampler(procs, spans, args, workdir)
         # 3. the floor at tailsampler's half rate (it sat idle meanwhile)
         floor_half = _run_load(procs, f"{HOST}:{floor_port}", spans, phase, warmup, measured.pop("half_calls_per_s"),
-                               max(64, args.inflight * 8), seed=spans + 2)
+                               max(64, args.inflight * 8), seed=spans + 2, protocol=_protocol(args))
     finally:
         procs.stop(floor_proc)
     floor_sps = floor["spans_per_s"]
     sps = measured["spans_per_s"]
+    if args.logs:  # every span came with RECORDS_PER_SPAN records: CPU per item (span or record)
+        measured["records_per_s"] = RECORDS_PER_SPAN * sps
+        measured["floor_records_per_s"] = round(RECORDS_PER_SPAN * floor_sps)
+        items = (1 + RECORDS_PER_SPAN) * sps
+        measured["cpu_cores_per_100k_items_s"] = round(measured["cpu_cores"] / (items / 1e5), 3) if items else None
     return {
         "spans_per_s": sps,
         "floor_spans_per_s": round(floor_sps),
@@ -524,14 +609,15 @@ def _measure_tailsampler(procs: Procs, spans: int, args: argparse.Namespace, wor
         cpu0 = _cpu_seconds(ts.pid)
         t0 = time.monotonic()
         full = _run_with_sampling(procs, ts.pid, admin, samples, target, spans, phase, warmup, 0, args.inflight,
-                                  seed=spans + 1)
+                                  seed=spans + 1, protocol=_protocol(args))
         cores = (_cpu_seconds(ts.pid) - cpu0) / (time.monotonic() - t0)
         # let the full-speed backlog be decided before measuring at half rate
         _settle(admin, ts.pid, samples, args.settle_seconds)
         before = _lag_buckets(_http_get(f"http://{admin}/metrics"))
         rate = 0.5 * full["calls_per_s"]
         half = _run_with_sampling(procs, ts.pid, admin, samples, target, spans, phase, warmup, rate,
-                                  max(64, args.inflight * 8), seed=spans + 2)  # other trace ids than before
+                                  max(64, args.inflight * 8), seed=spans + 2,  # other trace ids than before
+                                  protocol=_protocol(args))
         _settle(admin, ts.pid, samples, args.settle_seconds)
         after = _lag_buckets(_http_get(f"http://{admin}/metrics"))
         peak = _proc_status(ts.pid, "VmHWM")
@@ -712,7 +798,7 @@ def _settle(admin: str, pid: int, samples: list[tuple[float, float]], seconds: f
 
 def _run_with_sampling(procs: Procs, pid: int, admin: str, samples: list[tuple[float, float]], target: str,
                        spans: int, seconds: float, warmup: float, rate: float, inflight: int,
-                       seed: int) -> dict[str, Any]:
+                       seed: int, protocol: str = "grpc") -> dict[str, Any]:
     """The load generator in its own process while this one samples memory and buffered traces."""
     import threading
 
@@ -725,7 +811,7 @@ def _run_with_sampling(procs: Procs, pid: int, admin: str, samples: list[tuple[f
     thread = threading.Thread(target=sampler, daemon=True)
     thread.start()
     try:
-        return _run_load(procs, target, spans, seconds, warmup, rate, inflight, seed=seed)
+        return _run_load(procs, target, spans, seconds, warmup, rate, inflight, seed=seed, protocol=protocol)
     finally:
         done.set()
         thread.join(5)
@@ -788,6 +874,10 @@ def print_table(results: dict[str, Any], args: argparse.Namespace) -> None:
         ("CPU cores used at full speed", "cpu_cores", "{}"),
         ("CPU cores per 100k spans/s", "cpu_cores_per_100k_spans_s", "{}"),
         ("floor server CPU cores", "floor_cpu_cores", "{}"),
+        *([("log records/s (full speed)", "records_per_s", "{:,}"),
+           ("floor log records/s", "floor_records_per_s", "{:,}"),
+           ("CPU cores per 100k items/s (spans+records)", "cpu_cores_per_100k_items_s", "{}")]
+          if args.logs else []),
         ("load generator CPU cores (full speed)", "generator_cpu_cores", "{}"),
     ]
     print(f"e2e: {args.phase_seconds:g} s per phase (+{args.warmup:g} s warm-up), {args.inflight} calls in flight, "
@@ -843,7 +933,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
-    parser.add_argument("--protocol", choices=["grpc", "json"], default="grpc", help=argparse.SUPPRESS)
+    parser.add_argument("--protocol", choices=["grpc", "json", "logs"], default="grpc", help=argparse.SUPPRESS)
+    parser.add_argument("--logs", action="store_true",
+                        help=f"send a logs request ({RECORDS_PER_SPAN} records per span, same traces) after each "
+                             "traces request; the floor parses both")
     parser.add_argument("--defaults", metavar="RATES",
                         help="also run the default config at these spans/s rates (comma-separated, rising; stops at "
                              "the first with 0.1%% or more traces decided early, or not sustained)")

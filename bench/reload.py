@@ -79,7 +79,7 @@ async def run(buffer_mib: int, one_go: bool) -> dict[str, float | None]:
     templates = [build_template(rng) for _ in range(8)]
     i = 0
     while app.core.buffer.nbytes < buffer_mib * 2**20:  # the client's traces have room beside these
-        app._ingest(templates[i % len(templates)].stamp(rng), "grpc")
+        app._ingest(templates[i % len(templates)].stamp(rng), "grpc", "traces")
         i += 1
     spans, held = app.core.buffer.spans, app.core.buffer.nbytes
     # Small Export calls back to back from another process (so that it does not share our GIL): each

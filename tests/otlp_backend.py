@@ -1,7 +1,7 @@
 """Shared helpers for tests that run tailsampler as a real subprocess.
 
-- `OtlpBackend`: a real OTLP/gRPC trace backend (grpc server in a thread pool on 127.0.0.1, ephemeral
-  port) that records every span it receives.
+- `OtlpBackend`: a real OTLP/gRPC backend (grpc server in a thread pool on 127.0.0.1, ephemeral
+  port) that records every span, log record and metric data point it receives.
 - `Tailsampler`: starts `python -m sampler run --config PATH` with a config written to a temp dir
   (loopback, free ports), waits for /readyz, and stops it with SIGTERM.
 - Small helpers: free ports, HTTP on loopback without proxies, Prometheus text parsing.
@@ -26,6 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+)
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -36,6 +44,9 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 EXPORT_METHOD = f"/{SERVICE}/Export"
+LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
+LOGS_EXPORT_METHOD = f"/{LOGS_SERVICE}/Export"
+METRICS_SERVICE = "opentelemetry.proto.collector.metrics.v1.MetricsService"
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 30.0
 # Never route loopback test traffic through a proxy from the environment.
@@ -123,22 +134,46 @@ class ReceivedSpan:
     attribute_keys: tuple[str, ...] = field(default=(), hash=False, compare=False)
 
 
+@dataclass(frozen=True)
+class ReceivedRecord:
+    trace_id: str  # 32 lowercase hex, "" without one
+    span_id: str
+    body: Any
+    severity: int
+    service: str | None
+    attributes: dict[str, Any] = field(hash=False, compare=False)
+
+
+@dataclass(frozen=True)
+class ReceivedPoint:
+    metric: str
+    service: str | None
+    value: float
+
+
 class OtlpBackend:
-    """An OTLP/gRPC TraceService that records every span it receives (thread-safe)."""
+    """An OTLP/gRPC backend (TraceService, LogsService, MetricsService) that records every span, log
+    record and metric data point it receives (thread-safe)."""
 
     def __init__(self, port: int = 0) -> None:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._spans: list[ReceivedSpan] = []
+        self._records: list[ReceivedRecord] = []
+        self._points: list[ReceivedPoint] = []
         self.requests = 0
         self.delay = 0.0  # seconds each Export waits before answering (a slow backend); settable any time
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=[("grpc.so_reuseport", 0)])
-        handler = grpc.unary_unary_rpc_method_handler(
-            self._export,
-            request_deserializer=ExportTraceServiceRequest.FromString,
-            response_serializer=ExportTraceServiceResponse.SerializeToString,
+        handlers = (
+            (SERVICE, self._export, ExportTraceServiceRequest, ExportTraceServiceResponse),
+            (LOGS_SERVICE, self._export_logs, ExportLogsServiceRequest, ExportLogsServiceResponse),
+            (METRICS_SERVICE, self._export_metrics, ExportMetricsServiceRequest, ExportMetricsServiceResponse),
         )
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),))
+        self.server.add_generic_rpc_handlers(tuple(
+            grpc.method_handlers_generic_handler(service, {"Export": grpc.unary_unary_rpc_method_handler(
+                method, request_deserializer=request.FromString, response_serializer=response.SerializeToString)})
+            for service, method, request, response in handlers
+        ))
         self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
         if self.port == 0:
             raise OSError("cannot listen on 127.0.0.1 for the test backend")
@@ -171,16 +206,76 @@ class OtlpBackend:
             self._cond.notify_all()
         return ExportTraceServiceResponse()
 
+    def _export_logs(
+        self, request: ExportLogsServiceRequest, context: grpc.ServicerContext,
+    ) -> ExportLogsServiceResponse:
+        received: list[ReceivedRecord] = []
+        for rl in request.resource_logs:
+            service = {kv.key: any_value(kv.value) for kv in rl.resource.attributes}.get("service.name")
+            for sl in rl.scope_logs:
+                for record in sl.log_records:
+                    received.append(ReceivedRecord(
+                        trace_id=record.trace_id.hex(), span_id=record.span_id.hex(), body=any_value(record.body),
+                        severity=record.severity_number, service=service,
+                        attributes={kv.key: any_value(kv.value) for kv in record.attributes},
+                    ))
+        with self._cond:
+            self.requests += 1
+            self._records.extend(received)
+            self._cond.notify_all()
+        return ExportLogsServiceResponse()
+
+    def _export_metrics(
+        self, request: ExportMetricsServiceRequest, context: grpc.ServicerContext,
+    ) -> ExportMetricsServiceResponse:
+        received: list[ReceivedPoint] = []
+        for rm in request.resource_metrics:
+            service = {kv.key: any_value(kv.value) for kv in rm.resource.attributes}.get("service.name")
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    kind = metric.WhichOneof("data")
+                    for point in getattr(metric, kind).data_points if kind else ():
+                        summed = kind in ("histogram", "exponential_histogram", "summary")
+                        value = point.sum if summed else (point.as_int or point.as_double)
+                        received.append(ReceivedPoint(metric.name, service, float(value)))
+        with self._cond:
+            self.requests += 1
+            self._points.extend(received)
+            self._cond.notify_all()
+        return ExportMetricsServiceResponse()
+
     @property
     def spans(self) -> list[ReceivedSpan]:
         with self._lock:
             return list(self._spans)
 
+    @property
+    def records(self) -> list[ReceivedRecord]:
+        with self._lock:
+            return list(self._records)
+
+    @property
+    def points(self) -> list[ReceivedPoint]:
+        with self._lock:
+            return list(self._points)
+
+
     def wait_for(self, predicate: Callable[[list[ReceivedSpan]], bool], timeout: float) -> bool:
         """Wait until `predicate(spans so far)` holds; False after `timeout` seconds."""
+        return self._wait(lambda: self._spans, predicate, timeout)
+
+    def wait_for_records(self, predicate: Callable[[list[ReceivedRecord]], bool], timeout: float) -> bool:
+        """Wait until `predicate(log records so far)` holds; False after `timeout` seconds."""
+        return self._wait(lambda: self._records, predicate, timeout)
+
+    def wait_for_points(self, predicate: Callable[[list[ReceivedPoint]], bool], timeout: float) -> bool:
+        """Wait until `predicate(metric data points so far)` holds; False after `timeout` seconds."""
+        return self._wait(lambda: self._points, predicate, timeout)
+
+    def _wait(self, items: Callable[[], list[Any]], predicate: Callable[[Any], bool], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         with self._cond:
-            while not predicate(list(self._spans)):
+            while not predicate(list(items())):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False

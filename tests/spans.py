@@ -6,8 +6,10 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 
 Value = str | int | float | bool
@@ -79,3 +81,43 @@ def request(spans: Iterable[S], resource: Mapping[str, Value] | None = None) -> 
 
 def parse(data: bytes) -> ExportTraceServiceRequest:
     return ExportTraceServiceRequest.FromString(data)
+
+
+@dataclass
+class L:
+    """One log record, as plain values; `trace` None: a record without a trace id."""
+
+    trace: int | None
+    record: int  # a number carried in the body, to tell records apart
+    severity: int = 9  # INFO
+    span: int | None = None
+    service: str = "svc"
+    attrs: Mapping[str, Value] = field(default_factory=dict)
+
+
+def record_message(r: L) -> LogRecord:
+    return LogRecord(
+        time_unix_nano=r.record * 10**6, severity_number=r.severity,  # type: ignore[arg-type]
+        body=AnyValue(string_value=f"record {r.record}"), attributes=[kv(k, v) for k, v in r.attrs.items()],
+        trace_id=tid(r.trace) if r.trace is not None else b"", span_id=sid(r.span) if r.span is not None else b"",
+    )
+
+
+def logs_request(records: Iterable[L]) -> bytes:
+    """A logs request grouping records by service (one ResourceLogs per service)."""
+    msg = ExportLogsServiceRequest()
+    groups: dict[str, ResourceLogs] = {}
+    for r in records:
+        rl = groups.get(r.service)
+        if rl is None:
+            rl = msg.resource_logs.add()
+            rl.resource.attributes.append(kv("service.name", r.service))
+            rl.scope_logs.add().scope.name = "test"
+            groups[r.service] = rl
+        rl.scope_logs[0].log_records.append(record_message(r))
+    return msg.SerializeToString()
+
+
+def record_number(data: bytes) -> int:
+    """The number `logs_request` put in a record's body."""
+    return int(LogRecord.FromString(data).body.string_value.split()[1])

@@ -60,7 +60,8 @@ def test_defaults_without_a_file() -> None:
 
 
 def test_shipped_default_policies_are_the_builtin_ones() -> None:
-    assert (ROOT / "policies" / "default.yaml").read_text() == (ROOT / "sampler" / "policy" / "default.yaml").read_text()
+    shipped = (ROOT / "policies" / "default.yaml").read_text()
+    assert shipped == (ROOT / "sampler" / "policy" / "default.yaml").read_text()
 
 
 def test_tail_sampling_block_fills_unset_buffer_keys(tmp_path: Path) -> None:

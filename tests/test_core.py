@@ -354,7 +354,8 @@ def test_a_reload_stalls_the_event_loop_for_a_step_not_for_the_whole_buffer(tmp_
             for first in range(0, traces, 500):
                 app._ingest(request([S(t, t * 10 + i, parent=None if i == 0 else t * 10,
                                        attrs={"tier": "gold" if i == 0 else "x", "pad": "p" * 200})
-                                     for t in range(first, first + 500) for i in range(spans_per_trace)]), "grpc")
+                                     for t in range(first, first + 500) for i in range(spans_per_trace)]),
+                            "grpc", "traces")
             assert len(app.core.buffer) == traces
             cpu_gaps: list[float] = []
             wall_gaps: list[float] = []

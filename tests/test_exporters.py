@@ -20,10 +20,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from sampler.config.models import Retry
-from sampler.exporters.base import RetryableError, encode_batch
+from sampler.exporters.base import RetryableError, encode_batch, rejected_spans
 from sampler.exporters.otlp_grpc import GrpcSender
 from sampler.exporters.otlp_http import HttpSender, http_url
 from sampler.exporters.queue import ExportQueue
+from sampler.otlp.transport import EXPORT_METHOD
 from sampler.pipeline.buffer import Buffer
 from sampler.pipeline.core import Core, KeptTrace
 from sampler.pipeline.decisions import DecisionCache
@@ -239,10 +240,10 @@ def test_grpc_status_codes_module_is_consistent() -> None:
 
 def test_a_call_on_a_channel_closed_by_a_reconnect_is_retried() -> None:
     sender = GrpcSender("127.0.0.1:9", {}, "none", 1, True)
-    call = sender.call
-    sender.channel.close()  # what a certificate rotation does to the channel of a queued call
+    call = sender.channel.call(EXPORT_METHOD)
+    sender.channel.channel.close()  # what a certificate rotation does to the channel of a queued call
     with pytest.raises(RetryableError):
-        sender._export(call, b"")
+        sender._export(call, b"", rejected_spans)
     asyncio.run(sender.close())
 
 

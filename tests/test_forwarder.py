@@ -108,11 +108,11 @@ class Scripted(Forwarder):
         membership = Membership(ME, members, clock=self.fake_clock)
         super().__init__(membership, self.kept.extend, clock=self.fake_clock, **kwargs)
 
-    def _open(self, owner: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
+    def _open(self, owner: str) -> tuple[tuple[Call, Call], Callable[[], Awaitable[None]]]:
         async def close() -> None:
             return None
 
-        return self.owner_call, close
+        return (self.owner_call, self.owner_call), close
 
     async def _pause(self, seconds: float) -> bool:
         self.pauses.append(seconds)
@@ -357,11 +357,11 @@ def test_close_hands_back_a_batch_waiting_to_be_retried_at_once() -> None:
         kept: list[Chunk] = []
 
         class Busy(Forwarder):
-            def _open(self, owner: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
+            def _open(self, owner: str) -> tuple[tuple[Call, Call], Callable[[], Awaitable[None]]]:
                 async def close() -> None:
                     return None
 
-                return busy, close
+                return (busy, busy), close
 
             def _failed(self, peer: Any, batch: list[Chunk], exc: grpc.aio.AioRpcError) -> float | None:
                 super()._failed(peer, batch, exc)

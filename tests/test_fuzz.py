@@ -416,7 +416,8 @@ class ReceiverUnderTest:
         self.session: aiohttp.ClientSession = self.run(self._session())
         self.url = f"http://127.0.0.1:{self.port}/v1/traces"
 
-    def _ingest(self, data: bytes, protocol: str) -> int:
+    def _ingest(self, data: bytes, protocol: str, signal: str) -> int:
+        assert signal == "traces", signal
         n = self.core.ingest(data, protocol, time.monotonic())
         if len(self.core.buffer.entries()) > 1000:
             self.core.decide_all(time.monotonic())

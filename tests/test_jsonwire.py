@@ -18,7 +18,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from sampler.otlp import jsonwire
-from sampler.otlp.jsonconv import TRACES, json_to_protobuf_stepwise, protobuf_to_dict
+from sampler.otlp.jsonconv import TRACES_SCHEMA, json_to_protobuf_stepwise, protobuf_to_dict
 from sampler.otlp.wire import WireError
 from tests.test_fuzz import mutated_docs
 
@@ -74,7 +74,7 @@ def _dicts(obj: Any, key: str) -> list[Any]:
 
 def ours(doc: Any) -> ExportTraceServiceRequest | None:
     try:
-        return ExportTraceServiceRequest.FromString(jsonwire.encode(doc, TRACES))
+        return ExportTraceServiceRequest.FromString(jsonwire.encode(doc, TRACES_SCHEMA))
     except WireError:
         return None
 
@@ -136,7 +136,7 @@ def requests(draw: st.DrawFn) -> ExportTraceServiceRequest:
 def test_every_request_round_trips_through_otlp_json(msg: ExportTraceServiceRequest) -> None:
     doc = protobuf_to_dict(msg.SerializeToString())
     assert ours(doc) == msg
-    assert jsonwire.encode(doc, TRACES) == msg.SerializeToString()  # and byte for byte, as protobuf writes it
+    assert jsonwire.encode(doc, TRACES_SCHEMA) == msg.SerializeToString()  # and byte for byte, as protobuf writes it
 
 
 def spans_in_context(data: bytes) -> list[tuple[bytes, bytes, bytes, str]]:
@@ -151,7 +151,7 @@ def test_a_body_encoded_step_by_step_is_the_same_request(msg: ExportTraceService
     """Encoded a few spans at a time (the HTTP receiver lets other requests run in between), every
     span keeps its resource and scope, in order."""
     body = json.dumps(protobuf_to_dict(msg.SerializeToString())).encode()
-    stepwise = asyncio.run(json_to_protobuf_stepwise(body, step))
+    stepwise = asyncio.run(json_to_protobuf_stepwise(body, step=step))
     assert spans_in_context(stepwise) == spans_in_context(msg.SerializeToString())
 
 
@@ -160,11 +160,11 @@ def test_a_body_encoded_step_by_step_is_the_same_request(msg: ExportTraceService
 def test_mutated_documents_are_refused_or_encoded_alike_step_by_step(doc: Any) -> None:
     body = json.dumps(doc).encode()
     try:
-        whole = spans_in_context(jsonwire.encode(doc, TRACES))
+        whole = spans_in_context(jsonwire.encode(doc, TRACES_SCHEMA))
     except WireError:
         whole = None
     try:
-        stepwise = spans_in_context(asyncio.run(json_to_protobuf_stepwise(body, 1)))
+        stepwise = spans_in_context(asyncio.run(json_to_protobuf_stepwise(body, step=1)))
     except WireError:
         stepwise = None
     assert stepwise == whole

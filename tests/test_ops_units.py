@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from sampler.config.yamlfile import parse_yaml
+from sampler.exporters.queue import ExportQueue
 from sampler.pipeline.buffer import Buffer
 from sampler.pipeline.core import Core, KeptTrace
 from sampler.pipeline.decisions import DecisionCache
@@ -21,10 +22,10 @@ from sampler.policy.loader import load_policies
 from sampler.policy.rate_limiting import RateLimiting
 from sampler.server.app import App, keep_unchanged
 from sampler.server.log_setup import JsonFormatter
-from sampler.server.metrics import MemoryCollector, Metrics
+from sampler.server.metrics import MemoryCollector, Metrics, SignalsCollector
 from sampler.server.settings import load_config
 from tests.spans import S, request, tid
-from tests.test_exporters import value
+from tests.test_exporters import FAST, value
 
 ROOT = Path(__file__).resolve().parent.parent
 ALWAYS = "policies: [{name: all, type: always_sample}]"
@@ -106,10 +107,20 @@ def test_dashboard_queries_only_exported_metrics() -> None:
     core.decide_all(1.0)
     metrics = Metrics(core)
     metrics.registry.register(MemoryCollector(lambda: ({"buffer": 1}, 2), lambda: 0, 3))
-    names = {s.name for family in metrics.registry.collect() for s in family.samples}
+
+    async def names_with_queue() -> set[str]:
+        queue = ExportQueue(_Collect(), metrics, 10**6, 10, FAST)  # type: ignore[arg-type]
+        metrics.registry.register(SignalsCollector(core, queue, dict))
+        try:
+            return {s.name for family in metrics.registry.collect() for s in family.samples}
+        finally:
+            await queue.close()
+
+    names = asyncio.run(names_with_queue())
     assert used and used <= names, used - names
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
-    for topic in ("ingest", "policy", "buffer", "early", "late", "export", "lag", "reload", "memory", "pressure"):
+    for topic in ("ingest", "policy", "buffer", "early", "late", "export", "lag", "reload", "memory", "pressure",
+                  "log records", "metric points"):
         assert topic in titles
 
 
@@ -177,10 +188,10 @@ policies: [{name: all, type: always_sample}]
 
         app.core.on_decision = fail_once
         try:
-            app._ingest(request([S(1, 1)]), "grpc")
+            app._ingest(request([S(1, 1)]), "grpc", "traces")
             await wait_for(lambda: value(app.metrics, "tailsampler_background_task_failures_total",
                                          task="sweeper") == 1)
-            app._ingest(request([S(2, 1)]), "grpc")  # decided by the restarted sweeper
+            app._ingest(request([S(2, 1)]), "grpc", "traces")  # decided by the restarted sweeper
             await wait_for(lambda: tid(2) in sender.traces)
         finally:
             await app.shutdown()

@@ -167,7 +167,7 @@ def test_member_names_are_resolved_to_the_addresses_to_trust() -> None:
 def test_the_grpc_receiver_honours_the_forwarded_header_only_from_members(caplog: pytest.LogCaptureFixture) -> None:
     seen: list[str] = []
 
-    def ingest(data: bytes, protocol: str) -> int:
+    def ingest(data: bytes, protocol: str, signal: str) -> int:
         seen.append(protocol)
         return 0
 

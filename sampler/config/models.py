@@ -140,6 +140,8 @@ class Retry(_Model):
 class ExporterConfig(_Model):
     protocol: Literal["grpc", "http", "stdout", "file"] = "grpc"
     endpoint: str = "http://127.0.0.1:4317"
+    # where kept log records go when not to `endpoint` (gRPC: LogsService there; HTTP: /v1/logs beside it)
+    logs_endpoint: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     compression: Literal["gzip", "none"] = "gzip"
     retry: Retry = Retry()
@@ -203,6 +205,11 @@ class PeersConfig(_Model):
         return self.dns is not None or any(m != self.self_ for m in self.static)
 
 
+class LogsConfig(_Model):
+    # Log records without a trace id: `pass` exports them at once (no sampling), `drop` drops them (counted).
+    untraced: Literal["pass", "drop"] = "pass"
+
+
 class Config(_Model):
     # The process's resident memory stays under this (sampler/pipeline/memory.py). auto: 80% of the container's
     # memory limit (cgroup), none when there is none; null: no limit.
@@ -214,6 +221,7 @@ class Config(_Model):
     policies: list[Any] | None = None
     admin: AdminConfig = AdminConfig()
     peers: PeersConfig = PeersConfig()
+    logs: LogsConfig = LogsConfig()
     shutdown_timeout: Duration = 20.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

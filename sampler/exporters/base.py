@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from prometheus_client import Counter
 
+from sampler.otlp.logs import NO_TRACE
 from sampler.otlp.splice import annotation, encode_request, strip_annotation
+from sampler.otlp.transport import LOGS, TRACES
 from sampler.pipeline.core import KeptTrace
 
 WORKERS = 4  # export batches in flight at once
@@ -38,25 +43,79 @@ class ExportMetrics(Protocol):
     spans_dropped: Counter
 
 
+class RawRequest:
+    """An export request passed through as it came (OTLP metrics: no sampling), with how many items
+    (data points) it holds, for the counters."""
+
+    __slots__ = ("body", "cost", "count", "signal")
+
+    def __init__(self, signal: str, body: bytes, count: int) -> None:
+        self.signal = signal
+        self.body = body
+        self.count = count
+        self.cost = len(body) + RAW_OVERHEAD
+
+
+RAW_OVERHEAD = 200  # memory a queued RawRequest holds besides its body's bytes
+
+
+def signal_of(batch: list[KeptTrace]) -> str:
+    """The signal of a batch of kept traces (all of one: the queue never mixes them)."""
+    return LOGS if batch[0].logs else TRACES
+
+
+
 class Sender(Protocol):
     async def send(self, batch: list[KeptTrace]) -> int:
-        """Deliver the batch; return how many spans the backend rejected (partial success)."""
+        """Deliver the batch (all spans, or all log records: `signal_of`); return how many of them
+        the backend rejected (partial success)."""
+
+    async def send_raw(self, request: RawRequest) -> int:
+        """Deliver a request passed through; return how many of its items the backend rejected."""
 
     async def close(self) -> None: ...
 
 
 def encode_batch(batch: list[KeptTrace], annotate: bool) -> bytes:
-    """The export request for a batch. When annotating, spans that arrived annotated already have
-    that annotation cut out first (once: the trace keeps the stripped spans for any retry), so each
-    leaves with one `tailsampling.policy` and one `tailsampling.sample_rate`, ours."""
+    """The export request for a batch (traces or logs, as its items are). When annotating, items
+    that arrived annotated already have that annotation cut out first (once: the trace keeps the
+    stripped items for any retry), so each leaves with one `tailsampling.policy` and one
+    `tailsampling.sample_rate`, ours. Log records without a trace were not decided: left as they are."""
     if annotate:
         for t in batch:
-            if t.marked:
-                t.spans = [strip_annotation(s) for s in t.spans]
+            if t.marked and t.trace_id != NO_TRACE:
+                t.spans = [strip_annotation(s, t.logs) for s in t.spans]
                 t.marked = False
-    return encode_request(
-        (t.spans, t.groups, annotation(t.policy, t.sample_rate) if annotate else b"") for t in batch
-    )
+    return encode_request((t.spans, t.groups, suffix(t, annotate)) for t in batch)
+
+
+def suffix(trace: KeptTrace, annotate: bool) -> bytes:
+    """The annotation each item of `trace` gets in an export request."""
+    if not annotate or trace.trace_id == NO_TRACE:
+        return b""
+    return annotation(trace.policy, trace.sample_rate, trace.logs)
+
+
+def rejected_spans(payload: bytes) -> int:
+    """What a backend's ExportTraceServiceResponse says it rejected (partial success)."""
+    return int(ExportTraceServiceResponse.FromString(payload).partial_success.rejected_spans)
+
+
+def rejected_records(payload: bytes) -> int:
+    return int(ExportLogsServiceResponse.FromString(payload).partial_success.rejected_log_records)
+
+
+def rejected_points(payload: bytes) -> int:
+    return int(ExportMetricsServiceResponse.FromString(payload).partial_success.rejected_data_points)
+
+
+def signal_endpoint(endpoint: str, signal: str) -> str:
+    """The OTLP/HTTP endpoint of logs or metrics given the traces one (`exporter.endpoint`): a path
+    ending in /v1/traces has /v1/<signal> in its place; any other path is taken as a base, as the
+    Collector's otlphttp exporter takes it, and gets /v1/<signal> appended."""
+    authority, tls, path = split_endpoint(endpoint)
+    base = path[: -len("/v1/traces")] if path.endswith("/v1/traces") else path.rstrip("/")
+    return f"{'https' if tls else 'http'}://{authority}{base}/v1/{signal}"
 
 
 def split_endpoint(endpoint: str) -> tuple[str, bool, str]:

@@ -1,15 +1,28 @@
-"""OTLP/HTTP exporter (protobuf body), on aiohttp."""
+"""OTLP/HTTP exporter (protobuf body), on aiohttp: traces to the endpoint, logs and metrics to their
+own paths beside it (`signal_endpoint`), or logs to `logs_endpoint`."""
 
 from __future__ import annotations
 
 import asyncio
 import gzip
+from collections.abc import Callable
 
 import aiohttp
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from sampler.config.models import TlsClient
-from sampler.exporters.base import PermanentError, RetryableError, TooLargeError, encode_batch, split_endpoint
+from sampler.exporters.base import (
+    PermanentError,
+    RawRequest,
+    RetryableError,
+    TooLargeError,
+    encode_batch,
+    rejected_points,
+    rejected_records,
+    rejected_spans,
+    signal_endpoint,
+    split_endpoint,
+)
+from sampler.otlp.transport import LOGS, METRICS
 from sampler.pipeline.core import KeptTrace
 from sampler.security.tls import Files, client_context
 
@@ -34,9 +47,11 @@ def retry_after(value: str | None) -> float | None:
 class HttpSender:
     def __init__(
         self, endpoint: str, headers: dict[str, str], compression: str, timeout: float, annotate: bool,
-        tls: TlsClient | None = None,
+        tls: TlsClient | None = None, logs_endpoint: str | None = None,
     ) -> None:
         self.url = http_url(endpoint)
+        self.logs_url = http_url(logs_endpoint) if logs_endpoint else signal_endpoint(endpoint, LOGS)
+        self.metrics_url = signal_endpoint(endpoint, METRICS)
         self.tls = tls or TlsClient() if self.url.startswith("https://") else None
         self.files = Files(*(self.tls.ca_file, self.tls.cert_file, self.tls.key_file) if self.tls else ())
         self.headers = {**headers, "Content-Type": "application/x-protobuf"}
@@ -49,6 +64,14 @@ class HttpSender:
 
     async def send(self, batch: list[KeptTrace]) -> int:
         body = encode_batch(batch, self.annotate)
+        if batch[0].logs:
+            return await self._post(self.logs_url, body, rejected_records)
+        return await self._post(self.url, body, rejected_spans)
+
+    async def send_raw(self, request: RawRequest) -> int:
+        return await self._post(self.metrics_url, request.body, rejected_points)
+
+    async def _post(self, url: str, body: bytes, rejected: Callable[[bytes], int]) -> int:
         if self.gzip:  # on a thread: zlib lets go of the GIL, and a big batch takes tens of ms
             body = await asyncio.to_thread(gzip.compress, body, compresslevel=1)
         if self.session is not None and self.files.changed():  # rotated certificates: new connections
@@ -59,11 +82,11 @@ class HttpSender:
             connector = aiohttp.TCPConnector(ssl=ssl_ctx) if ssl_ctx is not None else None
             self.session = aiohttp.ClientSession(timeout=self.timeout, connector=connector)
         try:
-            async with self.session.post(self.url, data=body, headers=self.headers) as resp:
+            async with self.session.post(url, data=body, headers=self.headers) as resp:
                 payload = await resp.read()
                 if resp.status == 200:
                     if payload and resp.content_type == "application/x-protobuf":
-                        return int(ExportTraceServiceResponse.FromString(payload).partial_success.rejected_spans)
+                        return rejected(payload)
                     return 0
                 message = f"HTTP {resp.status}: {payload[:200]!r}"
                 if resp.status in RETRYABLE_STATUS:

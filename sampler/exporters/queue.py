@@ -1,4 +1,6 @@
 """The bounded export queue: kept traces wait here, are batched, sent, and retried with backoff.
+Their log records wait alike, in batches of their own (a logs request); OTLP metrics passed through
+wait here too, one request each, as they came.
 
 The bound is in bytes of memory held (spans and their overhead, as the buffer counts them) and covers
 batches in flight, so a slow or dead backend can hold at most `queue_max_bytes` of memory; beyond it
@@ -18,11 +20,22 @@ import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from sampler.config.models import DEFAULT_BATCH_MAX_BYTES, Retry
-from sampler.exporters.base import WORKERS, ExportMetrics, PermanentError, RetryableError, Sender, TooLargeError
-from sampler.otlp.splice import annotation, group_size, span_size, spans_size
+from sampler.exporters.base import (
+    WORKERS,
+    ExportMetrics,
+    PermanentError,
+    RawRequest,
+    RetryableError,
+    Sender,
+    TooLargeError,
+    signal_of,
+    suffix,
+)
+from sampler.otlp.splice import group_size, span_size, spans_size
+from sampler.otlp.transport import LOGS, TRACES
 from sampler.otlp.wire import Group
 from sampler.pipeline.buffer import spans_cost
 from sampler.pipeline.core import KeptTrace
@@ -31,12 +44,13 @@ log = logging.getLogger("tailsampler.export")
 
 
 class Queued:
-    """A kept trace waiting for export: the memory it holds (`cost`), and what its spans add to an
-    export request (`body`, annotation included) besides their resources and scopes (`groups`)."""
+    """A kept trace (or a request passed through) waiting for export: the memory it holds (`cost`),
+    and what its spans add to an export request (`body`, annotation included) besides their
+    resources and scopes (`groups`)."""
 
     __slots__ = ("body", "cost", "groups", "trace")
 
-    def __init__(self, trace: KeptTrace, cost: int, body: int, groups: list[Group]) -> None:
+    def __init__(self, trace: KeptTrace | RawRequest, cost: int, body: int, groups: list[Group]) -> None:
         self.trace = trace
         self.cost = cost
         self.body = body
@@ -85,9 +99,14 @@ class ExportQueue:
         self.nbytes = 0  # queued plus in flight
         self.in_flight = 0
         # Spans exported and dropped (by reason) since the start, as the metrics count them: shutdown
-        # reports what it could and could not send.
+        # reports what it could and could not send. Log records and data points passed through the
+        # same (the metrics read these at scrape time).
         self.exported = 0
         self.dropped: Counter[str] = Counter()
+        self.records_exported = 0
+        self.records_dropped: Counter[str] = Counter()
+        self.points_forwarded = 0
+        self.points_dropped: Counter[str] = Counter()
         self._wake = asyncio.Event()
         self._freed = asyncio.Event()
         self._idle = asyncio.Event()
@@ -118,28 +137,63 @@ class ExportQueue:
             self.drop("export_queue_full", (trace,))
             return False
         distinct = list({id(g): g for g in trace.groups}.values())
-        self.pending.append(Queued(trace, size, spans_size(trace.spans, self._suffix(trace)), distinct))
-        self.nbytes += size
-        self._idle.clear()
-        self._wake.set()
+        self._queue(Queued(trace, size, spans_size(trace.spans, self._suffix(trace)), distinct))
         return True
 
-    def drop(self, reason: str, traces: Iterable[KeptTrace]) -> None:
-        """Count the spans of kept traces that will not be sent."""
-        self._dropped(reason, sum(len(t.spans) for t in traces))
+    def put_raw(self, request: RawRequest) -> bool:
+        """Queue a request passed through; False (and counted) when the bound leaves no room for it."""
+        if not self.fits(request.cost):
+            self._dropped(request.signal, "export_queue_full", request.count)
+            return False
+        self._queue(Queued(request, request.cost, len(request.body), []))
+        return True
 
-    def _dropped(self, reason: str, spans: int) -> None:
-        if spans:
-            self.metrics.spans_dropped.labels(reason).inc(spans)
-            self.dropped[reason] += spans
+    def _queue(self, item: Queued) -> None:
+        self.pending.append(item)
+        self.nbytes += item.cost
+        self._idle.clear()
+        self._wake.set()
+
+    def drop(self, reason: str, traces: Iterable[KeptTrace | RawRequest]) -> None:
+        """Count the spans (log records, data points) of what will not be sent."""
+        for t in traces:
+            if isinstance(t, RawRequest):
+                self._dropped(t.signal, reason, t.count)
+            else:
+                self._dropped(LOGS if t.logs else TRACES, reason, len(t.spans))
+
+    def _dropped(self, signal: str, reason: str, n: int) -> None:
+        if not n:
+            return
+        if signal == TRACES:
+            self.metrics.spans_dropped.labels(reason).inc(n)
+            self.dropped[reason] += n
+        elif signal == LOGS:
+            self.records_dropped[reason] += n
+        else:
+            self.points_dropped[reason] += n
+
+    def _exported(self, signal: str, n: int) -> None:
+        if signal == TRACES:
+            self.metrics.spans_exported.inc(n)
+            self.exported += n
+        elif signal == LOGS:
+            self.records_exported += n
+        else:
+            self.points_forwarded += n
 
     def _suffix(self, trace: KeptTrace) -> int:
         """The annotation bytes each span of `trace` gets in an export request."""
-        return len(annotation(trace.policy, trace.sample_rate)) if self.annotate else 0
+        return len(suffix(trace, self.annotate))
 
-    def _take(self) -> tuple[list[KeptTrace], int]:
-        """The next batch, within batch_max_spans and batch_max_bytes, and the memory it holds. A
-        trace that alone exceeds either is sent in parts: its first part now, the rest next."""
+    def _take(self) -> tuple[list[KeptTrace] | RawRequest, int]:
+        """The next batch, of one signal, within batch_max_spans and batch_max_bytes, and the memory
+        it holds. A trace that alone exceeds either is sent in parts: its first part now, the rest
+        next. A request passed through goes alone."""
+        head = self.pending[0].trace
+        if isinstance(head, RawRequest):
+            return head, self.pending.popleft().cost
+        logs = head.logs
         batch: list[KeptTrace] = []
         spans = 0
         size = 0
@@ -147,7 +201,10 @@ class ExportQueue:
         groups: set[int] = set()
         while self.pending:
             item = self.pending[0]
-            n = len(item.trace.spans)
+            trace = item.trace
+            if isinstance(trace, RawRequest) or trace.logs is not logs:
+                break
+            n = len(trace.spans)
             new = [g for g in item.groups if id(g) not in groups]
             extra = item.body + sum(group_size(g) for g in new)
             if batch and (spans + n > self.batch_max_spans or body + extra > self.batch_max_bytes):
@@ -156,7 +213,7 @@ class ExportQueue:
                 part, cost = self._first_part(item, extra - item.body)
                 return [part], cost
             self.pending.popleft()
-            batch.append(item.trace)
+            batch.append(trace)
             spans += n
             size += item.cost
             body += extra
@@ -167,6 +224,7 @@ class ExportQueue:
         """Cut from a queued trace the longest first part that fits one request (one span at least);
         the rest stays first in line. Returns the part and the memory it holds."""
         trace = item.trace
+        assert isinstance(trace, KeptTrace)
         suffix = self._suffix(trace)
         room = self.batch_max_bytes - headers
         k = 0
@@ -200,10 +258,17 @@ class ExportQueue:
                 if not self.pending and self.in_flight == 0:
                     self._idle.set()
 
-    async def _deliver(self, batch: list[KeptTrace]) -> None:
+    async def _deliver(self, batch: list[KeptTrace] | RawRequest) -> None:
         """Send a batch, retrying within retry.max_elapsed_time; a batch refused as too large is
         sent as two halves instead (each in turn, within the same time)."""
         deadline = self.clock() + self.retry.max_elapsed_time
+        if isinstance(batch, RawRequest):
+            try:
+                await self._send_raw(batch, deadline)
+            except asyncio.CancelledError:
+                self.drop("export_failed", (batch,))
+                raise
+            return
         requests = [batch]  # the one being sent last; halves already delivered are gone
         try:
             while requests:
@@ -219,47 +284,66 @@ class ExportQueue:
         self, batch: list[KeptTrace], deadline: float,
     ) -> tuple[list[KeptTrace], list[KeptTrace]] | None:
         """Send one request with retries; returns its halves when the backend refused it as too large."""
+        signal = signal_of(batch)
         spans = sum(len(t.spans) for t in batch)
+        try:
+            await self._retrying(lambda: self.sender.send(batch), signal, spans, deadline)
+        except TooLargeError as exc:
+            if spans == 1:
+                log.warning("export refused a single %s item as too large: %s (dropped)", signal, exc)
+                self._dropped(signal, "export_rejected", 1)
+                return None
+            level = logging.DEBUG if self._too_large_logged else logging.WARNING
+            self._too_large_logged = True
+            log.log(level, "export request of %d %s items refused as too large: %s; sending it in halves (set "
+                    "exporter.batch_max_bytes below the backend's limit to avoid this)", spans, signal, exc)
+            return halve(batch)
+        return None
+
+    async def _send_raw(self, request: RawRequest, deadline: float) -> None:
+        """Send a request passed through, with retries; one refused as too large is dropped (it is
+        passed on as it came, never cut)."""
+        try:
+            await self._retrying(lambda: self.sender.send_raw(request), request.signal, request.count, deadline)
+        except TooLargeError as exc:
+            log.warning("export refused a %s request as too large: %s (%d items dropped)", request.signal, exc,
+                        request.count)
+            self._dropped(request.signal, "export_rejected", request.count)
+
+    async def _retrying(self, send: Callable[[], Awaitable[int]], signal: str, n: int, deadline: float) -> None:
+        """Call `send` until it delivers, retrying within `deadline`; what is not delivered is counted.
+        Raises TooLargeError (counted as a failure) for the caller to split or drop."""
         interval = self.retry.initial_interval
         while True:
             try:
-                rejected = await self.sender.send(batch)
-            except TooLargeError as exc:
+                rejected = await send()
+            except TooLargeError:
                 self.metrics.export_failures.inc()
-                if spans == 1:
-                    log.warning("export refused a single span as too large: %s (1 span dropped)", exc)
-                    self._dropped("export_rejected", 1)
-                    return None
-                level = logging.DEBUG if self._too_large_logged else logging.WARNING
-                self._too_large_logged = True
-                log.log(level, "export request of %d spans refused as too large: %s; sending it in halves (set "
-                        "exporter.batch_max_bytes below the backend's limit to avoid this)", spans, exc)
-                return halve(batch)
+                raise
             except RetryableError as exc:
                 self.metrics.export_failures.inc()
                 delay = exc.delay if exc.delay is not None else interval * random.uniform(0.5, 1.5)
                 interval = min(interval * 2, self.retry.max_interval)
                 if self.clock() + delay > deadline:
-                    log.warning("export failed, giving up after retries: %s (%d spans dropped)", exc, spans)
-                    self._dropped("export_failed", spans)
-                    return None
+                    log.warning("export failed, giving up after retries: %s (%d %s items dropped)", exc, n, signal)
+                    self._dropped(signal, "export_failed", n)
+                    return
                 log.info("export failed, retrying in %.1fs: %s", delay, exc)
                 await asyncio.sleep(delay)
                 continue
             except PermanentError as exc:
                 self.metrics.export_failures.inc()
-                log.warning("export refused by the backend: %s (%d spans dropped)", exc, spans)
-                self._dropped("export_rejected", spans)
-                return None
+                log.warning("export refused by the backend: %s (%d %s items dropped)", exc, n, signal)
+                self._dropped(signal, "export_rejected", n)
+                return
             except Exception:  # a bug or an unexpected client error: count it, keep serving
                 self.metrics.export_failures.inc()
-                log.exception("export failed unexpectedly (%d spans dropped)", spans)
-                self._dropped("export_failed", spans)
-                return None
-            self._dropped("export_rejected", rejected)
-            self.metrics.spans_exported.inc(spans - rejected)
-            self.exported += spans - rejected
-            return None
+                log.exception("export failed unexpectedly (%d %s items dropped)", n, signal)
+                self._dropped(signal, "export_failed", n)
+                return
+            self._dropped(signal, "export_rejected", rejected)
+            self._exported(signal, n - rejected)
+            return
 
     async def flush(self, timeout: float) -> bool:
         """Wait until everything queued has been delivered (or given up); False on timeout."""
@@ -274,6 +358,6 @@ class ExportQueue:
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
-        self.drop("export_failed", (q.trace for q in self.pending))
+        self.drop("export_failed", [q.trace for q in self.pending])
         self.pending.clear()
         await self.sender.close()

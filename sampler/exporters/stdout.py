@@ -1,15 +1,19 @@
-"""`stdout` exporter: one summary line per kept trace, for trying tailsampler without a backend."""
+"""`stdout` exporter: one summary line per kept trace (and per batch of its log records, per metrics
+request passed through), for trying tailsampler without a backend."""
 
 from __future__ import annotations
 
 import sys
 from typing import TextIO
 
+from sampler.exporters.base import RawRequest
 from sampler.pipeline.core import KeptTrace
 
 
 def summary_line(trace: KeptTrace) -> str:
     tid = trace.trace_id.hex()
+    if trace.logs:
+        return f"{tid or '(no trace)'} logs records={len(trace.spans)} policy={trace.policy or '-'}"
     s = trace.summary
     if s is None:
         return f"{tid} late spans={len(trace.spans)} policy={trace.policy}"
@@ -26,6 +30,12 @@ class StdoutSender:
     async def send(self, batch: list[KeptTrace]) -> int:
         stream = self.stream or sys.stdout
         stream.write("".join(summary_line(t) + "\n" for t in batch))
+        stream.flush()
+        return 0
+
+    async def send_raw(self, request: RawRequest) -> int:
+        stream = self.stream or sys.stdout
+        stream.write(f"{request.signal} passed through: {request.count} data points\n")
         stream.flush()
         return 0
 

@@ -31,7 +31,7 @@ cdef enum:
     K_STRING = 1
     K_MESSAGE = 2
     MAX_DEPTH = 100  # upb's default recursion limit
-    NMSG = 16
+    NMSG = 64
     NFIELD = 32
     RAW_KEYS = 64  # wanted keys compared from C arrays (and given a last-value cache)
     RAW_SIZE = 64  # longest attribute value the last-value cache holds

@@ -41,6 +41,7 @@ BYTES: Final = 10
 HEX_ID: Final = 11  # OTLP's trace and span ids: hex in JSON
 MESSAGE: Final = 12
 ENUM: Final = 13
+ZIGZAG: Final = 14  # sint32, sint64
 
 _HEX_IDS = frozenset({"trace_id", "span_id", "parent_span_id"})
 _INT_RANGES: Final = {
@@ -62,7 +63,7 @@ _FLOAT_MAX = 3.4028234663852886e38
 class Field:
     """How one field is written: its key bytes, its encoding, and what its value may be."""
 
-    __slots__ = ("enum", "high", "kind", "low", "name", "oneof", "repeated", "sub", "tag")
+    __slots__ = ("enum", "high", "kind", "low", "name", "oneof", "packed", "repeated", "sub", "tag")
 
     def __init__(self, f: FieldDescriptor, sub: Schema | None) -> None:
         self.name = f.name
@@ -100,9 +101,14 @@ class Field:
             self.kind, wire = (HEX_ID if f.name in _HEX_IDS else BYTES), 2
         elif t == FieldDescriptor.TYPE_MESSAGE:
             self.kind, wire = MESSAGE, 2
-        else:  # sint32/sint64/groups: OTLP has none
+        elif t in (FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SINT64):
+            self.kind = ZIGZAG
+        else:  # groups: OTLP has none
             raise ValueError(f"unsupported field type {t} for {f.full_name}")
-        self.tag = _varint((f.number << 3) | wire)
+        # proto3 packs repeated numbers: one length-delimited field holding every value (metrics'
+        # bucket counts and bounds), as protobuf writes them
+        self.packed = self.repeated and wire in (0, 1, 5)
+        self.tag = _varint((f.number << 3) | (2 if self.packed else wire))
 
 
 class Schema:
@@ -243,6 +249,9 @@ def _scalar(value: object, field: Field, where: str) -> bytes | None:
         return _length(len(data)) + data
     if kind in (VARINT, SIGNED32):
         return _varint(_integer(value, field, where) & 0xFFFFFFFFFFFFFFFF)
+    if kind == ZIGZAG:
+        n = _integer(value, field, where)
+        return _varint(((n << 1) ^ (n >> 63)) & 0xFFFFFFFFFFFFFFFF)
     if kind == ENUM:
         number = _enum(value, field, where)
         return None if number is None else _varint(number & 0xFFFFFFFFFFFFFFFF)
@@ -297,6 +306,20 @@ def encode_message(obj: object, schema: Schema, where: str) -> bytes:
         if field.repeated:
             if not isinstance(value, list):
                 raise WireError(f"{path}: expected a list, got {_type_name(value)}")
+            if field.packed:
+                values: list[bytes] = []
+                for i, item in enumerate(value):
+                    if item is None:
+                        raise WireError(f"{path}[{i}]: null in a list")
+                    data = _scalar(item, field, f"{path}[{i}]")
+                    if data is not None:
+                        values.append(data)
+                if values:
+                    packed = b"".join(values)
+                    parts.append(field.tag)
+                    parts.append(_length(len(packed)))
+                    parts.append(packed)
+                continue
             for i, item in enumerate(value):
                 if item is None:
                     raise WireError(f"{path}[{i}]: null in a list")

@@ -50,25 +50,31 @@ def field(tag: int, payload: bytes) -> bytes:
     return varint(tag) + varint(len(payload)) + payload
 
 
-def _keyvalue(key: str, value: bytes) -> bytes:
-    return field(0x4A, field(0x0A, key.encode()) + field(0x12, value))  # Span.attributes = 9
+SPAN_ATTRIBUTES = 0x4A  # Span.attributes (field 9), length-delimited
+RECORD_ATTRIBUTES = 0x32  # LogRecord.attributes (field 6), length-delimited
 
 
-def annotation(policy: str | None, sample_rate: float) -> bytes:
-    """The two attributes added to every span of a kept trace. The rate is an int when whole
-    (the common case: 1, 10, 100) and a double otherwise."""
+def _keyvalue(key: str, value: bytes, tag: int) -> bytes:
+    return field(tag, field(0x0A, key.encode()) + field(0x12, value))
+
+
+def annotation(policy: str | None, sample_rate: float, logs: bool = False) -> bytes:
+    """The two attributes added to every span (or, with `logs`, log record) of a kept trace. The
+    rate is an int when whole (the common case: 1, 10, 100) and a double otherwise."""
     name = field(0x0A, (policy or "").encode())  # AnyValue.string_value
     if sample_rate == int(sample_rate):
         rate = b"\x18" + varint(int(sample_rate) & 0xFFFFFFFFFFFFFFFF)  # AnyValue.int_value
     else:
         rate = b"\x21" + struct.pack("<d", sample_rate)  # AnyValue.double_value
-    return _keyvalue(POLICY_KEY, name) + _keyvalue(RATE_KEY, rate)
+    tag = RECORD_ATTRIBUTES if logs else SPAN_ATTRIBUTES
+    return _keyvalue(POLICY_KEY, name, tag) + _keyvalue(RATE_KEY, rate, tag)
 
 
-def strip_annotation(span: bytes) -> bytes:
-    """The span without its `tailsampling.policy` / `tailsampling.sample_rate` attributes (the span
-    itself when it has none). Every other field is kept byte for byte, in order; the span was
+def strip_annotation(span: bytes, logs: bool = False) -> bytes:
+    """The span (or log record) without its `tailsampling.policy` / `tailsampling.sample_rate`
+    attributes (itself when it has none). Every other field is kept byte for byte, in order; it was
     validated when it was received."""
+    attributes = RECORD_ATTRIBUTES if logs else SPAN_ATTRIBUTES
     end = len(span)
     pos = 0
     kept_from = 0
@@ -76,7 +82,7 @@ def strip_annotation(span: bytes) -> bytes:
     while pos < end:
         start = pos
         tag, pos = _tag(span, pos, end)
-        if tag == 0x4A:  # Span.attributes
+        if tag == attributes:
             n, pos = _length(span, pos, end)
             if _key(span, pos, pos + n) in _MARK_KEYS_UTF8:
                 parts.append(span[kept_from:start])
@@ -133,7 +139,9 @@ Item = tuple[Iterable[bytes], Iterable[Group], bytes]  # spans, their groups, an
 
 
 def encode_request(items: Iterable[Item]) -> bytes:
-    """An ExportTraceServiceRequest holding every span of `items`, regrouped by resource and scope."""
+    """An ExportTraceServiceRequest holding every span of `items`, regrouped by resource and scope;
+    or, given log records and their groups, an ExportLogsServiceRequest (the same field numbers).
+    One request holds one signal: the groups are all of spans or all of records."""
     tree: dict[bytes, dict[bytes, list[bytes]]] = {}
     for spans, groups, suffix in items:
         last: Group | None = None

@@ -49,6 +49,7 @@ class Splitter:
         self.resource_bits = resource_bits
         self.span_bits = span_bits
         self.groups: dict[tuple[bytes, bytes], Group] = {}
+        self.log_groups: dict[tuple[bytes, bytes], Group] = {}  # of log records (otlp/logs.py), apart
         self.cache_str: dict[str, dict[AttrValue, int]] = {}
         self.cache_int: dict[str, dict[AttrValue, int]] = {}
         self.nbytes = 0  # estimated memory of the caches; all are cleared beyond CACHE_MAX_BYTES
@@ -57,6 +58,7 @@ class Splitter:
         self.nbytes += nbytes
         if self.nbytes > CACHE_MAX_BYTES:
             self.groups.clear()
+            self.log_groups.clear()
             self.cache_str.clear()
             self.cache_int.clear()
             self.nbytes = 0
@@ -72,6 +74,19 @@ class Splitter:
             self.groups.clear()
         self._grew(len(group.resource) + len(group.scope) + _GROUP_COST)
         self.groups[key] = group
+        return group
+
+    def log_group(self, resource: bytes, scope: bytes) -> Group | None:
+        """The shared Group of log records with these resource and scope bytes, if interned."""
+        return self.log_groups.get((resource, scope))
+
+    def add_log_group(self, group: Group) -> Group:
+        """Intern a new group of log records. Policies read no log attributes: no predicate bits."""
+        group.match_bits = 0
+        if len(self.log_groups) >= CACHE_SIZE:
+            self.log_groups.clear()
+        self._grew(len(group.resource) + len(group.scope) + _GROUP_COST)
+        self.log_groups[(group.resource, group.scope)] = group
         return group
 
     def bits_of(self, key: str, value: AttrValue) -> int:

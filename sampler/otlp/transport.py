@@ -12,6 +12,16 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 EXPORT_METHOD = f"/{SERVICE}/Export"
+LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
+LOGS_EXPORT_METHOD = f"/{LOGS_SERVICE}/Export"
+METRICS_SERVICE = "opentelemetry.proto.collector.metrics.v1.MetricsService"
+METRICS_EXPORT_METHOD = f"/{METRICS_SERVICE}/Export"
+# The signals, as receivers name them to the ingest callback and as the OTLP/HTTP paths end.
+TRACES = "traces"
+LOGS = "logs"
+METRICS = "metrics"
+SERVICES = {TRACES: SERVICE, LOGS: LOGS_SERVICE, METRICS: METRICS_SERVICE}
+NOUNS = {TRACES: "trace", LOGS: "log", METRICS: "metrics"}  # as error messages name a request
 # Marks spans one instance forwarded to their owner, which must never forward them again.
 FORWARDED_HEADER = "tailsampler-forwarded"
 RETRY_AFTER_SECONDS = 1  # what both receivers tell senders to wait when pushing back

@@ -22,6 +22,8 @@ import struct
 from typing import Final
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 # Field kinds in the validation schema.
@@ -66,6 +68,8 @@ def _build_schema() -> tuple[list[dict[int, int]], list[dict[int, int]], dict[st
         return idx
 
     add(trace_service_pb2.ExportTraceServiceRequest.DESCRIPTOR)
+    add(logs_service_pb2.ExportLogsServiceRequest.DESCRIPTOR)
+    add(metrics_service_pb2.ExportMetricsServiceRequest.DESCRIPTOR)
     return kinds, subs, index
 
 
@@ -80,6 +84,9 @@ M_STATUS: Final = _INDEX["opentelemetry.proto.trace.v1.Status"]
 M_SPAN: Final = _INDEX["opentelemetry.proto.trace.v1.Span"]
 M_SCOPESPANS: Final = _INDEX["opentelemetry.proto.trace.v1.ScopeSpans"]
 M_RESOURCESPANS: Final = _INDEX["opentelemetry.proto.trace.v1.ResourceSpans"]
+M_LOGRECORD: Final = _INDEX["opentelemetry.proto.logs.v1.LogRecord"]
+M_SCOPELOGS: Final = _INDEX["opentelemetry.proto.logs.v1.ScopeLogs"]
+M_METRICS_REQUEST: Final = _INDEX["opentelemetry.proto.collector.metrics.v1.ExportMetricsServiceRequest"]
 ANYVALUE_KINDS: Final = KINDS[M_ANYVALUE]
 ANYVALUE_SUBS: Final = SUBS[M_ANYVALUE]
 
@@ -89,13 +96,17 @@ class Group:
 
     `resource` is every field of the ResourceSpans except its scope_spans; `scope` is every field
     of the ScopeSpans except its spans. Export requests are spliced from these and the span bytes.
+    A group of log records (`logs`) holds the same of a ResourceLogs and ScopeLogs (the field
+    numbers are the same), and its records travel in a trace's span lists: the group says which
+    request each item belongs in.
     """
 
-    __slots__ = ("attrs", "match_bits", "resource", "scope", "service")
+    __slots__ = ("attrs", "logs", "match_bits", "resource", "scope", "service")
 
-    def __init__(self, resource: bytes, scope: bytes, attrs: dict[str, AttrValue]) -> None:
+    def __init__(self, resource: bytes, scope: bytes, attrs: dict[str, AttrValue], logs: bool = False) -> None:
         self.resource = resource
         self.scope = scope
+        self.logs = logs
         self.attrs = attrs
         value = attrs.get("service.name")
         self.service = value if isinstance(value, str) else ""
@@ -467,12 +478,12 @@ def _read_span(data: bytes, pos: int, end: int, keys: frozenset[str], span: Span
         raise WireError("span has no span_id")
 
 
-def _scope_spans(
-    data: bytes, pos: int, end: int, resource: bytes, rattrs: dict[str, AttrValue],
-    keys: frozenset[str], out: list[SpanFields],
-) -> None:
+def scope_parts(data: bytes, pos: int, end: int, msg: int) -> tuple[bytes, list[int]]:
+    """Walk a ScopeSpans or ScopeLogs (`msg`): validate its header fields, return them as bytes and
+    the [start, stop) ranges of its items (field 2: spans or log records), left for the caller."""
     header: list[bytes] = []
     ranges: list[int] = []
+    kinds = KINDS[msg]
     while pos < end:
         fstart = pos
         tag, pos = _tag(data, pos, end)
@@ -485,9 +496,9 @@ def _scope_spans(
             continue
         if tag & 7 == 2:
             n, pos = _length(data, pos, end)
-            kind = KINDS[M_SCOPESPANS].get(fno, K_OTHER)
+            kind = kinds.get(fno, K_OTHER)
             if kind == K_MESSAGE:
-                check_message(data, pos, pos + n, SUBS[M_SCOPESPANS][fno], 3)
+                check_message(data, pos, pos + n, SUBS[msg][fno], 3)
             elif kind == K_STRING:
                 _check_utf8(data, pos, pos + n)
             pos += n
@@ -496,21 +507,14 @@ def _scope_spans(
         else:
             pos = _skip(data, pos, end, tag, 2)
         header.append(data[fstart:pos])
-    if not ranges:
-        return
-    group = Group(resource, b"".join(header), rattrs)
-    i = 0
-    nranges = len(ranges)
-    while i < nranges:
-        start = ranges[i]
-        stop = ranges[i + 1]
-        span = SpanFields(data[start:stop], group)
-        _read_span(data, start, stop, keys, span)
-        out.append(span)
-        i += 2
+    return b"".join(header), ranges
 
 
-def _resource_spans(data: bytes, pos: int, end: int, keys: frozenset[str], out: list[SpanFields]) -> None:
+def resource_parts(data: bytes, pos: int, end: int, keys: frozenset[str]
+                   ) -> tuple[bytes, dict[str, AttrValue], list[int]]:
+    """Walk a ResourceSpans or ResourceLogs: validate its resource (reading the attributes named in
+    `keys`) and schema_url; return its header bytes, those attributes and the [start, stop) ranges of
+    its scopes (field 2), left for the caller."""
     header: list[bytes] = []
     scopes: list[int] = []
     rattrs: dict[str, AttrValue] = {}
@@ -537,7 +541,27 @@ def _resource_spans(data: bytes, pos: int, end: int, keys: frozenset[str], out: 
         else:
             pos = _skip(data, pos, end, tag, 1)
         header.append(data[fstart:pos])
-    resource = b"".join(header)
+    return b"".join(header), rattrs, scopes
+
+
+def _scope_spans(
+    data: bytes, pos: int, end: int, resource: bytes, rattrs: dict[str, AttrValue],
+    keys: frozenset[str], out: list[SpanFields],
+) -> None:
+    scope, ranges = scope_parts(data, pos, end, M_SCOPESPANS)
+    if not ranges:
+        return
+    group = Group(resource, scope, rattrs)
+    for i in range(0, len(ranges), 2):
+        start = ranges[i]
+        stop = ranges[i + 1]
+        span = SpanFields(data[start:stop], group)
+        _read_span(data, start, stop, keys, span)
+        out.append(span)
+
+
+def _resource_spans(data: bytes, pos: int, end: int, keys: frozenset[str], out: list[SpanFields]) -> None:
+    resource, rattrs, scopes = resource_parts(data, pos, end, keys)
     for i in range(0, len(scopes), 2):
         _scope_spans(data, scopes[i], scopes[i + 1], resource, rattrs, keys, out)
 

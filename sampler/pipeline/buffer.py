@@ -184,7 +184,7 @@ class Buffer:
         del self.by_last[trace_id]
         self.hot.pop(trace_id, None)
         self.nbytes -= entry.cost
-        self.spans -= entry.summary.spans
+        self.spans -= entry.summary.spans + entry.summary.log_records
 
     def over_bounds(self) -> bool:
         return len(self.by_first) > self.max_traces or self.nbytes > self.bound

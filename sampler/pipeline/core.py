@@ -11,6 +11,7 @@ from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Callable
 
+from sampler.otlp.logs import NO_TRACE, LogChunk, split_logs
 from sampler.otlp.splice import MARK_KEYS, encode_request
 from sampler.otlp.split import Chunk, Splitter, split_request
 from sampler.otlp.wire import Group
@@ -25,14 +26,16 @@ log = logging.getLogger("tailsampler")
 
 
 class KeptTrace:
-    """Spans of a kept trace (or late spans of one), ready to be spliced into an export request.
-    `marked`: some of them arrived annotated already, so the exporter replaces their annotation."""
+    """Spans of a kept trace (or late spans of one), ready to be spliced into an export request;
+    with `logs`, its log records instead (in `spans` all the same: they are held, queued and spliced
+    alike), for a logs request. `marked`: some of them arrived annotated already, so the exporter
+    replaces their annotation. Untraced log records passed on (trace_id NO_TRACE) are not annotated."""
 
-    __slots__ = ("cost", "groups", "marked", "policy", "sample_rate", "spans", "summary", "trace_id")
+    __slots__ = ("cost", "groups", "logs", "marked", "policy", "sample_rate", "spans", "summary", "trace_id")
 
     def __init__(
         self, trace_id: bytes, spans: list[bytes], groups: list[Group], verdict: Verdict,
-        summary: TraceSummary | None, marked: bool = False,
+        summary: TraceSummary | None, marked: bool = False, logs: bool = False,
     ) -> None:
         self.trace_id = trace_id
         self.spans = spans
@@ -41,17 +44,21 @@ class KeptTrace:
         self.sample_rate = verdict.sample_rate
         self.summary = summary  # None for late spans
         self.marked = marked
+        self.logs = logs
         # Memory held while it waits for export: the buffer's own measure of these spans and summary.
-        if summary is not None:
+        if summary is not None and summary.log_records == 0:
             self.cost = trace_cost(summary.nbytes, summary.spans)
         else:
-            self.cost = trace_cost(sum(len(s) for s in spans), len(spans))
+            nbytes = 0
+            for s in spans:
+                nbytes += len(s)
+            self.cost = trace_cost(nbytes, len(spans))
 
     def part(self, start: int, stop: int) -> KeptTrace:
         """spans[start:stop] of this trace, to be sent in a request of their own (a trace too large
         for one export request is sent in parts)."""
         return KeptTrace(self.trace_id, self.spans[start:stop], self.groups[start:stop],
-                         Verdict(True, self.policy, self.sample_rate), None, self.marked)
+                         Verdict(True, self.policy, self.sample_rate), None, self.marked, self.logs)
 
 
 class Stats:
@@ -60,10 +67,13 @@ class Stats:
 
     def __init__(self) -> None:
         self.spans_received: Counter[str] = Counter()
+        self.records_received: Counter[str] = Counter()  # log records, by protocol
+        self.records_dropped: Counter[str] = Counter()  # trace_dropped | untraced
         self.decided: Counter[tuple[str, str]] = Counter()  # (keep|drop, policy or "")
         self.evicted = 0
         self.limited = 0  # traces decided early at max_spans_per_trace / max_bytes_per_trace
         self.late_spans: Counter[str] = Counter()  # keep|drop
+        self.late_records: Counter[str] = Counter()  # log records, keep|drop
         self.policy_errors: Counter[str] = Counter()
         # decision lag (decision time minus due time) of traces decided by the sweep, in LAG_BUCKETS:
         # lag_counts[i] counts lags <= LAG_BUCKETS[i] and above the bound before; the last slot is +Inf
@@ -92,6 +102,8 @@ SHUTDOWN = "shutdown"
 # be dropped downstream while a dropped one is gone.
 POLICY_ERROR = "policy_error"
 KEEP_ON_ERROR = Verdict(True, POLICY_ERROR, 1.0)
+# What log records without a trace id are passed on with (when logs.untraced is pass): not a decision.
+UNTRACED = Verdict(True, "", 1.0)
 
 
 class Core:
@@ -118,7 +130,8 @@ class Core:
         self.pushback = Pushback()
         # Sharding: the owner of a trace id when it is another instance, and where to send its chunks.
         self.route: Callable[[bytes], str | None] | None = None
-        self.forward: Callable[[str, list[Chunk]], None] | None = None
+        self.forward: Callable[[str, list[Chunk | LogChunk]], None] | None = None
+        self.untraced_pass = True  # logs.untraced: records without a trace id are passed on, or dropped
         engine.on_error = self._policy_error
         self._error_logged = False  # a decision that raised is logged once per policy set, then counted
 
@@ -139,7 +152,7 @@ class Core:
         for chunk in chunks:
             nspans += len(chunk.spans)
         local = chunks
-        remote: dict[str, list[Chunk]] = {}
+        remote: dict[str, list[Chunk | LogChunk]] = {}
         if self.route is not None and protocol != "peer":
             local = []
             for chunk in chunks:
@@ -158,32 +171,107 @@ class Core:
                 self.forward(owner, owned)
         return nspans
 
-    def keep_here(self, chunks: list[Chunk], now: float) -> None:
-        """Keep chunks here that forwarding to their owner gave up on: no routing. They are split
-        again, since the policies (and so the predicate bits) may have been reloaded meanwhile."""
-        body = encode_request((c.spans, c.groups, b"") for c in chunks)
-        for chunk in split_request(body, self.splitter):
-            self._add(chunk, now)
+    def ingest_logs(self, data: bytes, protocol: str, now: float) -> int:
+        """Take one ExportLogsServiceRequest; returns its record count. Records are held with their
+        trace and follow its decision, as spans do (routed to the trace's owner the same way);
+        records without a trace id are passed on at once or dropped (`untraced_pass`). Raises as
+        `ingest` does, having changed nothing."""
+        pushback = self.pushback
+        pushback.check()
+        chunks = split_logs(data, self.splitter)
+        nrecords = 0
+        for chunk in chunks:
+            nrecords += len(chunk.records)
+        local: list[LogChunk] = []
+        untraced: LogChunk | None = None
+        remote: dict[str, list[Chunk | LogChunk]] = {}
+        for chunk in chunks:
+            if chunk.trace_id == NO_TRACE:
+                untraced = chunk
+                continue
+            owner = self.route(chunk.trace_id) if self.route is not None and protocol != "peer" else None
+            if owner is None:
+                local.append(chunk)
+            else:
+                remote.setdefault(owner, []).append(chunk)
+        pushback.check_forward(remote)
+        pushback.check_buffer(self.buffer, local, now)
+        self.stats.records_received[protocol] += nrecords
+        if untraced is not None:
+            if self.untraced_pass:
+                self.emit(KeptTrace(NO_TRACE, untraced.records, untraced.groups, UNTRACED, None, untraced.marked,
+                                    logs=True))
+            else:
+                self.stats.records_dropped["untraced"] += len(untraced.records)
+        for chunk in local:
+            self._add_logs(chunk, now)
+        if remote and self.forward is not None:
+            for owner, owned in remote.items():
+                self.forward(owner, owned)
+        return nrecords
 
-    def _add(self, chunk: Chunk, now: float) -> None:
+    def keep_here(self, chunks: list[Chunk | LogChunk], now: float) -> None:
+        """Keep chunks here that forwarding to their owner gave up on: no routing. Spans are split
+        again, since the policies (and so the predicate bits) may have been reloaded meanwhile."""
+        spans = [c for c in chunks if not isinstance(c, LogChunk)]
+        if spans:
+            body = encode_request((c.spans, c.groups, b"") for c in spans)
+            for chunk in split_request(body, self.splitter):
+                self._add(chunk, now)
+        for item in chunks:
+            if isinstance(item, LogChunk):
+                self._add_logs(item, now)
+
+    def _add_logs(self, chunk: LogChunk, now: float) -> None:
         buffer = self.buffer
-        trace_id = chunk.trace_id
+        entry = self._held(chunk.trace_id, chunk.records, chunk.groups, now)
+        if isinstance(entry, Verdict):
+            self._late_logs(chunk, entry)
+            return
+        if chunk.marked:
+            entry.marked = True
+        entry.summary.merge_logs(chunk)
+        buffer.touched(entry, now, len(chunk.records), spans_cost(chunk.nbytes, len(chunk.records)))
+        if entry.nbytes > buffer.max_bytes_per_trace:
+            self.stats.limited += 1
+            self._decide(entry, now, LIMITED)
+        self.make_room(now)
+
+    def _late_logs(self, chunk: LogChunk, verdict: Verdict) -> None:
+        if verdict.keep:
+            self.stats.late_records["keep"] += len(chunk.records)
+            self.emit(KeptTrace(chunk.trace_id, chunk.records, chunk.groups, verdict, None, chunk.marked, logs=True))
+        else:
+            self.stats.late_records["drop"] += len(chunk.records)
+            self.stats.records_dropped["trace_dropped"] += len(chunk.records)
+
+    def _held(self, trace_id: bytes, items: list[bytes], groups: list[Group], now: float) -> TraceEntry | Verdict:
+        """The buffer entry of `trace_id` holding `items` (spans or log records) now: created for them,
+        or extended with them; or the trace's recorded verdict when it was decided already (they are
+        late)."""
+        buffer = self.buffer
         entry = buffer.get(trace_id)
         if entry is None:
             verdict = self.decisions.get(trace_id)
             if verdict is not None:
-                self._late(chunk, verdict)
-                return
-            entry = buffer.create(trace_id, now, chunk.spans, chunk.groups, self.generation)
+                return verdict
+            return buffer.create(trace_id, now, items, groups, self.generation)
+        if entry.generation != self.generation:  # its summary first, then this chunk's (same policies)
+            self._resummarise(entry)
+        if entry.spans is None or entry.groups is None:  # packed since its last items: new hot lists
+            entry.adopt(items, groups)
+            buffer.recost(entry, HOT_LISTS)
         else:
-            if entry.generation != self.generation:  # its summary first, then this chunk's (same policies)
-                self._resummarise(entry)
-            if entry.spans is None or entry.groups is None:  # packed since its last spans: new hot lists
-                entry.adopt(chunk.spans, chunk.groups)
-                buffer.recost(entry, HOT_LISTS)
-            else:
-                entry.spans.extend(chunk.spans)
-                entry.groups.extend(chunk.groups)
+            entry.spans.extend(items)
+            entry.groups.extend(groups)
+        return entry
+
+    def _add(self, chunk: Chunk, now: float) -> None:
+        buffer = self.buffer
+        entry = self._held(chunk.trace_id, chunk.spans, chunk.groups, now)
+        if isinstance(entry, Verdict):
+            self._late(chunk, entry)
+            return
         if chunk.marked:
             entry.marked = True
         entry.summary.merge(chunk, self.engine.reads_root_attrs)
@@ -229,9 +317,19 @@ class Core:
             self.stats.lag_sum += lag
         if self.on_decision is not None:
             self.on_decision(summary, verdict, reason)
-        if verdict.keep:
-            spans, groups = _spans_of(entry)
+        if not verdict.keep:
+            if summary.log_records:
+                self.stats.records_dropped["trace_dropped"] += summary.log_records
+            return
+        spans, groups = _spans_of(entry)
+        if summary.log_records == 0:
             self.emit(KeptTrace(summary.trace_id, spans, groups, verdict, summary, entry.marked))
+            return
+        # Spans and log records leave in requests of their own signal.
+        span_items, span_groups, records, record_groups = _by_signal(spans, groups)
+        if span_items:
+            self.emit(KeptTrace(summary.trace_id, span_items, span_groups, verdict, summary, entry.marked))
+        self.emit(KeptTrace(summary.trace_id, records, record_groups, verdict, summary, entry.marked, logs=True))
 
     def _undecidable(self, summary: TraceSummary) -> Verdict:
         """A decision raised (a policy's bug, not its abstention: those the engine handles): keep the
@@ -303,9 +401,18 @@ class Core:
 
     def _resummarise(self, entry: TraceEntry) -> int:
         """Split a trace's stored spans under the policies in force; returns its span count. The
-        spans stay stored as they are (packed, compressed or hot): only the summary is new."""
+        spans stay stored as they are (packed, compressed or hot): only the summary is new. What it
+        says of log records does not depend on the policies, and is carried over."""
+        old = entry.summary
         summary = TraceSummary(entry.trace_id)
         spans, groups = _spans_of(entry)
+        if old.log_records:
+            spans, groups, records, _ = _by_signal(spans, groups)
+            summary.first_service = old.first_service
+            summary.log_records = old.log_records
+            summary.log_severity_max = old.log_severity_max
+            for record in records:
+                summary.nbytes += len(record)
         for chunk in split_request(encode_request([(spans, groups, b"")]), self.splitter):
             summary.merge(chunk, self.engine.reads_root_attrs)
         entry.resummarised(summary)
@@ -398,6 +505,25 @@ def _spans_of(entry: TraceEntry) -> tuple[list[bytes], list[Group]]:
         spans.extend(entry.spans)
         groups.extend(entry.groups)
     return spans, groups
+
+
+def _by_signal(
+    items: list[bytes], groups: list[Group],
+) -> tuple[list[bytes], list[Group], list[bytes], list[Group]]:
+    """A trace's stored items parted into its spans and its log records, each with their groups,
+    in arrival order."""
+    spans: list[bytes] = []
+    span_groups: list[Group] = []
+    records: list[bytes] = []
+    record_groups: list[Group] = []
+    for item, group in zip(items, groups, strict=True):
+        if group.logs:
+            records.append(item)
+            record_groups.append(group)
+        else:
+            spans.append(item)
+            span_groups.append(group)
+    return spans, span_groups, records, record_groups
 
 
 def _splitter(engine: Engine) -> Splitter:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from sampler.otlp.logs import LogChunk
 from sampler.otlp.split import Chunk
 from sampler.pipeline.buffer import HOT_LISTS, TRACE_OVERHEAD, Buffer, spans_cost
 from sampler.pipeline.memory import Governor, InFlight
@@ -33,7 +34,7 @@ class Pushback:
         self.inflight: InFlight | None = None  # bodies being read, before they can be parsed (HTTP)
         self.export_fill: Callable[[], float] | None = None  # of the export queue, 0..1
         # whether the forward queues have room for a request's chunks, by owner
-        self.forward_room: Callable[[dict[str, list[Chunk]]], bool] | None = None
+        self.forward_room: Callable[[dict[str, list[Chunk | LogChunk]]], bool] | None = None
 
     def admit(self, cost: int) -> str | None:
         """Before a body of estimated `cost` bytes is read: None (then release the cost afterwards),
@@ -49,22 +50,22 @@ class Pushback:
         if self.export_fill is not None and self.export_fill() >= QUEUE_HIGH_WATER:
             raise Backpressure("export_queue_full")
 
-    def check_forward(self, remote: dict[str, list[Chunk]]) -> None:
+    def check_forward(self, remote: dict[str, list[Chunk | LogChunk]]) -> None:
         """Chunks owned elsewhere are refused with the request when their forward queue is full,
         rather than kept here, split from their trace's other spans at the owner."""
         if remote and self.forward_room is not None and not self.forward_room(remote):
             raise Backpressure("forward_queue_full")
 
     @staticmethod
-    def check_buffer(buffer: Buffer, local: Iterable[Chunk], now: float) -> None:
-        """Refuse when taking these chunks would make the buffer decide traces younger than its
-        min_eviction_age to make room."""
+    def check_buffer(buffer: Buffer, local: Iterable[Chunk | LogChunk], now: float) -> None:
+        """Refuse when taking these chunks (of spans or log records) would make the buffer decide
+        traces younger than its min_eviction_age to make room."""
         if buffer.min_eviction_age <= 0:
             return
         new = 0
         cost = 0
         for chunk in local:
-            cost += spans_cost(chunk.nbytes, len(chunk.spans))
+            cost += spans_cost(chunk.nbytes, len(chunk.records) if isinstance(chunk, LogChunk) else len(chunk.spans))
             if buffer.get(chunk.trace_id) is None:
                 new += 1
                 cost += TRACE_OVERHEAD + HOT_LISTS

@@ -78,6 +78,8 @@ class DropConfig(BaseModel):
 class ErrorsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     http_status_min: int = Field(default=500, ge=100, le=999)
+    # a log record of the trace at or above this severity_number is an error (17: ERROR); null: logs ignored
+    log_severity_min: int | None = Field(default=17, ge=1, le=24)
 
 
 # latency

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from sampler.otlp.logs import LogChunk
 from sampler.otlp.split import Chunk
 from sampler.otlp.wire import AttrValue
 
@@ -24,6 +25,8 @@ class TraceSummary:
 
     __slots__ = (
         "first_service",
+        "log_records",
+        "log_severity_max",
         "matches",
         "max_end",
         "min_start",
@@ -50,6 +53,8 @@ class TraceSummary:
         self.root_attrs: dict[str, AttrValue] = NO_ATTRS
         self.root_resource_attrs: dict[str, AttrValue] = {}
         self.first_service = ""
+        self.log_records = 0  # log records held with the trace (their bytes count in nbytes)
+        self.log_severity_max = 0  # the highest severity_number among them
 
     def merge(self, chunk: Chunk, root_attrs: bool = True) -> None:
         """Fold one request's spans of this trace in (their predicate bits included). The root
@@ -57,7 +62,7 @@ class TraceSummary:
         if self.spans == 0:
             self.min_start = chunk.min_start
             self.max_end = chunk.max_end
-            self.first_service = chunk.groups[0].service
+            self.first_service = chunk.groups[0].service  # a span's service wins over a log record's
         else:
             if chunk.min_start < self.min_start:
                 self.min_start = chunk.min_start
@@ -73,6 +78,15 @@ class TraceSummary:
             self.root_service = root.service
             self.root_attrs = (chunk.root_attrs or NO_ATTRS) if root_attrs else NO_ATTRS
             self.root_resource_attrs = root.attrs
+
+    def merge_logs(self, chunk: LogChunk) -> None:
+        """Fold one request's log records of this trace in."""
+        if self.spans == 0 and self.log_records == 0:
+            self.first_service = chunk.groups[0].service
+        self.log_records += len(chunk.records)
+        self.nbytes += chunk.nbytes
+        if chunk.severity_max > self.log_severity_max:
+            self.log_severity_max = chunk.severity_max
 
     @property
     def duration_ns(self) -> int:

@@ -1,15 +1,16 @@
-"""OTLP/gRPC receiver on grpc.aio. The method handler has no request deserializer, so requests
-arrive as raw bytes and go straight to the wire walker."""
+"""OTLP/gRPC receiver on grpc.aio: TraceService, LogsService and MetricsService. The method handlers
+have no request deserializer, so requests arrive as raw bytes and go straight to the wire walkers."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 
 import grpc
 
 from sampler.config.models import TlsServer
-from sampler.otlp.transport import FORWARDED_HEADER, SERVICE, retry_details
+from sampler.otlp.transport import FORWARDED_HEADER, NOUNS, SERVICES, retry_details
 from sampler.otlp.wire import WireError
 from sampler.pipeline.pushback import Backpressure
 from sampler.security.auth import Authenticator
@@ -17,7 +18,7 @@ from sampler.security.tls import grpc_server_credentials
 
 log = logging.getLogger("tailsampler.receiver.grpc")
 
-Ingest = Callable[[bytes, str], int]
+Ingest = Callable[[bytes, str, str], int]  # (request, protocol, signal) -> items taken
 
 
 def _fail(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str,
@@ -49,11 +50,13 @@ class GrpcReceiver:
             ("grpc.max_receive_message_length", max_request_bytes),
             ("grpc.so_reuseport", int(reuse_port)),  # shared only by --workers processes
         ])
-        handler = grpc.unary_unary_rpc_method_handler(self._export, request_deserializer=None,
-                                                      response_serializer=None)
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),))
+        self.server.add_generic_rpc_handlers(tuple(
+            grpc.method_handlers_generic_handler(service, {"Export": grpc.unary_unary_rpc_method_handler(
+                functools.partial(self._export, signal), request_deserializer=None, response_serializer=None)})
+            for signal, service in SERVICES.items()
+        ))
 
-    async def _export(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def _export(self, signal: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         metadata = context.invocation_metadata() or ()
         if self.auth is not None:
             given = next((v for k, v in metadata if k == "authorization"), None)
@@ -62,15 +65,15 @@ class GrpcReceiver:
                 return _fail(context, grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
         forwarded = any(key == FORWARDED_HEADER for key, _ in metadata) and self._trusts(context.peer())
         try:
-            self.ingest(request, "peer" if forwarded else "grpc")
+            self.ingest(request, "peer" if forwarded else "grpc", signal)
         except WireError as exc:
             self.refused("malformed")
-            return _fail(context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed OTLP trace request: {exc}")
+            return _fail(context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed OTLP {NOUNS[signal]} request: {exc}")
         except Backpressure as exc:
             self.refused(exc.reason)
             message = f"tailsampler is overloaded ({exc.reason}); retry later"
             return _fail(context, grpc.StatusCode.UNAVAILABLE, message, retry_details(message))
-        return b""  # an empty ExportTraceServiceResponse: full success
+        return b""  # an empty Export*ServiceResponse: full success
 
     def _trusts(self, peer: str) -> bool:
         if self.trusted is not None and self.trusted(peer):

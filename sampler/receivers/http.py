@@ -1,4 +1,5 @@
-"""OTLP/HTTP receiver: `POST /v1/traces`, protobuf or OTLP/JSON, gzip or identity, on aiohttp.
+"""OTLP/HTTP receiver: `POST /v1/traces`, `/v1/logs` and `/v1/metrics`, protobuf or OTLP/JSON, gzip
+or identity, on aiohttp.
 
 Bodies are inflated here rather than by aiohttp so the size limit applies to the decompressed
 bytes: a gzip bomb is refused with 413 after inflating at most the limit, never whole.
@@ -10,6 +11,7 @@ byte of its format); a request without room is refused with 503 and Retry-After 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import ssl
@@ -20,7 +22,7 @@ from aiohttp import web
 from google.rpc import status_pb2
 
 from sampler.otlp.jsonconv import json_to_protobuf_stepwise
-from sampler.otlp.transport import RETRY_AFTER_SECONDS
+from sampler.otlp.transport import NOUNS, RETRY_AFTER_SECONDS, SERVICES
 from sampler.otlp.wire import WireError
 from sampler.pipeline.memory import JSON_COST, PROTOBUF_COST
 from sampler.pipeline.pushback import Backpressure
@@ -30,7 +32,7 @@ log = logging.getLogger("tailsampler.receiver.http")
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 
-Ingest = Callable[[bytes, str], int]
+Ingest = Callable[[bytes, str, str], int]  # (request, protocol, signal) -> items taken
 Admit = Callable[[int], str | None]  # bytes wanted -> None (taken; release them after) or why not
 
 
@@ -77,15 +79,16 @@ class HttpReceiver:
         self.limit = max_request_bytes
         self.reuse_port = reuse_port
         self.app = web.Application(client_max_size=max_request_bytes)
-        self.app.router.add_post("/v1/traces", self._traces)
+        for signal in SERVICES:
+            self.app.router.add_post(f"/v1/{signal}", functools.partial(self._export, signal))
         self.runner = web.AppRunner(self.app, access_log=None, auto_decompress=False)
 
-    async def _traces(self, request: web.Request) -> web.Response:
+    async def _export(self, signal: str, request: web.Request) -> web.Response:
         if self.admit is None:
-            return await self._handle(request, None)
+            return await self._handle(signal, request, None)
         held = [0]
         try:
-            return await self._handle(request, held)
+            return await self._handle(signal, request, held)
         finally:
             if held[0] and self.release is not None:
                 self.release(held[0])
@@ -108,7 +111,7 @@ class HttpReceiver:
         return _error(503, f"tailsampler is overloaded ({reason}); retry later", ctype,
                       {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
-    async def _handle(self, request: web.Request, held: list[int] | None) -> web.Response:
+    async def _handle(self, signal: str, request: web.Request, held: list[int] | None) -> web.Response:
         ctype = request.content_type
         if self.auth is not None and not self.auth.check(request.headers.get("Authorization")):
             self.refused("unauthenticated")
@@ -142,11 +145,11 @@ class HttpReceiver:
         if refusal is not None:
             return refusal
         try:
-            data = await json_to_protobuf_stepwise(body) if ctype == JSON else body
-            self.ingest(data, "http")
+            data = await json_to_protobuf_stepwise(body, signal) if ctype == JSON else body
+            self.ingest(data, "http", signal)
         except WireError as exc:
             self.refused("malformed")
-            return _error(400, f"malformed OTLP trace request: {exc}", ctype)
+            return _error(400, f"malformed OTLP {NOUNS[signal]} request: {exc}", ctype)
         except Backpressure as exc:
             self.refused(exc.reason)
             return _error(503, f"tailsampler is overloaded ({exc.reason}); retry later", ctype,

@@ -20,9 +20,10 @@ from typing import Any
 from sampler.config.models import split_host_port
 from sampler.config.yamlfile import ConfigError, load_yaml
 from sampler.exporters import build_sender
-from sampler.exporters.base import Sender
+from sampler.exporters.base import RawRequest, Sender
 from sampler.exporters.queue import ExportQueue
-from sampler.otlp.split import Chunk
+from sampler.otlp.metrics import count_points
+from sampler.otlp.transport import LOGS, METRICS
 from sampler.pipeline.buffer import Buffer
 from sampler.pipeline.core import Core, KeptTrace, PackJob, pack_jobs
 from sampler.pipeline.decisions import DecisionCache
@@ -47,11 +48,11 @@ from sampler.receivers.http import HttpReceiver
 from sampler.security.auth import Authenticator
 from sampler.security.tls import Files, grpc_channel_credentials, reload_server_context, server_context
 from sampler.server.admin import AdminServer
-from sampler.server.metrics import MemoryCollector, Metrics, PeerCollector
+from sampler.server.metrics import MemoryCollector, Metrics, PeerCollector, SignalsCollector
 from sampler.server.settings import Loaded
 from sampler.server.system import container_limit, malloc_trim, read_rss, tune_malloc
 from sampler.sharding.discovery import resolve_names, watch_dns
-from sampler.sharding.forwarder import Forwarder
+from sampler.sharding.forwarder import Forwardable, Forwarder
 from sampler.sharding.membership import Membership
 
 log = logging.getLogger("tailsampler")
@@ -152,6 +153,9 @@ class App:
                                  batch_max_bytes=cfg.exporter.batch_max_bytes, annotate=cfg.exporter.annotate)
         queue = self.queue
         self.metrics.export_queue_bytes.set_function(lambda: queue.nbytes)
+        self.core.untraced_pass = cfg.logs.untraced == "pass"
+        self.points_received: dict[str, int] = {}
+        self.metrics.registry.register(SignalsCollector(self.core, queue, lambda: self.points_received))
         self.inflight = InFlight(self.bounds["requests"])
         self.core.pushback.inflight = self.inflight
         self.core.pushback.export_fill = self._export_fill
@@ -326,7 +330,7 @@ class App:
             self._spawn("peer-names", functools.partial(resolve_names, membership, PEER_NAMES_SECONDS))
         log.info("sharding traces among %d members (self %s)", len(membership.members), membership.self_addr)
 
-    def _keep_here(self, chunks: list[Chunk]) -> None:
+    def _keep_here(self, chunks: list[Forwardable]) -> None:
         self.core.keep_here(chunks, self.loop.time())
 
     def _refused(self, protocol: str) -> Callable[[str], None]:
@@ -335,13 +339,25 @@ class App:
     def _count_refused(self, protocol: str, reason: str) -> None:
         self.metrics.requests_refused.labels(protocol, reason).inc()
 
-    def _ingest(self, data: bytes, protocol: str) -> int:
+    def _ingest(self, data: bytes, protocol: str, signal: str) -> int:
+        """A request of any signal from a receiver: traces and logs to the core, metrics passed
+        through to the export queue (as they came, under the same pushback rules)."""
         try:
-            n = self.core.ingest(data, protocol, self.loop.time())
+            if signal == LOGS:
+                return self.core.ingest_logs(data, protocol, self.loop.time())
+            if signal == METRICS:
+                return self._pass_metrics(data, protocol)
+            return self.core.ingest(data, protocol, self.loop.time())
         except Backpressure as exc:
             self._pushed_back(exc.reason)
             raise
-        return n
+
+    def _pass_metrics(self, data: bytes, protocol: str) -> int:
+        self.core.pushback.check()
+        points = count_points(data)
+        self.points_received[protocol] = self.points_received.get(protocol, 0) + points
+        self.queue.put_raw(RawRequest(METRICS, data, points))
+        return points
 
     def _export_fill(self) -> float:
         return self.queue.nbytes / self.queue.max_bytes if self.queue.max_bytes else 0.0

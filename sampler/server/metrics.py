@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from sampler.exporters.queue import ExportQueue
 from sampler.pipeline.core import LAG_BUCKETS, Core
 from sampler.sharding.forwarder import Forwarder
 from sampler.sharding.membership import Membership
@@ -107,6 +108,60 @@ class CoreCollector(Collector):
         )
 
 
+class SignalsCollector(Collector):
+    """Log records and metric data points: what the receivers took, what was exported or passed
+    through, and what was dropped, by reason (the core's and the export queue's counts together)."""
+
+    LOG_DROP_REASONS = ("trace_dropped", "untraced", "export_queue_full", "export_failed", "export_rejected")
+    POINT_DROP_REASONS = ("export_queue_full", "export_failed", "export_rejected")
+
+    def __init__(self, core: Core, queue: ExportQueue, points_received: Callable[[], dict[str, int]]) -> None:
+        self.core = core
+        self.queue = queue
+        self.points_received = points_received
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.core.stats
+        queue = self.queue
+        received = CounterMetricFamily("tailsampler_log_records_received",
+                                       "Log records accepted by the receivers.", labels=["protocol"])
+        for protocol in ("grpc", "http", "peer"):
+            received.add_metric([protocol], stats.records_received[protocol])
+        yield received
+        yield CounterMetricFamily("tailsampler_log_records_exported", "Log records delivered to the backend.",
+                                  queue.records_exported)
+        dropped = CounterMetricFamily(
+            "tailsampler_log_records_dropped",
+            "Log records not delivered, by reason: trace_dropped (their trace was dropped), untraced (no trace id, "
+            "logs.untraced: drop), and those of spans (export_queue_full, export_failed, export_rejected).",
+            labels=["reason"],
+        )
+        for reason in self.LOG_DROP_REASONS:
+            dropped.add_metric([reason], stats.records_dropped[reason] + queue.records_dropped[reason])
+        yield dropped
+        late = CounterMetricFamily(
+            "tailsampler_late_log_records",
+            "Log records that arrived after their trace was decided; they follow the recorded decision.",
+            labels=["decision"],
+        )
+        for decision in ("keep", "drop"):
+            late.add_metric([decision], stats.late_records[decision])
+        yield late
+        points = CounterMetricFamily("tailsampler_metric_points_received",
+                                     "OTLP metric data points accepted, to be passed through.", labels=["protocol"])
+        taken = self.points_received()
+        for protocol in ("grpc", "http"):
+            points.add_metric([protocol], taken.get(protocol, 0))
+        yield points
+        yield CounterMetricFamily("tailsampler_metric_points_forwarded",
+                                  "OTLP metric data points passed through to the backend.", queue.points_forwarded)
+        lost = CounterMetricFamily("tailsampler_metric_points_dropped",
+                                   "Metric data points not delivered, by reason.", labels=["reason"])
+        for reason in self.POINT_DROP_REASONS:
+            lost.add_metric([reason], queue.points_dropped[reason])
+        yield lost
+
+
 MemoryReport = Callable[[], tuple[dict[str, int], int]]
 
 
@@ -157,6 +212,8 @@ class PeerCollector(Collector):
                                   self.membership.changes)
         yield CounterMetricFamily("tailsampler_spans_forwarded", "Spans forwarded to the instance owning their trace.",
                                   stats.forwarded)
+        yield CounterMetricFamily("tailsampler_log_records_forwarded",
+                                  "Log records forwarded to the instance owning their trace.", stats.forwarded_records)
         yield CounterMetricFamily("tailsampler_forward_failures",
                                   "Attempts to forward spans to a peer that failed (pushbacks included).",
                                   stats.failures)
@@ -166,9 +223,10 @@ class PeerCollector(Collector):
                                   stats.pushbacks)
         fallback = CounterMetricFamily(
             "tailsampler_spans_forward_fallback",
-            "Spans kept here instead of at their owner, by reason (owner_left; owner_unreachable: marked down; "
-            "owner_busy: it pushed back for forward_busy_max_elapsed without accepting anything; rejected: it "
-            "refused them for good; shutdown: still on their way at shutdown; error: an unexpected failure, logged).",
+            "Spans (and log records) kept here instead of at their owner, by reason (owner_left; "
+            "owner_unreachable: marked down; owner_busy: it pushed back for forward_busy_max_elapsed without "
+            "accepting anything; rejected: it refused them for good; shutdown: still on their way at shutdown; "
+            "error: an unexpected failure, logged).",
             labels=["reason"],
         )
         for reason, n in sorted(stats.fallback.items()):

@@ -1,6 +1,7 @@
-"""Forwarding spans to the instance that owns their trace (sampler/sharding/membership.py decides
-which), over OTLP/gRPC with a `tailsampler-forwarded` header; an instance never forwards what it
-received that way, so two instances that briefly disagree on membership cannot loop.
+"""Forwarding spans and log records to the instance that owns their trace (sampler/sharding/membership.py
+decides which), over OTLP/gRPC (TraceService, LogsService) with a `tailsampler-forwarded` header; an
+instance never forwards what it received that way, so two instances that briefly disagree on
+membership cannot loop. A batch holds one signal; "spans" below means log records too.
 
 What an owner answers decides what happens to a forward (`Forwarder._failed`):
 - accepted: delivered.
@@ -30,15 +31,17 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import grpc
 
+from sampler.otlp.logs import LogChunk
 from sampler.otlp.splice import encode_request
 from sampler.otlp.split import Chunk
-from sampler.otlp.transport import EXPORT_METHOD, FORWARDED_HEADER, channel_options, retry_hint
+from sampler.otlp.transport import EXPORT_METHOD, FORWARDED_HEADER, LOGS_EXPORT_METHOD, channel_options, retry_hint
 from sampler.pipeline.buffer import spans_cost
 from sampler.sharding.membership import Membership
 
 log = logging.getLogger("tailsampler.peers")
 
 Call = Callable[..., Awaitable[object]]  # an Export call on a peer's channel: call(body, timeout=, metadata=)
+Forwardable = Chunk | LogChunk
 
 FORWARD_BATCH_SPANS = 4096  # spans in one forward request, whatever their size
 MIN_BATCH_BYTES = 64 * 2**10  # halving batches at each pushback stops here (a batch still takes one chunk)
@@ -58,9 +61,10 @@ PUSHBACK = NO_ANSWER | {grpc.StatusCode.RESOURCE_EXHAUSTED}  # ...that, with Ret
 class PeerStats:
     def __init__(self) -> None:
         self.forwarded = 0  # spans delivered to their owner
+        self.forwarded_records = 0  # log records delivered to their owner
         self.failures = 0  # forward attempts that failed, pushbacks included
         self.pushbacks = 0  # forward attempts the owner answered by pushing back
-        # Spans kept here instead of at their owner, by why: the owner left the membership, was
+        # Spans and log records kept here instead of at their owner, by why: the owner left the membership, was
         # marked down, pushed back for busy_max_elapsed without accepting anything, or rejected them
         # for good; the forwarder was closing (shutdown); or an unexpected error (logged).
         self.fallback: dict[str, int] = dict.fromkeys(
@@ -73,7 +77,7 @@ class _Peer:
     def __init__(self, owner: str, batch_bytes: int, close_channel: Callable[[], Awaitable[None]]) -> None:
         self.owner = owner
         self.close_channel = close_channel
-        self.queue: deque[Chunk] = deque()
+        self.queue: deque[Forwardable] = deque()
         self.nbytes = 0  # memory of its chunks, queued or in flight (buffer.spans_cost)
         self.sending = False  # a batch is out of the queue, in a call
         self.wake = asyncio.Event()
@@ -105,7 +109,7 @@ class Forwarder:
     def __init__(
         self,
         membership: Membership,
-        local: Callable[[list[Chunk]], None],
+        local: Callable[[list[Forwardable]], None],
         max_bytes: int = 32 * 2**20,
         max_elapsed: float = 5.0,
         timeout: float = 5.0,
@@ -142,7 +146,7 @@ class Forwarder:
             return ((FORWARDED_HEADER, "1"),)
         return ((FORWARDED_HEADER, "1"), ("authorization", self.authorization()))
 
-    def room(self, remote: Mapping[str, list[Chunk]]) -> bool:
+    def room(self, remote: Mapping[str, list[Forwardable]]) -> bool:
         """Whether the queues can take a request's chunks for these owners now (the core asks before
         it takes the request, and refuses it otherwise). Each owner's queue may hold its share of
         max_bytes, so an owner slow to accept holds up only requests with spans for it. An empty
@@ -158,13 +162,13 @@ class Forwarder:
             total += size
         return self.nbytes == 0 or self.nbytes + total <= self.max_bytes
 
-    def forward(self, owner: str, chunks: list[Chunk]) -> None:
+    def forward(self, owner: str, chunks: list[Forwardable]) -> None:
         """Queue trace chunks for `owner` (called by the core, once `room` said they fit)."""
         peer = self.peers.get(owner)
         if peer is None:
-            call, close_channel = self._open(owner)
+            calls, close_channel = self._open(owner)
             peer = self.peers[owner] = _Peer(owner, self.batch_max_bytes, close_channel)
-            peer.task = asyncio.create_task(self._drain(peer, call), name=f"forward-{owner}")
+            peer.task = asyncio.create_task(self._drain(peer, calls), name=f"forward-{owner}")
         peer.queue.extend(chunks)
         size = _cost(chunks)
         peer.nbytes += size
@@ -172,19 +176,20 @@ class Forwarder:
         self.idle.clear()
         peer.wake.set()
 
-    def _open(self, owner: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
-        """The Export call on a new channel to `owner`, and how to close that channel."""
+    def _open(self, owner: str) -> tuple[tuple[Call, Call], Callable[[], Awaitable[None]]]:
+        """The Export calls (traces, logs) on a new channel to `owner`, and how to close that channel."""
         options = [("grpc.enable_http_proxy", 0), *channel_options(1000)]  # peers are always direct
         channel = (grpc.aio.secure_channel(owner, self.credentials, options=options) if self.credentials is not None
                    else grpc.aio.insecure_channel(owner, options=options))
-        call = channel.unary_unary(EXPORT_METHOD, request_serializer=None, response_deserializer=None)
-        return call, channel.close
+        calls = (channel.unary_unary(EXPORT_METHOD, request_serializer=None, response_deserializer=None),
+                 channel.unary_unary(LOGS_EXPORT_METHOD, request_serializer=None, response_deserializer=None))
+        return calls, channel.close
 
     def _pending(self) -> bool:
         return any(peer.queue or peer.sending for peer in self.peers.values())
 
-    async def _drain(self, peer: _Peer, call: Call) -> None:
-        batch: list[Chunk] = []
+    async def _drain(self, peer: _Peer, calls: tuple[Call, Call]) -> None:
+        batch: list[Forwardable] = []
         try:
             while True:
                 while not peer.queue:
@@ -202,7 +207,7 @@ class Forwarder:
                 batch = self._take(peer)
                 peer.sending = True
                 try:
-                    delay = await self._attempt(peer, call, batch)
+                    delay = await self._attempt(peer, calls[isinstance(batch[0], LogChunk)], batch)
                 finally:
                     peer.sending = False
                 if delay is not None:  # to be retried: back at the head of the queue meanwhile
@@ -214,25 +219,27 @@ class Forwarder:
             self._hand_back(peer, batch, "shutdown")
             raise
 
-    def _take(self, peer: _Peer) -> list[Chunk]:
-        """The next batch from the head of the queue: up to FORWARD_BATCH_SPANS spans and
-        peer.batch_bytes encoded bytes, and at least one chunk however big it is."""
+    def _take(self, peer: _Peer) -> list[Forwardable]:
+        """The next batch from the head of the queue: chunks of one signal, up to FORWARD_BATCH_SPANS
+        spans and peer.batch_bytes encoded bytes, and at least one chunk however big it is."""
         queue = peer.queue
         first = queue.popleft()
+        logs = isinstance(first, LogChunk)
         batch = [first]
-        spans = len(first.spans)
+        spans = len(_items(first))
         size = _encoded(first)
         while queue:
             chunk = queue[0]
-            n, nbytes = len(chunk.spans), _encoded(chunk)
-            if spans + n > FORWARD_BATCH_SPANS or size + nbytes > peer.batch_bytes:
+            n, nbytes = len(_items(chunk)), _encoded(chunk)
+            if (isinstance(chunk, LogChunk) is not logs or spans + n > FORWARD_BATCH_SPANS
+                    or size + nbytes > peer.batch_bytes):
                 break
             batch.append(queue.popleft())
             spans += n
             size += nbytes
         return batch
 
-    def _take_all(self, peer: _Peer) -> list[Chunk]:
+    def _take_all(self, peer: _Peer) -> list[Forwardable]:
         chunks = list(peer.queue)
         peer.queue.clear()
         return chunks
@@ -245,12 +252,12 @@ class Forwarder:
             return True
         return False
 
-    async def _attempt(self, peer: _Peer, call: Call, batch: list[Chunk]) -> float | None:
+    async def _attempt(self, peer: _Peer, call: Call, batch: list[Forwardable]) -> float | None:
         """Send one batch once. None when it is done with (delivered, or handed back here);
         otherwise the delay after which to send it again."""
         spans = _spans(batch)
         try:
-            body = encode_request((c.spans, c.groups, b"") for c in batch)
+            body = encode_request((_items(c), c.groups, b"") for c in batch)
             await call(body, timeout=self.timeout, metadata=self.metadata())
         except grpc.aio.AioRpcError as exc:
             self.stats.failures += 1
@@ -259,7 +266,10 @@ class Forwarder:
             log.exception("forwarding %d spans to %s failed unexpectedly; handling them here", spans, peer.owner)
             self._hand_back(peer, batch, "error")
             return None
-        self.stats.forwarded += spans
+        if isinstance(batch[0], LogChunk):
+            self.stats.forwarded_records += spans
+        else:
+            self.stats.forwarded += spans
         self._release(peer, batch)
         if peer.refusing_since is not None:
             log.debug("peer %s accepts forwarded spans again after pushing back for %.1fs", peer.owner,
@@ -269,7 +279,7 @@ class Forwarder:
         peer.batch_bytes = min(peer.batch_max_bytes, batch_bytes * 2)  # regrown step by step
         return None
 
-    def _failed(self, peer: _Peer, batch: list[Chunk], exc: grpc.aio.AioRpcError) -> float | None:
+    def _failed(self, peer: _Peer, batch: list[Forwardable], exc: grpc.aio.AioRpcError) -> float | None:
         """What a failed attempt means (module docstring): the delay before retrying the batch, or
         None once it has been handed back here."""
         code = exc.code()
@@ -312,12 +322,12 @@ class Forwarder:
         self._hand_back(peer, batch, "rejected")
         return None
 
-    def _release(self, peer: _Peer, chunks: list[Chunk]) -> None:
+    def _release(self, peer: _Peer, chunks: list[Forwardable]) -> None:
         size = _cost(chunks)
         peer.nbytes -= size
         self.nbytes -= size
 
-    def _hand_back(self, peer: _Peer, chunks: list[Chunk], reason: str) -> None:
+    def _hand_back(self, peer: _Peer, chunks: list[Forwardable], reason: str) -> None:
         """Keep chunks here instead of at their owner, counted by reason."""
         if not chunks:
             return
@@ -358,16 +368,21 @@ class Forwarder:
                  ", ".join(f"{reason} {n}" for reason, n in stats.fallback.items() if n) or "none")
 
 
-def _spans(chunks: list[Chunk]) -> int:
-    return sum(len(c.spans) for c in chunks)
+def _items(chunk: Forwardable) -> list[bytes]:
+    """A chunk's spans, or its log records."""
+    return chunk.records if isinstance(chunk, LogChunk) else chunk.spans
 
 
-def _cost(chunks: list[Chunk]) -> int:
-    return sum(spans_cost(c.nbytes, len(c.spans)) for c in chunks)
+def _spans(chunks: list[Forwardable]) -> int:
+    return sum(len(_items(c)) for c in chunks)
 
 
-def _encoded(chunk: Chunk) -> int:
+def _cost(chunks: list[Forwardable]) -> int:
+    return sum(spans_cost(c.nbytes, len(_items(c))) for c in chunks)
+
+
+def _encoded(chunk: Forwardable) -> int:
     """At most what `chunk` adds to an encoded request: its spans with their field headers, and its
     resource and scope groups with theirs (a group shared by several chunks is counted in each)."""
     groups = sum(len(g.resource) + len(g.scope) + 2 * _FIELD for g in set(chunk.groups))
-    return chunk.nbytes + _FIELD * len(chunk.spans) + groups
+    return chunk.nbytes + _FIELD * len(_items(chunk)) + groups

@@ -1,4 +1,5 @@
-"""`tailsampler simulate`: recorded OTLP/JSON through the same core and policies, offline.
+"""`tailsampler simulate`: recorded OTLP/JSON through the same core and policies, offline. Recorded
+log records are decided with their traces (the `errors` policy reads their severity).
 
 Every span is ingested before anything is decided, so each trace is judged whole, and decisions
 come out in the order traces first appear (the buffer's first-seen order)."""
@@ -14,7 +15,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sampler.config.yamlfile import ConfigError, load_yaml
-from sampler.otlp.jsonconv import dict_to_protobuf
+from sampler.otlp.jsonconv import dict_to_protobuf, signal_of_document
+from sampler.otlp.transport import LOGS, METRICS
 from sampler.otlp.wire import WireError
 from sampler.pipeline.buffer import Buffer, TraceEntry
 from sampler.pipeline.core import Core, KeptTrace
@@ -168,7 +170,11 @@ def simulate(policies_path: Path, files: list[Path], fmt: str, out: TextIO | Non
     for path in files:
         try:
             for doc, reached in read_documents(path):
-                core.ingest(dict_to_protobuf(doc), "file", 0.0)
+                signal = signal_of_document(doc)
+                if signal == LOGS:
+                    core.ingest_logs(dict_to_protobuf(doc, LOGS), "file", 0.0)
+                elif signal != METRICS:  # metrics in a recording are not sampled: nothing to decide
+                    core.ingest(dict_to_protobuf(doc), "file", 0.0)
                 progress.step(reached)
         except (OSError, UnicodeDecodeError, WireError) as exc:
             print(f"{path}: cannot read recorded traces: {exc}", file=sys.stderr)
