@@ -65,7 +65,7 @@ class LogChunk:
 def _read_record(data: bytes, pos: int, end: int) -> tuple[bytes, int, bool]:
     """Validate one LogRecord; its trace id (NO_TRACE when none), severity_number and whether it
     carries a MARK_KEYS attribute."""
-    depth = 4
+    depth = 3  # request 0 > ResourceLogs 1 > ScopeLogs 2 > LogRecord 3, as upb counts
     trace_id = NO_TRACE
     severity = 0
     marked = False
