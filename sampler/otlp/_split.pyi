@@ -1,6 +1,8 @@
-"""Type stub of the Cython-compiled splitter (_split.pyx): the same contract as split._split_request.
+"""Type stub of the Cython-compiled splitters (_split.pyx): the same contracts as split._split_request
+and logs._split_logs.
 `Chunk` here declares the compiled class's fields; split.py has mypy check it satisfies split.Chunk."""
 
+from sampler.otlp.logs import LogChunk
 from sampler.otlp.split import Chunk as ChunkProtocol
 from sampler.otlp.split import Splitter
 from sampler.otlp.wire import AttrValue, Group
@@ -21,3 +23,4 @@ class Chunk:
     def bits(self) -> int: ...
 
 def split_request(data: bytes, splitter: Splitter) -> list[ChunkProtocol]: ...
+def split_logs(data: bytes, splitter: Splitter) -> list[LogChunk]: ...

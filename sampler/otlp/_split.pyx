@@ -19,7 +19,7 @@ from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.list cimport PyList_Append
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
 
 from sampler.otlp import wire
@@ -44,6 +44,8 @@ cdef int M_ANYVALUE = wire.M_ANYVALUE
 cdef int M_EVENT = wire.M_EVENT
 cdef int M_LINK = wire.M_LINK
 cdef int M_SCOPESPANS = wire.M_SCOPESPANS
+cdef int M_LOGRECORD = wire.M_LOGRECORD
+cdef int M_SCOPELOGS = wire.M_SCOPELOGS
 
 
 def _load_schema():
@@ -793,3 +795,249 @@ def split_request(bytes data, splitter):
         else:
             pos = skip(b, pos, end, tag, 0)
     return w.out
+
+
+# Logs: an ExportLogsServiceRequest split into per-trace LogChunks (sampler.otlp.logs), the same as
+# logs._split_logs gives and refusing the same requests. LogChunk stays the interpreted class, and
+# logs.py imports this module, so the names it needs from there are fetched on the first call.
+
+cdef object _LogChunk = None
+cdef object _GROUP_KEYS = None
+cdef unsigned char ZERO_ID[16]
+memset(ZERO_ID, 0, 16)
+
+
+cdef int _load_logs() except -1:
+    global _LogChunk, _GROUP_KEYS
+    from sampler.otlp.logs import GROUP_KEYS, LogChunk
+    _GROUP_KEYS = GROUP_KEYS
+    _LogChunk = LogChunk
+    return 0
+
+
+cdef struct RecordInfo:
+    Py_ssize_t trace_id  # offset of the 16 trace-id bytes; -1: none (absent, empty or all zero)
+    int32_t severity
+    bint marked
+
+
+cdef int read_record(const unsigned char* b, Py_ssize_t pos, Py_ssize_t end, Keys kx, RecordInfo* r) except -1:
+    """Validate one LogRecord and fill `r` (kx: the keys of MARK_KEYS, all of them wanted)."""
+    cdef int depth = 3
+    cdef int kind, ki
+    cdef uint64_t tag, v
+    cdef Py_ssize_t n, stop
+    cdef Py_ssize_t value[2]
+    r.trace_id = -1
+    r.severity = 0
+    r.marked = False
+    while pos < end:
+        pos = tag_of(b, pos, end, &tag)
+        if tag & 7 == 2:
+            pos = length_of(b, pos, end, &n)
+            stop = pos + n
+            tag >>= 3
+            if tag == 6:
+                ki = attribute(b, pos, stop, kx, value, depth + 1)
+                if ki >= 0 and any_value(b, value[0], value[1], depth + 2, True) is not None:
+                    r.marked = True
+            elif tag == 9:
+                if n != 16 and n != 0:
+                    fail(f"log record trace_id has {n} bytes, want 16 or none")
+                r.trace_id = pos if n == 16 and memcmp(b + pos, ZERO_ID, 16) != 0 else -1
+            elif tag == 10:
+                if n != 8 and n != 0:
+                    fail(f"log record span_id has {n} bytes, want 8 or none")
+            else:
+                kind = kind_of(M_LOGRECORD, tag)
+                if kind == K_STRING:
+                    check_utf8(b, pos, stop)
+                elif kind == K_MESSAGE:
+                    check_message(b, pos, stop, SUB[M_LOGRECORD][tag], depth + 1)
+            pos = stop
+        elif tag == 0x10:  # severity_number, an int32 enum
+            if pos < end and b[pos] < 0x80:
+                v = b[pos]
+                pos += 1
+            else:
+                pos = varint(b, pos, end, &v)
+            r.severity = <int32_t><uint32_t>(v & 0xFFFFFFFF)
+        elif tag & 7 == 4:
+            fail(f"unexpected end-group at byte {pos}")
+        else:
+            pos = skip(b, pos, end, tag, depth)
+    return 0
+
+
+@cython.final
+cdef class _LogAcc:
+    """A trace's records as they are read; made into a LogChunk at the end."""
+
+    cdef bytes trace_id
+    cdef list records
+    cdef list groups
+    cdef Py_ssize_t nbytes
+    cdef int32_t severity_max
+    cdef bint marked
+
+
+@cython.final
+cdef class _LogSplit:
+    cdef object splitter
+    cdef Keys kx
+    cdef list out  # the _LogAccs in order of first appearance
+    cdef dict by_trace
+    cdef _LogAcc last
+
+    cdef object group(self, bytes resource, bytes scope):
+        group = self.splitter.log_group(resource, scope)
+        if group is None:
+            group = self.splitter.add_log_group(
+                Group(resource, scope, wire.resource_attrs(resource, _GROUP_KEYS), logs=True))
+        return group
+
+    cdef int add_record(self, const unsigned char* b, Py_ssize_t start, Py_ssize_t stop, object group) except -1:
+        cdef RecordInfo r
+        cdef _LogAcc acc
+        cdef PyObject* found
+        cdef Py_ssize_t idlen
+        read_record(b, start, stop, self.kx, &r)
+        idlen = 0 if r.trace_id < 0 else 16
+        acc = self.last
+        if acc is None or PyBytes_GET_SIZE(acc.trace_id) != idlen or (
+                idlen and memcmp(PyBytes_AS_STRING(acc.trace_id), b + r.trace_id, 16) != 0):
+            trace_id = PyBytes_FromStringAndSize(<const char*>b + r.trace_id, 16) if idlen else b""
+            found = PyDict_GetItem(self.by_trace, trace_id)
+            if found is NULL:
+                acc = _LogAcc.__new__(_LogAcc)
+                acc.trace_id = trace_id
+                acc.records = []
+                acc.groups = []
+                acc.nbytes = 0
+                acc.severity_max = 0
+                acc.marked = False
+                PyDict_SetItem(self.by_trace, trace_id, acc)
+                PyList_Append(self.out, acc)
+            else:
+                acc = <_LogAcc>found
+            self.last = acc
+        PyList_Append(acc.records, PyBytes_FromStringAndSize(<const char*>b + start, stop - start))
+        PyList_Append(acc.groups, group)
+        acc.nbytes += stop - start
+        if r.severity > acc.severity_max:
+            acc.severity_max = r.severity
+        if r.marked:
+            acc.marked = True
+        return 0
+
+    cdef int scope_logs(self, bytes data, const unsigned char* b, Py_ssize_t pos, Py_ssize_t end,
+                        bytes resource) except -1:
+        """As scope_spans: the scope's own fields first (its header), then its records."""
+        cdef uint64_t tag
+        cdef Py_ssize_t n, fstart, start = pos
+        cdef int kind
+        cdef bint has_records = False
+        cdef list header = []
+        while pos < end:
+            fstart = pos
+            pos = tag_of(b, pos, end, &tag)
+            if tag == 0x12:
+                pos = length_of(b, pos, end, &n)
+                pos += n
+                has_records = True
+                continue
+            if tag & 7 == 2:
+                pos = length_of(b, pos, end, &n)
+                kind = kind_of(M_SCOPELOGS, tag >> 3)
+                if kind == K_MESSAGE:
+                    check_message(b, pos, pos + n, SUB[M_SCOPELOGS][tag >> 3], 3)
+                elif kind == K_STRING:
+                    check_utf8(b, pos, pos + n)
+                pos += n
+            elif tag & 7 == 4:
+                fail(f"unexpected end-group at byte {pos}")
+            else:
+                pos = skip(b, pos, end, tag, 2)
+            header.append(data[fstart:pos])
+        if not has_records:
+            return 0
+        group = self.group(resource, b"".join(header))
+        pos = start
+        while pos < end:
+            pos = tag_of(b, pos, end, &tag)
+            if tag == 0x12:
+                pos = length_of(b, pos, end, &n)
+                self.add_record(b, pos, pos + n, group)
+                pos += n
+            else:
+                pos = skip(b, pos, end, tag, 2)
+        return 0
+
+    cdef int resource_logs(self, bytes data, const unsigned char* b, Py_ssize_t pos, Py_ssize_t end) except -1:
+        cdef uint64_t tag
+        cdef Py_ssize_t n, fstart, i
+        cdef list header = []
+        cdef list scopes = []
+        while pos < end:
+            fstart = pos
+            pos = tag_of(b, pos, end, &tag)
+            if tag == 0x12:
+                pos = length_of(b, pos, end, &n)
+                scopes.append(pos)
+                scopes.append(pos + n)
+                pos += n
+                continue
+            if tag == 0x0A:
+                pos = length_of(b, pos, end, &n)
+                check_message(b, pos, pos + n, M_RESOURCE, 2)
+                pos += n
+            elif tag == 0x1A:
+                pos = string_field(b, pos, end)
+            elif tag & 7 == 4:
+                fail(f"unexpected end-group at byte {pos}")
+            else:
+                pos = skip(b, pos, end, tag, 1)
+            header.append(data[fstart:pos])
+        resource = b"".join(header)
+        for i in range(0, len(scopes), 2):
+            self.scope_logs(data, b, scopes[i], scopes[i + 1], resource)
+        return 0
+
+
+def split_logs(bytes data, splitter):
+    """Split an ExportLogsServiceRequest into per-trace LogChunks (in order of first appearance; the
+    records without a trace id in the chunk whose trace_id is b""); raise WireError if protobuf
+    would refuse it, or if a record's trace_id or span_id has a length OTLP forbids."""
+    if _LogChunk is None:
+        _load_logs()
+    cdef _LogSplit w = _LogSplit.__new__(_LogSplit)
+    w.splitter = splitter
+    w.kx = _keys(MARK_KEYS)
+    w.out = []
+    w.by_trace = {}
+    w.last = None
+    cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t end = PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t pos = 0, n
+    cdef uint64_t tag
+    cdef _LogAcc acc
+    while pos < end:
+        pos = tag_of(b, pos, end, &tag)
+        if tag == 0x0A:
+            pos = length_of(b, pos, end, &n)
+            w.resource_logs(data, b, pos, pos + n)
+            pos += n
+        elif tag & 7 == 4:
+            fail(f"unexpected end-group at byte {pos}")
+        else:
+            pos = skip(b, pos, end, tag, 0)
+    chunks = []
+    for acc in w.out:
+        chunk = _LogChunk(acc.trace_id)
+        chunk.records = acc.records
+        chunk.groups = acc.groups
+        chunk.nbytes = acc.nbytes
+        chunk.severity_max = acc.severity_max
+        chunk.marked = acc.marked
+        PyList_Append(chunks, chunk)
+    return chunks

@@ -158,5 +158,11 @@ def _split_logs(data: bytes, splitter: Splitter) -> list[LogChunk]:
     return list(walk.by_trace.values())
 
 
-split_logs: Callable[[bytes, Splitter], list[LogChunk]] = _split_logs
-COMPILED = False
+split_logs: Callable[[bytes, Splitter], list[LogChunk]]
+try:
+    from sampler.otlp._split import split_logs
+except ImportError:  # no compiled module (TAILSAMPLER_NO_COMPILE, no compiler): the interpreted path
+    split_logs = _split_logs
+    COMPILED = False
+else:
+    COMPILED = True
