@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+import sampler.otlp.logs as logs
 import sampler.otlp.split as split
 from sampler.otlp.split import Chunk, Splitter
 from sampler.otlp.wire import AttrValue, SpanFields, WireError
@@ -74,6 +75,8 @@ def outcome(split_request: Split, data: bytes, keys: frozenset[str], whole_spans
 
 def test_compiled_flag_reports_the_loaded_module() -> None:
     assert split.COMPILED is (split.split_request is not split._split_request)
+    assert logs.COMPILED is (logs.split_logs is not logs._split_logs)
+    assert logs.COMPILED is split.COMPILED  # both splitters are in the one extension module, _split
 
 
 def test_a_built_extension_is_the_module_loaded() -> None:
@@ -82,6 +85,7 @@ def test_a_built_extension_is_the_module_loaded() -> None:
     built = [p for p in Path(split.__file__).parent.glob("_split.*") if p.suffix in (".so", ".pyd")]
     if built or os.environ.get("TAILSAMPLER_EXPECT_COMPILED") == "1":
         assert split.COMPILED, "compiled splitter not loaded"
+        assert logs.COMPILED, "compiled logs splitter not loaded"
     if os.environ.get("TAILSAMPLER_EXPECT_COMPILED") == "1":
         for name in _compiled_module_names():
             module = importlib.import_module(name)
