@@ -21,3 +21,16 @@ def test_hotpath_prints_its_keys() -> None:
             "buffered_to_serialized", "deep_spans_per_s", "deep_floor_spans_per_s", "deep_ratio")
     assert all(result[k] > 0 for k in keys), result
     assert result["depth"] == 2
+
+
+def test_logsplit_prints_its_keys() -> None:
+    out = subprocess.run(
+        [sys.executable, "bench/logsplit.py", "--requests", "2", "--records", "40", "--repeat", "1", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
+    ).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    keys = ["interpreted_records_per_s", "floor_records_per_s", "interpreted_ratio", "bytes_per_record"]
+    if result["compiled"]:
+        keys += ["compiled_records_per_s", "compiled_ratio", "compiled_speedup"]
+    assert all(result[k] > 0 for k in keys), result
+    assert (result["requests"], result["records_per_request"]) == (2, 40)
