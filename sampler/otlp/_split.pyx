@@ -11,6 +11,9 @@ itself spends its time building messages nobody reads. Walking the tags with poi
 validating what protobuf validates (framing, wire types, UTF-8, recursion depth) and folding each
 span straight into its trace's chunk costs a fraction of a full parse, and the only Python objects
 made per span are its bytes and a list slot.
+
+`split_logs` does the same for an ExportLogsServiceRequest (loaded by `sampler.otlp.logs`, whose
+`_split_logs` is its interpreted equivalent): records grouped by trace id into LogChunks.
 """
 
 cimport cython
