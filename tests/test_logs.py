@@ -5,7 +5,9 @@ to a real OTLP/gRPC backend; sharded instances meet a trace's spans and records 
 from __future__ import annotations
 
 import gzip
+import logging
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,9 +17,8 @@ from typing import Any
 import grpc
 import pytest
 from opentelemetry import trace
-from opentelemetry._logs import SeverityNumber
 from opentelemetry.context import Context
-from opentelemetry.sdk._logs import Logger, LoggerProvider
+from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricExporter, PeriodicExportingMetricReader
@@ -85,22 +86,23 @@ def metric_exporter(protocol: str, target: str, http_url: str = "") -> MetricExp
 
 @dataclass
 class App:
-    """One service instrumented with the SDK: spans and logs (the SDK's logger, which takes the trace
-and span ids from the current span, as its logging bridges do)."""
+    """One service instrumented with the SDK: spans, and logs through Python's `logging` with the
+SDK's LoggingHandler, which gives each record the trace and span ids of the current span."""
 
     name: str
     tracer_provider: TracerProvider
     logger_provider: LoggerProvider
-    logger: Logger
+    logger: logging.Logger
+    handler: LoggingHandler
 
     def info(self, message: str) -> None:
-        self.logger.emit(severity_number=SeverityNumber.INFO, severity_text="INFO", body=message)
+        self.logger.info(message)
 
     def warning(self, message: str) -> None:
-        self.logger.emit(severity_number=SeverityNumber.WARN, severity_text="WARN", body=message)
+        self.logger.warning(message)
 
     def error(self, message: str) -> None:
-        self.logger.emit(severity_number=SeverityNumber.ERROR, severity_text="ERROR", body=message)
+        self.logger.error(message)
 
     @property
     def tracer(self) -> trace.Tracer:
@@ -111,6 +113,7 @@ and span ids from the current span, as its logging bridges do)."""
         assert self.logger_provider.force_flush(timeout_millis=15_000), f"{self.name}: logs not exported"
 
     def shutdown(self) -> None:
+        self.logger.removeHandler(self.handler)
         self.tracer_provider.shutdown()
         self.logger_provider.shutdown()
 
@@ -122,9 +125,14 @@ def make_app(name: str, spans: SpanExporter, logs: LogRecordExporter, simple: bo
                                        else BatchSpanProcessor(spans, schedule_delay_millis=200))
     logger_provider = LoggerProvider(resource=resource)
     logger_provider.add_log_record_processor(BatchLogRecordProcessor(logs, schedule_delay_millis=200))
-    logger = logger_provider.get_logger("tests.logs")
-    assert isinstance(logger, Logger)
-    return App(name, tracer_provider, logger_provider, logger)
+    with warnings.catch_warnings():  # deprecated for the instrumentation package's handler; the same records
+        warnings.simplefilter("ignore", DeprecationWarning)
+        handler = LoggingHandler(level=logging.INFO, logger_provider=logger_provider)
+    logger = logging.getLogger(f"tests.logs.{name}.{id(logger_provider)}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.addHandler(handler)
+    return App(name, tracer_provider, logger_provider, logger, handler)
 
 
 @dataclass
