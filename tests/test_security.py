@@ -19,6 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from sampler.otlp.transport import LOGS_EXPORT_METHOD, METRICS_EXPORT_METHOD
 from tests.otlp_backend import (
     EXPORT_METHOD,
     SERVICE,
@@ -27,7 +28,7 @@ from tests.otlp_backend import (
     free_port,
     wait_until,
 )
-from tests.spans import S, request, tid
+from tests.spans import L, S, logs_request, request, tid
 
 ALWAYS = "policies: [{name: all, type: always_sample}]\n"
 
@@ -180,6 +181,20 @@ def test_bearer_tokens_are_required_rotated_and_never_logged(tmp_path: Path) -> 
                                              {"Authorization": "Bearer s3cret-two"}) == 200, 5)
         assert https_post(url, request([S(6, 6)]), None, {"Authorization": "Bearer s3cret-one"}) == 401
         assert ts.metric("tailsampler_requests_refused_total", {"protocol": "grpc", "reason": "unauthenticated"}) == 2
+        # logs and metrics take the same token, on both receivers
+        logs_url = url.replace("/v1/traces", "/v1/logs")
+        assert https_post(logs_url, logs_request([L(7, 7)]), None) == 401
+        assert https_post(logs_url, logs_request([L(7, 7)]), None, {"Authorization": "Bearer s3cret-two"}) == 200
+        assert https_post(url.replace("/v1/traces", "/v1/metrics"), b"", None) == 401
+        with grpc.insecure_channel(ts.grpc_target) as channel:
+            for method in (LOGS_EXPORT_METHOD, METRICS_EXPORT_METHOD):
+                with pytest.raises(grpc.RpcError) as info:
+                    channel.unary_unary(method)(b"", timeout=10)
+                assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            channel.unary_unary(LOGS_EXPORT_METHOD)(logs_request([L(8, 8)]), timeout=10,
+                                                    metadata=(("authorization", "Bearer s3cret-two"),))
+        assert ts.metric("tailsampler_log_records_received_total", {"protocol": "http"}) == 1
+        assert ts.metric("tailsampler_log_records_received_total", {"protocol": "grpc"}) == 1
     finally:
         stopped = ts.stop()
     assert stopped.code == 0
