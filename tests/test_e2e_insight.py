@@ -57,7 +57,8 @@ def send(tracers: dict[str, trace.Tracer], t0: int, index: int) -> tuple[str, bo
 def test_red_metrics_and_service_graph_count_all_traces_exemplars_name_kept_ones(
     otlp_backend: OtlpBackend, tailsampler_factory: StartTailsampler
 ) -> None:
-    ts = tailsampler_factory(otlp_backend.endpoint, POLICIES, decision_wait="1s")
+    ts = tailsampler_factory(otlp_backend.endpoint, POLICIES, decision_wait="1s",
+                             extra="service_graph: {enabled: true}\n")
     providers = {}
     for service in SERVICES:
         provider = TracerProvider(resource=Resource.create({"service.name": service}))

@@ -332,7 +332,8 @@ def test_the_live_graph_of_a_running_tailsampler_updates_when_traffic_arrives(
 
     from tests.spans import S, request
 
-    ts = tailsampler_factory(None, "policies: [{name: errors, type: errors, errors: {}}]\n", decision_wait="200ms")
+    ts = tailsampler_factory(None, "policies: [{name: errors, type: errors, errors: {}}]\n", decision_wait="200ms",
+                             extra="service_graph: {enabled: true}\n")
 
     def send(spans: list[S]) -> None:
         reply = http_request(ts.http_url, request(spans), {"Content-Type": "application/x-protobuf"}, "POST")

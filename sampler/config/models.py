@@ -221,7 +221,9 @@ class SpanMetricsConfig(_Model):
 
 class ServiceGraphConfig(_Model):
     # traces_service_graph_* and the orphan-span counts from every trace decided, and the live /graph page.
-    enabled: bool = True
+    # Off by default for now: pairing spans at decision time is interpreted Python and costs several
+    # times the rest of the hot path (README, Performance).
+    enabled: bool = False
 
 
 class Config(_Model):
