@@ -550,6 +550,8 @@ admin: {{endpoint: "{HOST}:{admin_port}"}}
 peers: {{self: "{HOST}:{grpc_port}"}}
 shutdown_timeout: 5s
 log_level: warning
+span_metrics: {{enabled: {"false" if args.insight == "off" else "true"}}}
+service_graph: {{enabled: {"true" if args.insight == "on" else "false"}}}
 """
     )
 
@@ -916,6 +918,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="short phases (3 s) for a smoke run")
+    parser.add_argument("--insight", choices=["on", "metrics", "off"], default="on",
+                        help="span metrics and service graph (on, the default config), span metrics only, neither")
     parser.add_argument("--sizes", default="512,64", help="spans per request, comma-separated")
     parser.add_argument("--phase-seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=1.5)

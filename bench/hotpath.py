@@ -7,6 +7,12 @@ one that limits a process), and `compress_thread_us_per_span` the thread's CPU p
 The decision cache starts full (of other ids), as in a server that has been deciding for a while.
 
     .venv/bin/python bench/hotpath.py [--requests N] [--repeat R] [--json] [--depth D] [--no-compress]
+                                      [--insight on|metrics|off] [--insight-compare]
+
+`--insight` sets what is learned from all traffic as the server's defaults do (on: span metrics at
+ingest and the service graph and exemplars at decision time; metrics: span metrics only; off: none).
+`--insight-compare` runs the three side by side, interleaved run by run, and reports each one's
+spans/s and CPU per span (the loop is single-threaded: wall time is its CPU) against off.
 
 `bytes_per_buffered_span` is measured over a full buffer of other requests (every byte the buffer
 holds, overhead included, as tracemalloc sees it, divided by the spans held), once a compression
@@ -36,6 +42,9 @@ from typing import Any
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from sampler.exporters.base import encode_batch
+from sampler.insight.live import Insight
+from sampler.insight.servicegraph import ServiceGraph
+from sampler.insight.spanmetrics import SpanMetrics
 from sampler.pipeline.buffer import Buffer
 from sampler.pipeline.core import Core, KeptTrace, PackJob, pack_jobs
 from sampler.pipeline.decisions import DecisionCache
@@ -47,6 +56,7 @@ from sampler.server.settings import default_policies_doc
 from sampler.tools.demo import build_template
 
 COMPRESS = True  # --no-compress: the buffer without packing or compression (spans held as they came)
+INSIGHT = "on"  # --insight: on | metrics | off
 
 
 def make_requests(n: int, seed: int = 1) -> tuple[list[bytes], int]:
@@ -76,8 +86,11 @@ def new_core(kept: list[KeptTrace], depth: int = 1, cache: DecisionCache | None 
     """A core whose traces are due `depth` requests after they arrive (one request per clock second),
     packed and compressed a quarter of a second after they arrive."""
     engine = load_policies(default_policies_doc()).engine()
+    insight = None
+    if INSIGHT != "off":
+        insight = Insight(SpanMetrics(), ServiceGraph() if INSIGHT == "on" else None)
     return Core(Buffer(10**7, 2**40, depth - 0.5, 1e9, compress_after=0.25), engine,
-                cache or DecisionCache(100_000, 1_000_000), kept.append)
+                cache or DecisionCache(100_000, 1_000_000), kept.append, insight=insight)
 
 
 COMPRESS_THREAD_SECONDS = [0.0]
@@ -161,6 +174,30 @@ def memory_per_span(warm: list[bytes], requests: list[bytes]) -> tuple[float, fl
     return held / spans, core.buffer.nbytes / spans, serialized / spans
 
 
+def compare_insight(requests: list[bytes], spans: int, repeat: int, as_json: bool) -> None:
+    """The hot path with insight off, span metrics only, and both, interleaved run by run."""
+    global INSIGHT
+    modes = ("off", "metrics", "on")
+    rates: dict[str, list[float]] = {m: [] for m in modes}
+    for _ in range(repeat):
+        for mode in modes:
+            INSIGHT = mode
+            rates[mode].append(spans / run_hotpath(requests))
+    result = {}
+    for mode in modes:
+        rate = statistics.median(rates[mode])
+        result[mode] = {"spans_per_s": round(rate), "us_per_span": round(1e6 / rate, 3),
+                        "extra_cpu_per_span": round(statistics.median(rates["off"]) / rate - 1, 3)}
+    if as_json:
+        print(json.dumps(result))
+        return
+    print(f"hotpath insight: {len(requests)} requests x 512 spans, median of {repeat} interleaved runs")
+    for mode in modes:
+        r = result[mode]
+        print(f"  {mode:<8} {r['spans_per_s']:>12,} spans/s  {r['us_per_span']:>7} us/span  "
+              f"{r['extra_cpu_per_span']:+.1%} CPU per span vs off")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=40)
@@ -168,11 +205,18 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--depth", type=int, default=0, help="also measure with this many requests buffered")
     parser.add_argument("--no-compress", action="store_true", help="hold spans as they came: no packing, no zstd")
+    parser.add_argument("--insight", choices=["on", "metrics", "off"], default="on",
+                        help="span metrics and service graph (on), span metrics only, or neither")
+    parser.add_argument("--insight-compare", action="store_true", help="on, metrics and off side by side")
     args = parser.parse_args()
-    global COMPRESS
+    global COMPRESS, INSIGHT
     COMPRESS = not args.no_compress
+    INSIGHT = args.insight
     requests, spans = make_requests(args.requests)
     tune_gc()  # as `tailsampler run` does
+    if args.insight_compare:
+        compare_insight(requests, spans, args.repeat, args.json)
+        return
     hot = []
     floor = []
     for _ in range(args.repeat):

@@ -41,6 +41,7 @@ class S:
     trace_state: str = ""
     flags: int = 0
     events: list[tuple[str, dict[str, Value]]] = field(default_factory=list)
+    kind: int = 2  # Span.SPAN_KIND_SERVER
 
 
 def tid(n: int) -> bytes:
@@ -55,7 +56,8 @@ def sid(n: int) -> bytes:
 def span_message(s: S) -> Span:
     return Span(
         trace_id=tid(s.trace), span_id=sid(s.span), parent_span_id=sid(s.parent) if s.parent is not None else b"",
-        name=s.name, kind=Span.SPAN_KIND_SERVER, start_time_unix_nano=s.start_ms * 10**6,
+        name=s.name, kind=s.kind,  # type: ignore[arg-type]
+        start_time_unix_nano=s.start_ms * 10**6,
         end_time_unix_nano=s.end_ms * 10**6, status=Status(code=s.status),  # type: ignore[arg-type]
         attributes=[kv(k, v) for k, v in s.attrs.items()], trace_state=s.trace_state, flags=s.flags,
         events=[Span.Event(name=n, attributes=[kv(k, v) for k, v in a.items()]) for n, a in s.events],

@@ -54,23 +54,41 @@ def wide_value_bits(key: str, value: AttrValue) -> int:
     return value_bits(key, value) << 70  # an engine with more predicates than a C integer holds
 
 
-def splitter(keys: frozenset[str], whole_spans: bool = False, wide: bool = False) -> Splitter:
-    return Splitter(keys, wide_value_bits if wide else value_bits, resource_bits, span_bits if whole_spans else None)
+BOUNDS_NS = (2_000_000, 10_000_000, 1_000_000_000)
+DIMS = ("http.route", "n", "peer.service")
+
+
+def tally_for(split_request: Split, max_series: int = 10_000) -> split.Tally:
+    """Each splitter's own tally: the compiled one counts into the compiled class's C arrays."""
+    if split_request is split._split_request:
+        return split.SpanTally(BOUNDS_NS, DIMS, max_series)
+    from sampler.otlp._split import Tally
+
+    return Tally(BOUNDS_NS, DIMS, max_series)
+
+
+def splitter(keys: frozenset[str], whole_spans: bool = False, wide: bool = False,
+             tally: split.Tally | None = None) -> Splitter:
+    return Splitter(keys, wide_value_bits if wide else value_bits, resource_bits, span_bits if whole_spans else None,
+                    tally=tally, records=tally is not None)
 
 
 def outcome(split_request: Split, data: bytes, keys: frozenset[str], whole_spans: bool = False,
-            wide: bool = False) -> object:
-    """Everything a splitter tells the core about a request, or that it refused it."""
+            wide: bool = False, insight: bool = False) -> object:
+    """Everything a splitter tells the core about a request, or that it refused it; with `insight`,
+    what it counted in its tally and recorded for the service graph too."""
+    tally = tally_for(split_request, 3) if insight else None
     try:
-        chunks = split_request(data, splitter(keys, whole_spans, wide))
+        chunks = split_request(data, splitter(keys, whole_spans, wide, tally))
     except WireError:
         return "refused"
     return [
         (c.trace_id, c.spans, [(g.resource, g.scope, g.attrs, g.service, g.match_bits) for g in c.groups],
          c.nbytes, c.min_start, c.max_end, c.status_mask, c.bits, c.root_name, c.root_attrs,
-         None if c.root_group is None else c.root_group.resource, c.marked)
+         None if c.root_group is None else c.root_group.resource, c.marked,
+         None if c.graph is None else bytes(c.graph), c.peers)
         for c in chunks
-    ]
+    ], None if tally is None else tally.snapshot()
 
 
 def test_compiled_flag_reports_the_loaded_module() -> None:
@@ -118,9 +136,10 @@ def test_splitters_agree_on_realistic_requests_with_many_key_sets() -> None:
         for keys in key_sets:
             for whole_spans in (False, True):
                 for wide in (False, True):
-                    outcomes = [outcome(s, req, keys, whole_spans, wide) for s in SPLITS]
-                    assert outcomes[0] != "refused"
-                    assert all(o == outcomes[0] for o in outcomes), (keys, whole_spans, wide)
+                    for insight in (False, True):
+                        outcomes = [outcome(s, req, keys, whole_spans, wide, insight) for s in SPLITS]
+                        assert outcomes[0] != "refused"
+                        assert all(o == outcomes[0] for o in outcomes), (keys, whole_spans, wide, insight)
 
 
 def test_a_repeated_wanted_key_keeps_its_last_value_in_both() -> None:
@@ -161,6 +180,8 @@ def test_splitters_differential_on_mutated_requests(data: bytes) -> None:
     and the compiled and interpreted splitters give exactly the same chunks."""
     outcomes = [outcome(s, data, KEYS) for s in SPLITS]
     assert all(o == outcomes[0] for o in outcomes)
+    counted = [outcome(s, data, KEYS, insight=True) for s in SPLITS]
+    assert all(o == counted[0] for o in counted)
     try:
         parsed = upb_spans(data)
     except DecodeError:
@@ -203,6 +224,6 @@ def test_each_splitter_chunk_has_every_field_the_protocol_names(split_request: S
     chunk = split_request(data, Splitter(KEYS, value_bits, resource_bits))[0]
     reference = split._split_request(data, Splitter(KEYS, value_bits, resource_bits))[0]
     fields = [*Chunk.__annotations__, "bits"]
-    assert len(fields) == 12
+    assert len(fields) == 14
     for name in fields:
         assert type(getattr(chunk, name)) is type(getattr(reference, name)), name

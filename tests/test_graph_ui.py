@@ -320,3 +320,40 @@ def test_an_empty_graph_is_drawn_without_errors_and_fills_in() -> None:
             assert page.errors == []
 
     run(check)
+
+
+def test_the_live_graph_of_a_running_tailsampler_updates_when_traffic_arrives(
+    tailsampler_factory: Callable[..., Any],
+) -> None:
+    """The whole path: OTLP requests into `tailsampler run`, decided traces into its live graph, the
+    page polling /graph.json: a new edge appears when traffic with it arrives, and orphans show."""
+    _browser()
+    from otlp_backend import http_request
+
+    from tests.spans import S, request
+
+    ts = tailsampler_factory(None, "policies: [{name: errors, type: errors, errors: {}}]\n", decision_wait="200ms",
+                             extra="service_graph: {enabled: true}\n")
+
+    def send(spans: list[S]) -> None:
+        reply = http_request(ts.http_url, request(spans), {"Content-Type": "application/x-protobuf"}, "POST")
+        assert reply.status == 200, reply.body
+
+    async def check() -> None:
+        async with browser_page(ts.admin_url) as page:
+            send([S(1, 1, name="GET /", service="web", kind=2), S(1, 2, 1, service="web", kind=3)])
+            send([S(1, 3, 2, service="api", kind=2)])
+            await page.page.wait_for_selector('g.edge[data-client="web"][data-server="api"]', timeout=15_000)
+            before = await page.updates()
+            send([S(2, 1, name="GET /", service="web", kind=2), S(2, 2, 1, service="web", kind=3,
+                                                                  attrs={"db.system": "redis"})])
+            send([S(3, 5, 4, service="lost", kind=2)])  # its parent never arrives: an orphan, and no root
+            await page.page.wait_for_selector('g.edge[data-client="web"][data-server="redis"]', timeout=15_000)
+            await page.page.wait_for_selector('g.node.orphaned[data-id="lost"]', timeout=15_000)
+            assert await page.updates() > before
+            nodes, edges = await page.drawn()
+            assert {"web", "api", "redis", "lost"} <= nodes
+            assert {("web", "api"), ("web", "redis"), ("user", "web")} <= edges
+            assert page.errors == []
+
+    run(check)

@@ -14,6 +14,9 @@ import pytest
 
 from sampler.config.yamlfile import parse_yaml
 from sampler.exporters.queue import ExportQueue
+from sampler.insight.live import Insight
+from sampler.insight.servicegraph import ServiceGraph
+from sampler.insight.spanmetrics import SpanMetrics
 from sampler.pipeline.buffer import Buffer
 from sampler.pipeline.core import Core, KeptTrace
 from sampler.pipeline.decisions import DecisionCache
@@ -22,7 +25,7 @@ from sampler.policy.loader import load_policies
 from sampler.policy.rate_limiting import RateLimiting
 from sampler.server.app import App, keep_unchanged
 from sampler.server.log_setup import JsonFormatter
-from sampler.server.metrics import MemoryCollector, Metrics, SignalsCollector
+from sampler.server.metrics import InsightCollector, MemoryCollector, Metrics, SignalsCollector
 from sampler.server.settings import load_config
 from tests.spans import S, request, tid
 from tests.test_exporters import FAST, value
@@ -101,12 +104,16 @@ def test_json_log_lines() -> None:
 def test_dashboard_queries_only_exported_metrics() -> None:
     dashboard = json.loads((ROOT / "dashboards" / "tailsampler.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-    used = {m for e in exprs for m in re.findall(r"tailsampler_[a-z_]+", e)}
+    used = {m for e in exprs for m in re.findall(r"(?:tailsampler|traces)_[a-z_]+", e)}
     core = core_with(Buffer(10, 10**6, 5, 60))
-    core.ingest(request([S(1, 1)]), "grpc", 0.0)
-    core.decide_all(1.0)
+    core.insight = Insight(SpanMetrics(), ServiceGraph())
+    core.set_engine(core.engine)  # a splitter that counts into the insight's tally
+    core.ingest(request([S(1, 1, kind=2), S(1, 2, 1, kind=3, status=2), S(1, 3, 2, service="b", kind=2),
+                         S(2, 5, 4)]), "grpc", 0.0)
+    core.sweep(100.0)  # on quiet: the orphan of trace 2 counts
     metrics = Metrics(core)
     metrics.registry.register(MemoryCollector(lambda: ({"buffer": 1}, 2), lambda: 0, 3))
+    metrics.registry.register(InsightCollector(core.insight))
 
     async def names_with_queue() -> set[str]:
         queue = ExportQueue(_Collect(), metrics, 10**6, 10, FAST)  # type: ignore[arg-type]
@@ -120,7 +127,7 @@ def test_dashboard_queries_only_exported_metrics() -> None:
     assert used and used <= names, used - names
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     for topic in ("ingest", "policy", "buffer", "early", "late", "export", "lag", "reload", "memory", "pressure",
-                  "log records", "metric points"):
+                  "log records", "metric points", "rate", "errors", "p95", "service graph", "orphan"):
         assert topic in titles
 
 

@@ -210,6 +210,20 @@ class LogsConfig(_Model):
     untraced: Literal["pass", "drop"] = "pass"
 
 
+class SpanMetricsConfig(_Model):
+    # traces_spanmetrics_calls_total and traces_spanmetrics_latency from every span received, at ingest.
+    enabled: bool = True
+    # Span attributes added as labels (dots and other characters Prometheus refuses become "_").
+    dimensions: list[str] = []
+    # Label sets counted by name; spans of any further one are counted in one otel_metric_overflow="true" series.
+    max_series: int = Field(default=10_000, ge=1)
+
+
+class ServiceGraphConfig(_Model):
+    # traces_service_graph_* and the orphan-span counts from every trace decided, and the live /graph page.
+    enabled: bool = True
+
+
 class Config(_Model):
     # The process's resident memory stays under this (sampler/pipeline/memory.py). auto: 80% of the container's
     # memory limit (cgroup), none when there is none; null: no limit.
@@ -222,6 +236,8 @@ class Config(_Model):
     admin: AdminConfig = AdminConfig()
     peers: PeersConfig = PeersConfig()
     logs: LogsConfig = LogsConfig()
+    span_metrics: SpanMetricsConfig = SpanMetricsConfig()
+    service_graph: ServiceGraphConfig = ServiceGraphConfig()
     shutdown_timeout: Duration = 20.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

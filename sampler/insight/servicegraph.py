@@ -223,7 +223,7 @@ class Histogram:
 class EdgeStats:
     """Totals of one edge since the graph started."""
 
-    __slots__ = ("client", "exemplar", "failed", "latency", "requests", "server")
+    __slots__ = ("client", "exemplar", "exemplar_seconds", "failed", "latency", "requests", "server")
 
     def __init__(self, buckets: tuple[float, ...]) -> None:
         self.requests = 0
@@ -232,6 +232,7 @@ class EdgeStats:
         self.server = Histogram(buckets)  # traces_service_graph_request_server_seconds
         self.latency = Histogram(DISPLAY_BUCKETS)  # what the caller saw, for the page's p95
         self.exemplar: bytes | None = None  # the last kept trace with a request on this edge
+        self.exemplar_seconds = (0.0, 0.0)  # that request's client- and server-side latency
 
     def add(self, request: EdgeRequest, exemplar: bytes | None) -> None:
         self.requests += 1
@@ -241,6 +242,7 @@ class EdgeStats:
         self.latency.observe(request.seconds)
         if exemplar is not None:
             self.exemplar = exemplar
+            self.exemplar_seconds = (request.client_seconds, request.server_seconds)
 
 
 class ServiceGraph:
@@ -268,13 +270,15 @@ class ServiceGraph:
         self.add(graph, trace_id, kept)
         return graph
 
-    def add(self, graph: TraceGraph, trace_id: bytes = b"", kept: bool = False) -> None:
+    def add(self, graph: TraceGraph, trace_id: bytes = b"", kept: bool = False, broken: bool = True) -> None:
+        """Counts one trace's graph; its orphan spans and missing root only with `broken` (a trace
+        decided early, before all of it arrived, would look broken when it is not)."""
         self.traces += 1
-        if not graph.has_root:
+        if broken and not graph.has_root:
             self.traces_without_root += 1
         for service in graph.services:
             self._service(service)
-        for service, n in graph.orphans.items():
+        for service, n in graph.orphans.items() if broken else ():
             if self._service(service):
                 self.orphans[service] = self.orphans.get(service, 0) + n
             else:

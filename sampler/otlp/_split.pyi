@@ -2,9 +2,11 @@
 and logs._split_logs.
 `Chunk` here declares the compiled class's fields; split.py has mypy check it satisfies split.Chunk."""
 
+from collections.abc import Sequence
+
 from sampler.otlp.logs import LogChunk
 from sampler.otlp.split import Chunk as ChunkProtocol
-from sampler.otlp.split import Splitter
+from sampler.otlp.split import SeriesKey, Splitter
 from sampler.otlp.wire import AttrValue, Group
 
 class Chunk:
@@ -19,8 +21,23 @@ class Chunk:
     root_name: str | None
     root_attrs: dict[str, AttrValue] | None
     root_group: Group | None
+    graph: bytearray | None
+    peers: list[tuple[int, str | None, str | None, str | None]] | None
     @property
     def bits(self) -> int: ...
 
-def split_request(data: bytes, splitter: Splitter) -> list[ChunkProtocol]: ...
+class Tally:
+    bounds_ns: tuple[int, ...]
+    dims: tuple[str, ...]
+    max_series: int
+    index: dict[SeriesKey, int]
+    keys: list[SeriesKey | None]
+    def __init__(self, bounds_ns: Sequence[int], dims: Sequence[str] = ..., max_series: int = ...) -> None: ...
+    def series(self, key: SeriesKey) -> int: ...
+    def add(self, series: int, duration_ns: int) -> None: ...
+    def snapshot(self) -> list[tuple[SeriesKey | None, int, int, list[int]]]: ...
+    @property
+    def nbytes(self) -> int: ...
+
+def split_request(data: bytes, splitter: Splitter, count: bool = True) -> list[ChunkProtocol]: ...
 def split_logs(data: bytes, splitter: Splitter) -> list[LogChunk]: ...

@@ -17,7 +17,9 @@ made per span are its bytes and a list slot.
 """
 
 cimport cython
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.list cimport PyList_Append
 from cpython.object cimport PyObject
@@ -27,6 +29,7 @@ from libc.string cimport memcmp, memcpy, memset
 
 from sampler.otlp import wire
 from sampler.otlp.splice import MARK_KEYS
+from sampler.otlp.split import PEER_KEYS, dim_str
 from sampler.otlp.wire import Group, SpanFields, WireError
 
 cdef enum:
@@ -300,9 +303,26 @@ cdef class Keys:
     cdef dict rest
     cdef uint64_t len_mask  # bit n: some wanted key is n bytes long (bit 63: 63 or more)
     cdef int mark_a, mark_b  # the indices of the wanted keys of MARK_KEYS (-1: not wanted)
+    # per key: whose value every span must give up, not just its bits (0: nobody's): bits 0-1 the
+    # PEER_KEYS slot + 1 (Splitter.records), the rest the dimension's index + 1 (the tally's dims)
+    cdef list roles
+    cdef dict role_of  # key -> role, for the keys with one
+    cdef bint has_roles
 
-    def __init__(self, keys):
+    def __init__(self, keys, bint records=False, tuple dims=()):
         self.names = sorted(keys)
+        self.roles = [0] * len(self.names)
+        self.role_of = {}
+        for i, k in enumerate(self.names):
+            role = 0
+            if records and k in PEER_KEYS:
+                role = PEER_KEYS.index(k) + 1
+            if k in dims:
+                role |= (dims.index(k) + 1) << 2
+            self.roles[i] = role
+            if role:
+                self.role_of[k] = role
+        self.has_roles = bool(self.role_of)
         marks = [i for i, k in enumerate(self.names) if k in MARK_KEYS] + [-1, -1]
         self.mark_a, self.mark_b = marks[0], marks[1]
         self.encoded = [k.encode("utf-8") for k in self.names]
@@ -333,12 +353,13 @@ cdef inline int wanted(Keys kx, const unsigned char* b, Py_ssize_t start, Py_ssi
 cdef dict _KEYS = {}
 
 
-cdef Keys _keys(keys):
-    kx = _KEYS.get(keys)
+cdef Keys _keys(keys, bint records, tuple dims):
+    cache_key = (keys, records, dims)
+    kx = _KEYS.get(cache_key)
     if kx is None:
         if len(_KEYS) >= 64:
             _KEYS.clear()
-        kx = _KEYS[keys] = Keys(keys)
+        kx = _KEYS[cache_key] = Keys(keys, records, dims)
     return kx
 
 
@@ -424,6 +445,8 @@ cdef uint32_t status_code(const unsigned char* b, Py_ssize_t pos, Py_ssize_t end
 
 cdef struct SpanInfo:
     Py_ssize_t trace_id  # offset of the 16 trace-id bytes
+    Py_ssize_t span_id  # offset of the 8 span-id bytes
+    Py_ssize_t parent  # offset of the 8 parent-span-id bytes, -1 for none
     Py_ssize_t name_start
     Py_ssize_t name_stop
     Py_ssize_t state_start
@@ -437,6 +460,94 @@ cdef struct SpanInfo:
     uint32_t flags
     uint64_t start
     uint64_t end
+
+
+RECORD_SIZE = 40  # split.RECORD.size
+cdef uint32_t NO_SERIES = 0xFFFFFFFF
+
+
+@cython.final
+cdef class Tally:
+    """split.SpanTally, counting into one C array: per series its calls, its latency sum (ns) and
+    its buckets. The same interface and the same counts."""
+
+    cdef public tuple bounds_ns
+    cdef public tuple dims
+    cdef public Py_ssize_t max_series
+    cdef public dict index
+    cdef public list keys
+    cdef uint64_t bounds[64]
+    cdef int nbounds
+    cdef Py_ssize_t stride
+    cdef uint64_t* counts
+    cdef Py_ssize_t capacity  # series the array has room for
+
+    def __cinit__(self, bounds_ns, dims=(), max_series=10_000):
+        self.counts = NULL
+        self.capacity = 0
+
+    def __init__(self, bounds_ns, dims=(), max_series=10_000):
+        self.bounds_ns = tuple(bounds_ns)
+        if len(self.bounds_ns) > 64:
+            raise ValueError("at most 64 latency buckets")
+        self.dims = tuple(dims)
+        self.max_series = max_series
+        self.index = {}
+        self.keys = [None]
+        self.nbounds = len(self.bounds_ns)
+        for i, bound in enumerate(self.bounds_ns):
+            self.bounds[i] = bound
+        self.stride = self.nbounds + 3
+        self.grow(16)
+
+    def __dealloc__(self):
+        PyMem_Free(self.counts)
+
+    cdef int grow(self, Py_ssize_t capacity) except -1:
+        cdef uint64_t* counts = <uint64_t*>PyMem_Realloc(self.counts, capacity * self.stride * sizeof(uint64_t))
+        if counts is NULL:
+            raise MemoryError()
+        memset(counts + self.capacity * self.stride, 0, (capacity - self.capacity) * self.stride * sizeof(uint64_t))
+        self.counts = counts
+        self.capacity = capacity
+        return 0
+
+    cpdef Py_ssize_t series(self, key) except -1:
+        cdef PyObject* found = PyDict_GetItem(self.index, key)
+        cdef Py_ssize_t i
+        if found is not NULL:
+            return <Py_ssize_t><object>found
+        i = len(self.keys)
+        if i > self.max_series:
+            return 0
+        if i >= self.capacity:
+            self.grow(2 * self.capacity)
+        self.index[key] = i
+        self.keys.append(key)
+        return i
+
+    cpdef add(self, Py_ssize_t series, uint64_t duration_ns):
+        cdef uint64_t* row = self.counts + series * self.stride
+        cdef int j = 0
+        while j < self.nbounds and duration_ns > self.bounds[j]:
+            j += 1
+        row[0] += 1
+        row[1] += duration_ns
+        row[2 + j] += 1
+
+    def snapshot(self):
+        out = []
+        cdef Py_ssize_t i, j
+        cdef uint64_t* row
+        for i in range(len(self.keys)):
+            row = self.counts + i * self.stride
+            if row[0]:
+                out.append((self.keys[i], row[0], row[1], [row[j] for j in range(2, self.stride)]))
+        return out
+
+    @property
+    def nbytes(self):
+        return self.capacity * self.stride * 8 + sum(200 + len(k[1]) for k in self.keys if k is not None)
 
 
 cdef class Chunk:
@@ -453,6 +564,8 @@ cdef class Chunk:
     cdef public object root_attrs
     cdef public object root_group
     cdef public bint marked
+    cdef public object graph  # bytearray of split.RECORD per span, or None
+    cdef public object peers  # list of (span index, PEER_KEYS' str values), or None
     cdef uint64_t narrow_bits
     cdef object wide_bits
 
@@ -474,6 +587,12 @@ cdef class _Split:
     cdef list out
     cdef dict by_trace
     cdef Chunk last
+    cdef Tally tally  # None: spans are not counted
+    cdef bint records
+    cdef tuple dims
+    # the span being read: its PEER_KEYS' values (Splitter.records) and its dimensions' values
+    cdef object peer0, peer1, peer2
+    cdef list dimv
     # the span being read: its wanted attributes (kept while it may be a root) and predicate bits
     cdef object attrs
     cdef uint64_t narrow
@@ -484,6 +603,7 @@ cdef class _Split:
     cdef unsigned char raw[RAW_KEYS][RAW_SIZE]
     cdef Py_ssize_t raw_len[RAW_KEYS]
     cdef uint64_t raw_bits[RAW_KEYS]
+    cdef list raw_values  # and the value itself, for the keys whose values are kept (Keys.roles)
 
     cdef inline int add_bits(self, object bits) except -1:
         if bits:
@@ -501,6 +621,7 @@ cdef class _Split:
         cdef Py_ssize_t n = vend - vstart
         cdef bint keep = s.is_root or self.whole_span_bits is not None
         cdef bint cacheable = ki < RAW_KEYS and n <= RAW_SIZE
+        cdef int role = self.kx.roles[ki] if self.kx.has_roles else 0
         if s.seen & bit:
             s.redo = True
         s.seen |= bit
@@ -508,12 +629,16 @@ cdef class _Split:
             self.narrow |= self.raw_bits[ki]  # cached values are primitive ones
             if ki == self.kx.mark_a or ki == self.kx.mark_b:
                 s.marked = True
+            if role:
+                self.role_value(role, self.raw_values[ki])
             return 0
         value = any_value(b, vstart, vend, depth, True)
         if value is None:  # an array, map or bytes: no predicate reads it
             return 0
         if ki == self.kx.mark_a or ki == self.kx.mark_b:
             s.marked = True
+        if role:
+            self.role_value(role, value)
         key = self.kx.names[ki]
         bits = self.bits_of(key, value)
         self.add_bits(bits)
@@ -521,10 +646,28 @@ cdef class _Split:
             memcpy(self.raw[ki], b + vstart, n)
             self.raw_len[ki] = n
             self.raw_bits[ki] = <uint64_t>bits
+            self.raw_values[ki] = value
         if keep:
             if self.attrs is None:
                 self.attrs = {}
             self.attrs[key] = value
+        return 0
+
+    cdef int role_value(self, int role, object value) except -1:
+        """Keep a span's value of a key whose values are wanted (a peer key's strings, a dimension)."""
+        cdef int slot = role & 3
+        if slot:
+            if type(value) is not str:
+                value = None
+            if slot == 1:
+                self.peer0 = value
+            elif slot == 2:
+                self.peer1 = value
+            else:
+                self.peer2 = value
+        if role >> 2:
+            if self.dimv is not None:
+                self.dimv[(role >> 2) - 1] = dim_str(value)
         return 0
 
     cdef int read_span(self, const unsigned char* b, Py_ssize_t pos, Py_ssize_t end, SpanInfo* s) except -1:
@@ -542,6 +685,8 @@ cdef class _Split:
         s.name_start = s.name_stop = s.state_start = s.state_stop = 0
         s.kind = s.status = s.flags = 0
         s.start = s.end = 0
+        s.span_id = 0
+        s.parent = -1
         while pos < end:
             pos = tag_of(b, pos, end, &tag)
             if tag & 7 == 2:
@@ -560,6 +705,7 @@ cdef class _Split:
                 elif tag == 2:
                     if n != 8:
                         fail(f"span span_id has {n} bytes, want 8")
+                    s.span_id = pos
                     has_span_id = True
                 elif tag == 4:
                     if n != 0 and n != 8:
@@ -567,6 +713,7 @@ cdef class _Split:
                     if n == 0 and not s.is_root and s.seen:
                         s.redo = True  # attributes seen meanwhile were not kept
                     s.is_root = n == 0
+                    s.parent = pos if n else -1
                 elif tag == 5:
                     check_utf8(b, pos, stop)
                     s.name_start = pos
@@ -621,13 +768,20 @@ cdef class _Split:
         return self.splitter.group(Group(resource, scope, wire.resource_attrs(resource, self.splitter.keys)))
 
     cdef int add_span(self, const unsigned char* b, Py_ssize_t start, Py_ssize_t stop, object group,
-                      object group_bits) except -1:
+                      object group_bits, str service) except -1:
         cdef SpanInfo s
         cdef Chunk chunk
         cdef PyObject* found
+        cdef uint32_t series = NO_SERIES
+        cdef Py_ssize_t old
+        cdef char* rec
         self.attrs = None
         self.narrow = 0
         self.wide = None
+        if self.records:
+            self.peer0 = self.peer1 = self.peer2 = None
+        if self.dims:
+            self.dimv = [""] * len(self.dims)
         self.read_span(b, start, stop, &s)
         data = PyBytes_FromStringAndSize(<const char*>b + start, stop - start)
         if s.redo:  # rare: read the wanted attributes again as the interpreted walker does (last value wins)
@@ -637,6 +791,16 @@ cdef class _Split:
             if self.attrs is not None:
                 for key, value in (<dict>self.attrs).items():
                     self.add_bits(self.bits_of(key, value))
+            if self.kx.has_roles:
+                if self.records:
+                    self.peer0 = self.peer1 = self.peer2 = None
+                if self.dims:
+                    self.dimv = [""] * len(self.dims)
+                if self.attrs is not None:
+                    for key, value in (<dict>self.attrs).items():
+                        role = self.kx.role_of.get(key, 0)
+                        if role:
+                            self.role_value(role, value)
         self.add_bits(group_bits)
         if self.whole_span_bits is not None:
             self.add_bits(self.whole_span_bits(self.fields(data, b, group, &s)))
@@ -655,11 +819,39 @@ cdef class _Split:
                 chunk.status_mask = 0
                 chunk.marked = False
                 chunk.narrow_bits = 0
+                chunk.graph = bytearray() if self.records else None
+                chunk.peers = None
                 PyDict_SetItem(self.by_trace, trace_id, chunk)
                 PyList_Append(self.out, chunk)
             else:
                 chunk = <Chunk>found
             self.last = chunk
+        if self.tally is not None:
+            key = (service, decode(b, s.name_start, s.name_stop), s.kind, s.status,
+                   tuple(self.dimv) if self.dims else ())
+            series = <uint32_t>self.tally.series(key)
+            self.tally.add(series, s.end - s.start if s.end > s.start else 0)
+        if self.records:
+            if (s.kind == 3 or s.kind == 4) and (self.peer0 is not None or self.peer1 is not None
+                                                 or self.peer2 is not None):  # a client span's peer
+                if chunk.peers is None:
+                    chunk.peers = []
+                chunk.peers.append((len(chunk.spans), self.peer0, self.peer1, self.peer2))
+            old = PyByteArray_GET_SIZE(chunk.graph)
+            PyByteArray_Resize(chunk.graph, old + RECORD_SIZE)
+            rec = PyByteArray_AS_STRING(chunk.graph) + old
+            memcpy(rec, b + s.span_id, 8)
+            if s.parent >= 0:
+                memcpy(rec + 8, b + s.parent, 8)
+            else:
+                memset(rec + 8, 0, 8)
+            memcpy(rec + 16, &s.start, 8)
+            memcpy(rec + 24, &s.end, 8)
+            rec[32] = <char>(s.kind if s.kind < 255 else 255)
+            rec[33] = <char>(s.status if s.status < 255 else 255)
+            rec[34] = 0
+            rec[35] = 0
+            memcpy(rec + 36, &series, 4)
         PyList_Append(chunk.spans, data)
         PyList_Append(chunk.groups, group)
         chunk.nbytes += stop - start
@@ -728,12 +920,13 @@ cdef class _Split:
             return 0
         group = self.group(resource, b"".join(header))
         group_bits = group.match_bits
+        service = group.service
         pos = start
         while pos < end:
             pos = tag_of(b, pos, end, &tag)
             if tag == 0x12:
                 pos = length_of(b, pos, end, &n)
-                self.add_span(b, pos, pos + n, group, group_bits)
+                self.add_span(b, pos, pos + n, group, group_bits, service)
                 pos += n
             else:
                 pos = skip(b, pos, end, tag, 2)
@@ -770,12 +963,17 @@ cdef class _Split:
         return 0
 
 
-def split_request(bytes data, splitter):
+def split_request(bytes data, splitter, bint count=True):
     """Split an ExportTraceServiceRequest into per-trace Chunks (in order of first appearance);
-    raise WireError if protobuf would refuse it."""
+    raise WireError if protobuf would refuse it. With `count`, every span is counted in the
+    splitter's tally (if any)."""
     cdef _Split w = _Split.__new__(_Split)
     w.splitter = splitter
-    w.kx = _keys(splitter.keys)
+    w.tally = splitter.tally if count else None
+    w.records = splitter.records
+    w.dims = w.tally.dims if w.tally is not None else ()
+    w.dimv = None
+    w.kx = _keys(splitter.keys, w.records, w.dims)
     w.groups = splitter.groups
     w.bits_of = splitter.bits_of
     w.whole_span_bits = splitter.span_bits
@@ -783,6 +981,7 @@ def split_request(bytes data, splitter):
     w.by_trace = {}
     w.last = None
     memset(w.raw_len, 0xFF, sizeof(w.raw_len))  # -1: nothing cached yet
+    w.raw_values = [None] * RAW_KEYS
     cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t end = PyBytes_GET_SIZE(data)
     cdef Py_ssize_t pos = 0, n
@@ -1015,7 +1214,7 @@ def split_logs(bytes data, splitter):
         _load_logs()
     cdef _LogSplit w = _LogSplit.__new__(_LogSplit)
     w.splitter = splitter
-    w.kx = _keys(MARK_KEYS)
+    w.kx = _keys(MARK_KEYS, False, ())
     w.out = []
     w.by_trace = {}
     w.last = None

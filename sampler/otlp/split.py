@@ -12,7 +12,9 @@ same chunks come from the interpreted walker (`wire.walk_request`) and the group
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import struct
+from bisect import bisect_left
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from sampler.otlp.splice import MARK_KEYS
@@ -25,6 +27,103 @@ CACHE_MAX_BYTES = 4 * 2**20  # bound on the memory of all of a splitter's caches
 _GROUP_COST = 600
 _VALUE_COST = 120
 
+# What the service graph reads of a client span besides its own fields (sampler/insight/servicegraph.py).
+PEER_KEYS = ("peer.service", "db.system", "server.address")
+# One span as the service graph and the exemplars read it at decision time, kept with the trace's
+# summary so that a dropped trace is never unpacked: span id, parent span id (zeros for a root),
+# start and end (ns), kind and status code (each at most 255), and its span-metrics series (NO_SERIES
+# when it was not counted here).
+RECORD = struct.Struct("<8s8sQQBBxxI")
+NO_SERIES = 0xFFFFFFFF
+_NO_PARENT = bytes(8)
+# A span-metrics series: service, span name, kind, status code, the dimensions' values.
+SeriesKey = tuple[str, str, int, int, tuple[str, ...]]
+
+
+def dim_str(value: AttrValue) -> str:
+    """A dimension's label value: strings as they are, booleans as OTLP/JSON spells them."""
+    if type(value) is str:
+        return value
+    if type(value) is bool:
+        return "true" if value else "false"
+    return str(value)
+
+
+class SpanTally:
+    """Calls and latency of spans counted as they are split, per series (service, span name, kind,
+    status code, dimension values): at most `max_series` of them, and series 0 (key None) for the
+    spans of any further label set. Latency buckets are in integer nanoseconds, `le` as in
+    Prometheus. Plain integers and lists: what they mean, and their exposition, is insight's
+    (sampler/insight/spanmetrics.py). The compiled splitter has its own twin (`_split.Tally`),
+    counting into C arrays; `new_tally` gives the one of the loaded splitter."""
+
+    def __init__(self, bounds_ns: Sequence[int], dims: Sequence[str] = (), max_series: int = 10_000) -> None:
+        self.bounds_ns = tuple(bounds_ns)
+        self.dims = tuple(dims)
+        self.max_series = max_series
+        self.index: dict[SeriesKey, int] = {}
+        self.keys: list[SeriesKey | None] = [None]
+        self.stride = len(self.bounds_ns) + 3  # calls, sum in ns, then each bucket and +Inf
+        self.counts: list[int] = [0] * self.stride
+
+    def series(self, key: SeriesKey) -> int:
+        """The series index of a label set (0, the overflow series, beyond max_series)."""
+        i = self.index.get(key)
+        if i is not None:
+            return i
+        if len(self.keys) > self.max_series:
+            return 0
+        i = self.index[key] = len(self.keys)
+        self.keys.append(key)
+        self.counts.extend([0] * self.stride)
+        return i
+
+    def add(self, series: int, duration_ns: int) -> None:
+        row = series * self.stride
+        counts = self.counts
+        counts[row] += 1
+        counts[row + 1] += duration_ns
+        counts[row + 2 + bisect_left(self.bounds_ns, duration_ns)] += 1
+
+    def snapshot(self) -> list[tuple[SeriesKey | None, int, int, list[int]]]:
+        """(key, calls, latency sum in ns, bucket counts, not cumulative, +Inf last) per series with
+        calls, the overflow series (key None) first."""
+        out: list[tuple[SeriesKey | None, int, int, list[int]]] = []
+        stride = self.stride
+        counts = self.counts
+        for i, key in enumerate(self.keys):
+            row = i * stride
+            if counts[row]:
+                out.append((key, counts[row], counts[row + 1], counts[row + 2 : row + stride]))
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        """Estimated memory held: the counts, and each key with its strings."""
+        return len(self.counts) * 8 + sum(200 + len(k[1]) for k in self.keys if k is not None)
+
+
+class Tally(Protocol):
+    bounds_ns: tuple[int, ...]
+    dims: tuple[str, ...]
+    max_series: int
+    index: dict[SeriesKey, int]
+
+    def series(self, key: SeriesKey) -> int: ...
+    def add(self, series: int, duration_ns: int) -> None: ...
+    def snapshot(self) -> list[tuple[SeriesKey | None, int, int, list[int]]]: ...
+    @property
+    def nbytes(self) -> int: ...
+
+
+def new_tally(bounds_ns: Sequence[int], dims: Sequence[str] = (), max_series: int = 10_000) -> Tally:
+    """A tally for the loaded splitter: the compiled one's C arrays when it is compiled."""
+    if COMPILED:
+        from sampler.otlp._split import Tally as CompiledTally
+
+        return CompiledTally(bounds_ns, dims, max_series)
+    return SpanTally(bounds_ns, dims, max_series)
+
 
 class Splitter:
     """What one engine (policy set) needs from every request, and the caches that make it cheap.
@@ -33,7 +132,10 @@ class Splitter:
     - `value_bits(key, value)`: the predicate bits one span attribute satisfies; cached per key for
       strings and integers, since the same few values (status codes, routes) recur endlessly;
     - `resource_bits(attrs)`: the bits a resource's attributes satisfy, once per distinct group;
-    - `span_bits(span)`: for policies that read whole spans (None when no policy does).
+    - `span_bits(span)`: for policies that read whole spans (None when no policy does);
+    - `tally`: where every span is counted for the span metrics (None: not counted);
+    - `records`: whether chunks carry each span's RECORD (and client spans' PEER_KEYS values) for the
+      service graph and exemplars at decision time.
     Groups with the same resource and scope bytes are shared between requests (interned).
     """
 
@@ -43,8 +145,16 @@ class Splitter:
         value_bits: Callable[[str, AttrValue], int],
         resource_bits: Callable[[Mapping[str, AttrValue]], int],
         span_bits: Callable[[SpanFields], int] | None = None,
+        tally: Tally | None = None,
+        records: bool = False,
     ) -> None:
+        if records:
+            keys = keys | frozenset(PEER_KEYS)
+        if tally is not None:
+            keys = keys | frozenset(tally.dims)
         self.keys = keys
+        self.tally = tally
+        self.records = records
         self.value_bits = value_bits
         self.resource_bits = resource_bits
         self.span_bits = span_bits
@@ -126,6 +236,9 @@ class Chunk(Protocol):
     root_name: str | None
     root_attrs: dict[str, AttrValue] | None
     root_group: Group | None
+    graph: bytearray | None  # a RECORD per span (Splitter.records), else None
+    # (span index, PEER_KEYS' str values) of the CLIENT and PRODUCER spans with any (Splitter.records)
+    peers: list[tuple[int, str | None, str | None, str | None]] | None
 
     @property
     def bits(self) -> int:
@@ -136,11 +249,11 @@ class _Chunk:
     """The interpreted splitter's Chunk."""
 
     __slots__ = (
-        "bits", "groups", "marked", "max_end", "min_start", "nbytes", "root_attrs", "root_group", "root_name",
-        "spans", "status_mask", "trace_id",
+        "bits", "graph", "groups", "marked", "max_end", "min_start", "nbytes", "peers", "root_attrs", "root_group",
+        "root_name", "spans", "status_mask", "trace_id",
     )
 
-    def __init__(self, trace_id: bytes, start: int, end: int) -> None:
+    def __init__(self, trace_id: bytes, start: int, end: int, records: bool) -> None:
         self.trace_id = trace_id
         self.spans: list[bytes] = []
         self.groups: list[Group] = []
@@ -153,6 +266,8 @@ class _Chunk:
         self.root_name: str | None = None
         self.root_attrs: dict[str, AttrValue] | None = None
         self.root_group: Group | None = None
+        self.graph: bytearray | None = bytearray() if records else None
+        self.peers: list[tuple[int, str | None, str | None, str | None]] | None = None
 
 
 if TYPE_CHECKING:
@@ -162,14 +277,33 @@ if TYPE_CHECKING:
         return chunk
 
 
-def _split_request(data: bytes, splitter: Splitter) -> list[Chunk]:
-    """Interpreted: walk into SpanFields, then fold each span into its trace's chunk."""
+def _split_request(data: bytes, splitter: Splitter, count: bool = True) -> list[Chunk]:
+    """Interpreted: walk into SpanFields, then fold each span into its trace's chunk. With `count`,
+    every span is counted in the splitter's tally (if any)."""
     by_trace: dict[bytes, _Chunk] = {}
+    tally = splitter.tally if count else None
+    records = splitter.records
     for span in walk_request(data, splitter.keys):
         chunk = by_trace.get(span.trace_id)
         if chunk is None:
-            chunk = by_trace[span.trace_id] = _Chunk(span.trace_id, span.start, span.end)
+            chunk = by_trace[span.trace_id] = _Chunk(span.trace_id, span.start, span.end, records)
         group = span.group = splitter.group(span.group)
+        series = NO_SERIES
+        if tally is not None:
+            attrs = span.attrs or {}
+            dims = tuple(dim_str(attrs[d]) if d in attrs else "" for d in tally.dims)
+            series = tally.series((group.service, span.name, span.kind, span.status, dims))
+            tally.add(series, span.end - span.start if span.end > span.start else 0)
+        if chunk.graph is not None:
+            chunk.graph += RECORD.pack(span.span_id, span.parent_span_id or _NO_PARENT, span.start, span.end,
+                                       min(span.kind, 255), min(span.status, 255), series)
+            if span.attrs and (span.kind == 3 or span.kind == 4):  # a client span's peer
+                peers = [span.attrs.get(k) for k in PEER_KEYS]
+                if any(type(p) is str for p in peers):
+                    if chunk.peers is None:
+                        chunk.peers = []
+                    p0, p1, p2 = (p if type(p) is str else None for p in peers)
+                    chunk.peers.append((len(chunk.spans), p0, p1, p2))
         chunk.spans.append(span.data)
         chunk.groups.append(group)
         chunk.nbytes += len(span.data)
@@ -192,7 +326,7 @@ def _split_request(data: bytes, splitter: Splitter) -> list[Chunk]:
     return list(by_trace.values())
 
 
-split_request: Callable[[bytes, Splitter], list[Chunk]]
+split_request: Callable[[bytes, Splitter, bool], list[Chunk]]
 try:
     from sampler.otlp._split import split_request
 except ImportError:  # no compiled module (TAILSAMPLER_NO_COMPILE, no compiler): the interpreted path

@@ -125,6 +125,8 @@ class SpanFields:
         "is_root",
         "kind",
         "name",
+        "parent_span_id",
+        "span_id",
         "start",
         "status",
         "trace_id",
@@ -137,6 +139,8 @@ class SpanFields:
         self.trace_id = b""
         self.is_root = True
         self.name = ""
+        self.span_id = b""
+        self.parent_span_id = b""  # empty for a root span
         self.kind = 0
         self.start = 0
         self.end = 0
@@ -430,11 +434,13 @@ def _read_span(data: bytes, pos: int, end: int, keys: frozenset[str], span: Span
             elif fno == 2:
                 if n != 8:
                     raise WireError(f"span span_id has {n} bytes, want 8")
+                span.span_id = data[pos:stop]
                 has_span_id = True
             elif fno == 4:
                 if n != 0 and n != 8:
                     raise WireError(f"span parent_span_id has {n} bytes, want 8 or none")
                 span.is_root = n == 0
+                span.parent_span_id = data[pos:stop]
             elif fno == 5:
                 span.name = _utf8(data, pos, stop)
             elif fno == 3:

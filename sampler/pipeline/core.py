@@ -11,6 +11,7 @@ from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Callable
 
+from sampler.insight.live import Insight
 from sampler.otlp.logs import NO_TRACE, LogChunk, split_logs
 from sampler.otlp.splice import MARK_KEYS, encode_request
 from sampler.otlp.split import Chunk, Splitter, split_request
@@ -115,8 +116,10 @@ class Core:
         emit: Emit,
         on_decision: Callable[[TraceSummary, Verdict, str], None] | None = None,
         compression: Compression | None = None,
+        insight: Insight | None = None,
     ) -> None:
         self.buffer = buffer
+        self.insight = insight  # span metrics, service graph, exemplars (None: none of them)
         self.compression = compression or Compression()
         self._now = 0.0  # the time of the last sweep (dictionary sampling reads it)
         self.decisions = decisions
@@ -124,7 +127,7 @@ class Core:
         self.on_decision = on_decision
         self.stats = Stats()
         self.engine = engine
-        self.splitter = _splitter(engine)
+        self.splitter = _splitter(engine, insight)
         self.generation = 0  # of the policy set in force; a buffered trace's summary is of its own
         self._stale: deque[bytes] = deque()  # ids of traces buffered at the last reload, to re-summarise
         self.pushback = Pushback()
@@ -147,7 +150,7 @@ class Core:
         rather than its traces kept here, split from their spans at the owner."""
         pushback = self.pushback
         pushback.check()
-        chunks = split_request(data, self.splitter)
+        chunks = split_request(data, self.splitter, protocol != "peer")  # counted where first received
         nspans = 0
         for chunk in chunks:
             nspans += len(chunk.spans)
@@ -216,7 +219,7 @@ class Core:
         spans = [c for c in chunks if not isinstance(c, LogChunk)]
         if spans:
             body = encode_request((c.spans, c.groups, b"") for c in spans)
-            for chunk in split_request(body, self.splitter):
+            for chunk in split_request(body, self.splitter, False):
                 self._add(chunk, now)
         for item in chunks:
             if isinstance(item, LogChunk):
@@ -275,7 +278,10 @@ class Core:
         if chunk.marked:
             entry.marked = True
         entry.summary.merge(chunk, self.engine.reads_root_attrs)
-        buffer.touched(entry, now, len(chunk.spans), spans_cost(chunk.nbytes, len(chunk.spans)))
+        cost = spans_cost(chunk.nbytes, len(chunk.spans))
+        if chunk.graph is not None:  # each span's record, and its group's slot in the summary
+            cost += len(chunk.graph) + 8 * len(chunk.spans)
+        buffer.touched(entry, now, len(chunk.spans), cost)
         if entry.summary.spans > buffer.max_spans_per_trace or entry.nbytes > buffer.max_bytes_per_trace:
             self.stats.limited += 1
             self._decide(entry, now, LIMITED)
@@ -315,6 +321,8 @@ class Core:
             lag = max(0.0, now - due)
             self.stats.lag_counts[bisect_left(LAG_BUCKETS, lag)] += 1
             self.stats.lag_sum += lag
+        if self.insight is not None:
+            self.insight.decided(summary, verdict.keep, reason in (QUIET, MAX_AGE))
         if self.on_decision is not None:
             self.on_decision(summary, verdict, reason)
         if not verdict.keep:
@@ -383,7 +391,7 @@ class Core:
         loop, and so every receiver, for all of it."""
         engine.on_error = self._policy_error
         self.engine = engine
-        self.splitter = _splitter(engine)
+        self.splitter = _splitter(engine, self.insight)
         self._error_logged = False
         self.generation += 1
         self._stale = deque(self.buffer.by_first)
@@ -413,7 +421,7 @@ class Core:
             summary.log_severity_max = old.log_severity_max
             for record in records:
                 summary.nbytes += len(record)
-        for chunk in split_request(encode_request([(spans, groups, b"")]), self.splitter):
+        for chunk in split_request(encode_request([(spans, groups, b"")]), self.splitter, False):
             summary.merge(chunk, self.engine.reads_root_attrs)
         entry.resummarised(summary)
         entry.generation = self.generation
@@ -526,10 +534,13 @@ def _by_signal(
     return spans, span_groups, records, record_groups
 
 
-def _splitter(engine: Engine) -> Splitter:
+def _splitter(engine: Engine, insight: Insight | None = None) -> Splitter:
     """The splitter for an engine: the keys its policies read, and the annotation's keys (MARK_KEYS),
-    whose presence marks a chunk for the exporter."""
+    whose presence marks a chunk for the exporter; counting spans in insight's tally and recording
+    them for its decision-time graph, when there is one."""
     return Splitter(
         engine.keys | MARK_KEYS, engine.value_bits, engine.resource_bits,
         engine.span_bits if engine.span_predicates else None,
+        tally=insight.tally if insight is not None else None,
+        records=insight.records if insight is not None else False,
     )

@@ -6,7 +6,7 @@ from typing import Final
 
 from sampler.otlp.logs import LogChunk
 from sampler.otlp.split import Chunk
-from sampler.otlp.wire import AttrValue
+from sampler.otlp.wire import AttrValue, Group
 
 NO_ATTRS: Final[dict[str, AttrValue]] = {}  # shared by every summary without root attributes; never changed
 
@@ -25,12 +25,15 @@ class TraceSummary:
 
     __slots__ = (
         "first_service",
+        "graph",
+        "graph_groups",
         "log_records",
         "log_severity_max",
         "matches",
         "max_end",
         "min_start",
         "nbytes",
+        "peers",
         "root_attrs",
         "root_name",
         "root_resource_attrs",
@@ -55,6 +58,11 @@ class TraceSummary:
         self.first_service = ""
         self.log_records = 0  # log records held with the trace (their bytes count in nbytes)
         self.log_severity_max = 0  # the highest severity_number among them
+        # What the service graph and exemplars read at decision time (Splitter.records): a
+        # split.RECORD per span, each span's group, the PEER_KEYS' values of spans with any.
+        self.graph: bytearray | None = None
+        self.graph_groups: list[Group] = []
+        self.peers: list[tuple[int, str | None, str | None, str | None]] | None = None
 
     def merge(self, chunk: Chunk, root_attrs: bool = True) -> None:
         """Fold one request's spans of this trace in (their predicate bits included). The root
@@ -68,6 +76,19 @@ class TraceSummary:
                 self.min_start = chunk.min_start
             if chunk.max_end > self.max_end:
                 self.max_end = chunk.max_end
+        graph = chunk.graph
+        if graph is not None:
+            if chunk.peers is not None:
+                if self.peers is None:
+                    self.peers = []
+                base = self.spans
+                for i, a, b, c in chunk.peers:
+                    self.peers.append((base + i, a, b, c))
+            if self.graph is None:
+                self.graph = graph  # the chunk's own: it is not used again
+            else:
+                self.graph += graph
+            self.graph_groups.extend(chunk.groups)
         self.spans += len(chunk.spans)
         self.nbytes += chunk.nbytes
         self.status_mask |= chunk.status_mask

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
 
 from sampler.server import ui
 
@@ -53,6 +54,10 @@ class AdminServer:
         return web.Response(status=503, text="not ready\n")
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        """The Prometheus text format, or OpenMetrics (with exemplars) when the scraper asks for it."""
+        if "application/openmetrics-text" in request.headers.get("Accept", ""):
+            body = openmetrics.generate_latest(self.registry)  # type: ignore[no-untyped-call]
+            return web.Response(body=body, headers={"Content-Type": openmetrics.CONTENT_TYPE_LATEST})
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -22,6 +22,9 @@ from sampler.config.yamlfile import ConfigError, load_yaml
 from sampler.exporters import build_sender
 from sampler.exporters.base import RawRequest, Sender
 from sampler.exporters.queue import ExportQueue
+from sampler.insight.live import Insight
+from sampler.insight.servicegraph import ServiceGraph
+from sampler.insight.spanmetrics import SpanMetrics
 from sampler.otlp.metrics import count_points
 from sampler.otlp.transport import LOGS, METRICS
 from sampler.pipeline.buffer import Buffer
@@ -48,7 +51,7 @@ from sampler.receivers.http import HttpReceiver
 from sampler.security.auth import Authenticator
 from sampler.security.tls import Files, grpc_channel_credentials, reload_server_context, server_context
 from sampler.server.admin import AdminServer
-from sampler.server.metrics import MemoryCollector, Metrics, PeerCollector, SignalsCollector
+from sampler.server.metrics import InsightCollector, MemoryCollector, Metrics, PeerCollector, SignalsCollector
 from sampler.server.settings import Loaded
 from sampler.server.system import container_limit, malloc_trim, read_rss, tune_malloc
 from sampler.sharding.discovery import resolve_names, watch_dns
@@ -143,10 +146,13 @@ class App:
             self._emit,
             on_decision=self._log_decision if log.isEnabledFor(logging.DEBUG) else None,
             compression=Compression(enabled=buf.compression == "zstd"),
+            insight=self._insight(),
         )
         self._compressor = ThreadPoolExecutor(1, thread_name_prefix="compress")
         self._packing = False
         self.metrics = Metrics(self.core)
+        if self.core.insight is not None:
+            self.metrics.registry.register(InsightCollector(self.core.insight))
         sender = self._sender or build_sender(cfg.exporter)
         self.queue = ExportQueue(sender, self.metrics, self.bounds["export_queue"] or 0,
                                  cfg.exporter.batch_max_spans, cfg.exporter.retry,
@@ -201,14 +207,26 @@ class App:
             host, port = split_host_port(cfg.admin.endpoint)
             if self.worker is not None and self.worker.index > 0 and port:
                 port += self.worker.index  # each worker's metrics on its own port: admin port + index
+            graph = self.core.insight.graph if self.core.insight is not None else None
             self.admin = AdminServer(host, port, self.metrics.registry, lambda: self.ready,
-                                     self.worker.group_problem if self.worker is not None else None)
+                                     self.worker.group_problem if self.worker is not None else None,
+                                     graph=graph.to_json if graph is not None else None)
             self.ports["admin"] = await self.admin.start()
         self._spawn("sweeper", self._sweeper)
         if self.loaded.policies_path is not None:
             self._spawn("policy-watch", functools.partial(self._watch, self.loaded.policies_path))
         self.ready = True
         log.info("tailsampler ready: %d policies, exporter %s", len(self.core.engine.policies), cfg.exporter.protocol)
+
+    def _insight(self) -> Insight | None:
+        """Span metrics and the service graph, as configured (None when both are off)."""
+        cfg = self.config
+        spans = cfg.span_metrics
+        metrics = SpanMetrics(spans.dimensions, spans.max_series) if spans.enabled else None
+        graph = ServiceGraph() if cfg.service_graph.enabled else None
+        if metrics is None and graph is None:
+            return None
+        return Insight(metrics, graph)
 
     def _plan(self, auto_buffer: bool, final: bool = False) -> None:
         """Share memory_limit out (sampler/pipeline/memory.py): the process as it stands now, every

@@ -13,8 +13,12 @@ from collections.abc import Callable, Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
 
 from sampler.exporters.queue import ExportQueue
+from sampler.insight.live import Insight
+from sampler.insight.servicegraph import EdgeStats, Histogram, ServiceGraph
+from sampler.insight.spanmetrics import OVERFLOW_LABEL, SpanMetrics
 from sampler.pipeline.core import LAG_BUCKETS, Core
 from sampler.sharding.forwarder import Forwarder
 from sampler.sharding.membership import Membership
@@ -160,6 +164,110 @@ class SignalsCollector(Collector):
         for reason in self.POINT_DROP_REASONS:
             lost.add_metric([reason], queue.points_dropped[reason])
         yield lost
+
+
+class InsightCollector(Collector):
+    """What is learned from all traffic, under Grafana Tempo's metric names: span metrics (counted at
+    ingest) and the service graph (counted at decision time), with exemplars naming kept traces
+    (exposed when the scraper asks for OpenMetrics); and the broken context propagation found."""
+
+    def __init__(self, insight: Insight) -> None:
+        self.insight = insight
+
+    def collect(self) -> Iterator[Metric]:
+        if self.insight.spanmetrics is not None:
+            yield from _span_metrics(self.insight.spanmetrics)
+        if self.insight.graph is not None:
+            yield from _service_graph(self.insight.graph)
+
+
+def _span_metrics(metrics: SpanMetrics) -> Iterator[Metric]:
+    labels = list(metrics.labels)
+    calls = CounterMetricFamily("traces_spanmetrics_calls",
+                                "Spans received (all of them, before sampling), by service, span name, kind, status.",
+                                labels=labels)
+    latency = HistogramMetricFamily("traces_spanmetrics_latency",
+                                    "Span duration in seconds (all spans received, before sampling); exemplars name "
+                                    "kept traces.", labels=labels)
+    bounds = (*(str(b) for b in metrics.buckets), "+Inf")
+    for series in metrics.series():
+        buckets: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
+        for i, (le, n) in enumerate(zip(bounds, series.buckets, strict=True)):
+            found = series.exemplars.get(i)
+            if found is None:
+                buckets.append((le, n))
+            else:
+                buckets.append((le, n, Exemplar({"trace_id": found[0]}, found[1])))
+        if series.labels is not None:
+            calls.add_metric(list(series.labels), series.calls)
+            latency.add_metric(list(series.labels), buckets, series.seconds)
+        else:  # the overflow series: one label only
+            overflow = CounterMetricFamily(calls.name, "", labels=[OVERFLOW_LABEL])
+            overflow.add_metric(["true"], series.calls)
+            calls.samples.extend(overflow.samples)
+            overflow_latency = HistogramMetricFamily(latency.name, "", labels=[OVERFLOW_LABEL])
+            overflow_latency.add_metric(["true"], buckets, series.seconds)
+            latency.samples.extend(overflow_latency.samples)
+    yield calls
+    yield latency
+
+
+_EDGE_LABELS = ["client", "server", "connection_type"]
+
+
+def _service_graph(graph: ServiceGraph) -> Iterator[Metric]:
+    total = CounterMetricFamily("traces_service_graph_request",
+                                "Requests between two services (every trace decided, before sampling).",
+                                labels=_EDGE_LABELS)
+    failed = CounterMetricFamily("traces_service_graph_request_failed",
+                                 "Requests between two services whose client or server span has status ERROR.",
+                                 labels=_EDGE_LABELS)
+    server = HistogramMetricFamily("traces_service_graph_request_server",
+                                   "Server-side latency of requests between two services, in seconds.",
+                                   labels=_EDGE_LABELS, unit="seconds")
+    client = HistogramMetricFamily("traces_service_graph_request_client",
+                                   "Client-side latency of requests between two services, in seconds.",
+                                   labels=_EDGE_LABELS, unit="seconds")
+    bounds = (*(str(b) for b in graph.buckets), "+Inf")
+    edges: list[tuple[list[str], EdgeStats]] = [(list(key), stats) for key, stats in sorted(graph.edges.items())]
+    if graph.overflow.requests:
+        edges.append((["", "", "overflow"], graph.overflow))
+    for labels, stats in edges:
+        total.add_metric(labels, stats.requests)
+        failed.add_metric(labels, stats.failed)
+        for family, histogram, seconds in ((client, stats.client, stats.exemplar_seconds[0]),
+                                           (server, stats.server, stats.exemplar_seconds[1])):
+            family.add_metric(labels, _buckets(histogram, bounds, stats.exemplar, seconds), histogram.sum)
+    yield total
+    yield failed
+    yield server
+    yield client
+    orphans = CounterMetricFamily(
+        "tailsampler_orphan_spans",
+        "Spans whose parent never arrived in their trace (broken context propagation), by service; counted for "
+        "traces decided on quiet or max age only.", labels=["service"])
+    for service, n in sorted(graph.orphans.items()):
+        orphans.add_metric([service], n)
+    if graph.orphans_overflow:
+        orphans.add_metric([""], graph.orphans_overflow)
+    yield orphans
+    yield CounterMetricFamily("tailsampler_traces_without_root",
+                              "Traces decided on quiet or max age with no root span (its parent-less span never "
+                              "arrived).", graph.traces_without_root)
+
+
+def _buckets(histogram: Histogram, bounds: tuple[str, ...], exemplar: bytes | None,
+             seconds: float) -> list[tuple[str, float] | tuple[str, float, Exemplar]]:
+    out: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
+    at = -1
+    if exemplar is not None:
+        at = next((i for i, b in enumerate(histogram.bounds) if seconds <= b), len(histogram.bounds))
+    for i, (le, n) in enumerate(zip(bounds, histogram.cumulative(), strict=True)):
+        if i == at and exemplar is not None:
+            out.append((le, n, Exemplar({"trace_id": exemplar.hex()}, seconds)))
+        else:
+            out.append((le, n))
+    return out
 
 
 MemoryReport = Callable[[], tuple[dict[str, int], int]]

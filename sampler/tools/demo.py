@@ -150,7 +150,7 @@ class Sink:
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),))
 
     async def _export(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        for chunk in split_request(request, self.splitter):
+        for chunk in split_request(request, self.splitter, True):
             self.spans += len(chunk.spans)
             for i, policy in enumerate(self.policies):
                 if chunk.bits >> i & 1:
