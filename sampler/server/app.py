@@ -262,6 +262,7 @@ class App:
             "forward_queues": self.forwarder.nbytes if self.forwarder is not None else 0,
             "requests": self.inflight.nbytes,
             "splitter": core.splitter.nbytes,
+            "insight": core.insight.nbytes if core.insight is not None else 0,
             "baseline": self.baseline,
         }
         rss = read_rss()
