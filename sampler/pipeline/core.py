@@ -11,6 +11,7 @@ from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Callable
 
+from sampler.insight.recent import RecentDecisions
 from sampler.otlp.logs import NO_TRACE, LogChunk, split_logs
 from sampler.otlp.splice import MARK_KEYS, encode_request
 from sampler.otlp.split import Chunk, Splitter, split_request
@@ -132,6 +133,8 @@ class Core:
         self.route: Callable[[bytes], str | None] | None = None
         self.forward: Callable[[str, list[Chunk | LogChunk]], None] | None = None
         self.untraced_pass = True  # logs.untraced: records without a trace id are passed on, or dropped
+        # debug.recent_decisions: every decision, with each policy's vote as cast, recorded here (/debug)
+        self.recent: RecentDecisions | None = None
         engine.on_error = self._policy_error
         self._error_logged = False  # a decision that raised is logged once per policy set, then counted
 
@@ -303,11 +306,16 @@ class Core:
         if entry.generation != self.generation:
             self._resummarise(entry)
         summary = entry.summary
+        recent = self.recent
+        votes: bytearray | None = None if recent is None else bytearray()
         try:  # before the trace leaves the buffer: whatever happens, it is decided, never lost
-            verdict = self.engine.decide(summary)
+            verdict = self.engine.decide(summary, votes)
         except Exception:
             verdict = self._undecidable(summary)
         self.buffer.remove(entry)
+        if recent is not None and votes is not None:
+            recent.add(summary.trace_id, verdict.keep, verdict.policy, reason, self.engine.names, bytes(votes),
+                       summary.spans, summary.root_service, summary.root_name, now)
         self.decisions.record(summary.trace_id, verdict)
         self.stats.decided["keep" if verdict.keep else "drop", verdict.policy or ""] += 1
         if reason in (QUIET, MAX_AGE):
@@ -401,8 +409,16 @@ class Core:
 
     def _resummarise(self, entry: TraceEntry) -> int:
         """Split a trace's stored spans under the policies in force; returns its span count. The
-        spans stay stored as they are (packed, compressed or hot): only the summary is new. What it
-        says of log records does not depend on the policies, and is carried over."""
+        spans stay stored as they are (packed, compressed or hot): only the summary is new."""
+        summary = self._summary_now(entry)
+        entry.resummarised(summary)
+        entry.generation = self.generation
+        return summary.spans
+
+    def _summary_now(self, entry: TraceEntry) -> TraceSummary:
+        """A buffered trace's summary under the policies in force, made anew from its stored spans
+        (the entry is left as it is). What it says of log records does not depend on the policies,
+        and is carried over."""
         old = entry.summary
         summary = TraceSummary(entry.trace_id)
         spans, groups = _spans_of(entry)
@@ -415,9 +431,42 @@ class Core:
                 summary.nbytes += len(record)
         for chunk in split_request(encode_request([(spans, groups, b"")]), self.splitter):
             summary.merge(chunk, self.engine.reads_root_attrs)
-        entry.resummarised(summary)
-        entry.generation = self.generation
-        return summary.spans
+        return summary
+
+    def peek_buffered(self, trace_id: bytes) -> tuple[TraceSummary, Verdict, bytes] | None:
+        """For a buffered trace: its summary and what the policies would decide now, with their
+        votes, changing nothing (no budget spent, the trace stays as it is); None when it is not
+        buffered here."""
+        entry = self.buffer.get(trace_id)
+        if entry is None:
+            return None
+        summary = entry.summary if entry.generation == self.generation else self._summary_now(entry)
+        verdict, votes = self._peek(summary)
+        return summary, verdict, votes
+
+    def peek_request(self, data: bytes) -> list[tuple[TraceSummary, Verdict, bytes]]:
+        """For each trace of an ExportTraceServiceRequest, in order of first appearance: its summary
+        and what the policies in force would decide, with their votes, changing nothing (nothing
+        buffered, no budget spent). Raises WireError when the request is malformed."""
+        summaries: dict[bytes, TraceSummary] = {}
+        for chunk in split_request(data, self.splitter):
+            summary = summaries.get(chunk.trace_id)
+            if summary is None:
+                summary = summaries[chunk.trace_id] = TraceSummary(chunk.trace_id)
+            summary.merge(chunk, self.engine.reads_root_attrs)
+        out: list[tuple[TraceSummary, Verdict, bytes]] = []
+        for summary in summaries.values():
+            verdict, votes = self._peek(summary)
+            out.append((summary, verdict, votes))
+        return out
+
+    def _peek(self, summary: TraceSummary) -> tuple[Verdict, bytes]:
+        votes = bytearray()
+        try:
+            verdict = self.engine.decide(summary, votes, True)
+        except Exception:
+            verdict = KEEP_ON_ERROR
+        return verdict, bytes(votes)
 
     def detach_quiet(self, now: float, limit: int) -> list[PackJob]:
         """Hand the hot spans of up to `limit` traces quiet for `compress_after` to be packed and

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from sampler.config.models import AUTO, Config
+from sampler.insight.recent import bound as recent_bound
 
 TARGET = 0.85  # the plan fills this share of the limit
 SOFT = 0.88  # resident memory above this: decide the oldest traces early
@@ -65,8 +66,10 @@ def _auto(setting: int | str, limit: int | None, share: float, low: int, high: i
 def bounds(config: Config, limit: int | None, decision_cache: int, sharding: bool) -> dict[str, int | None]:
     """Every component's bound in bytes, `auto` resolved (None: unbounded, only without a limit)."""
     inflight = config.receivers.max_inflight_bytes
+    recent = config.debug.recent_decisions
     return {
         "decision_cache": decision_cache,
+        "recent_decisions": recent_bound(recent) if recent else 0,
         "export_queue": _auto(config.exporter.queue_max_bytes, limit, 0.10, 4 * 2**20, 64 * 2**20, NO_LIMIT_QUEUE),
         "forward_queues": _auto(config.peers.queue_max_bytes, limit, 1 / 16, 2 * 2**20, 32 * 2**20,
                                 NO_LIMIT_FORWARD) if sharding else 0,

@@ -78,6 +78,17 @@ class Policy:
     def evaluate(self, trace: TraceSummary) -> Vote:
         raise NotImplementedError
 
+    def peek(self, trace: TraceSummary) -> Vote:
+        """The vote `evaluate` would cast now, changing nothing: a policy with state (a rate budget)
+        overrides it, and so does one with sub-policies (they may have state). For /debug."""
+        return self.evaluate(trace)
+
+    def probability(self, trace: TraceSummary) -> float:
+        """The probability with which this policy keeps a trace like this one, when its keeps are
+        by probability (probabilistic, route); 0 for rule-based keeps. Kept traces carry it to the
+        backend as the OpenTelemetry consistent-sampling threshold (sampler/otlp/tracestate.py)."""
+        return 0.0
+
     def sample_rate(self, trace: TraceSummary) -> float:
         """1 / probability of keeping a trace like this one (1 for rule-based keeps)."""
         return 1.0

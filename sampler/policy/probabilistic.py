@@ -20,5 +20,8 @@ class Probabilistic(Policy):
         hit = self.percentage > 0 and self.hash(trace.trace_id) <= self.threshold
         return Vote.SAMPLED if hit else Vote.NOT_SAMPLED
 
+    def probability(self, trace: TraceSummary) -> float:
+        return self.percentage / 100.0
+
     def sample_rate(self, trace: TraceSummary) -> float:
         return rate_for(self.percentage)

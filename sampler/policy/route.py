@@ -59,5 +59,8 @@ class Route(Policy):
         hit = pct > 0 and self.hash(trace.trace_id) <= self.thresholds[pct]
         return Vote.SAMPLED if hit else Vote.NOT_SAMPLED
 
+    def probability(self, trace: TraceSummary) -> float:
+        return self.percentage(trace) / 100.0
+
     def sample_rate(self, trace: TraceSummary) -> float:
         return rate_for(self.percentage(trace))

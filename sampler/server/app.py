@@ -10,6 +10,7 @@ import gc
 import logging
 import signal
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from sampler.config.yamlfile import ConfigError, load_yaml
 from sampler.exporters import build_sender
 from sampler.exporters.base import RawRequest, Sender
 from sampler.exporters.queue import ExportQueue
+from sampler.insight.recent import RecentDecisions
 from sampler.otlp.metrics import count_points
 from sampler.otlp.transport import LOGS, METRICS
 from sampler.pipeline.buffer import Buffer
@@ -144,6 +146,9 @@ class App:
             on_decision=self._log_decision if log.isEnabledFor(logging.DEBUG) else None,
             compression=Compression(enabled=buf.compression == "zstd"),
         )
+        if cfg.debug.recent_decisions:
+            self.core.recent = RecentDecisions(cfg.debug.recent_decisions)
+            self.core.recent.epoch = time.time() - self.loop.time()
         self._compressor = ThreadPoolExecutor(1, thread_name_prefix="compress")
         self._packing = False
         self.metrics = Metrics(self.core)
@@ -240,6 +245,7 @@ class App:
         report = {
             "buffer": core.buffer.nbytes + core.compression.nbytes,
             "decision_cache": core.decisions.nbytes,
+            "recent_decisions": core.recent.nbytes if core.recent is not None else 0,
             "export_queue": self.queue.nbytes,
             "forward_queues": self.forwarder.nbytes if self.forwarder is not None else 0,
             "requests": self.inflight.nbytes,
