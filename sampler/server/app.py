@@ -50,6 +50,7 @@ from sampler.receivers.http import HttpReceiver
 from sampler.security.auth import Authenticator
 from sampler.security.tls import Files, grpc_channel_credentials, reload_server_context, server_context
 from sampler.server.admin import AdminServer
+from sampler.server.debug import Debug
 from sampler.server.metrics import MemoryCollector, Metrics, PeerCollector, SignalsCollector
 from sampler.server.settings import Loaded
 from sampler.server.system import container_limit, malloc_trim, read_rss, tune_malloc
@@ -206,8 +207,9 @@ class App:
             host, port = split_host_port(cfg.admin.endpoint)
             if self.worker is not None and self.worker.index > 0 and port:
                 port += self.worker.index  # each worker's metrics on its own port: admin port + index
+            debug = Debug(lambda: self.core, self.auth, cfg.receivers.max_request_bytes)
             self.admin = AdminServer(host, port, self.metrics.registry, lambda: self.ready,
-                                     self.worker.group_problem if self.worker is not None else None)
+                                     self.worker.group_problem if self.worker is not None else None, debug=debug)
             self.ports["admin"] = await self.admin.start()
         self._spawn("sweeper", self._sweeper)
         if self.loaded.policies_path is not None:
