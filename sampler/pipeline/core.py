@@ -30,13 +30,18 @@ class KeptTrace:
     """Spans of a kept trace (or late spans of one), ready to be spliced into an export request;
     with `logs`, its log records instead (in `spans` all the same: they are held, queued and spliced
     alike), for a logs request. `marked`: some of them arrived annotated already, so the exporter
-    replaces their annotation. Untraced log records passed on (trace_id NO_TRACE) are not annotated."""
+    replaces their annotation. Untraced log records passed on (trace_id NO_TRACE) are not annotated.
+    `probability`: the trace was kept by a probability (the exporter puts its threshold in each
+    span's tracestate, then sets it to 0); `decision`: under dry_run, "keep" or "drop" (the exporter
+    adds it as `tailsampling.decision`), else ""."""
 
-    __slots__ = ("cost", "groups", "logs", "marked", "policy", "sample_rate", "spans", "summary", "trace_id")
+    __slots__ = ("cost", "decision", "groups", "logs", "marked", "policy", "probability", "sample_rate", "spans",
+                 "summary", "trace_id")
 
     def __init__(
         self, trace_id: bytes, spans: list[bytes], groups: list[Group], verdict: Verdict,
-        summary: TraceSummary | None, marked: bool = False, logs: bool = False,
+        summary: TraceSummary | None, marked: bool = False, logs: bool = False, decision: str = "",
+        probability: float = 0.0,
     ) -> None:
         self.trace_id = trace_id
         self.spans = spans
@@ -46,6 +51,8 @@ class KeptTrace:
         self.summary = summary  # None for late spans
         self.marked = marked
         self.logs = logs
+        self.decision = decision
+        self.probability = probability
         # Memory held while it waits for export: the buffer's own measure of these spans and summary.
         if summary is not None and summary.log_records == 0:
             self.cost = trace_cost(summary.nbytes, summary.spans)
@@ -59,7 +66,8 @@ class KeptTrace:
         """spans[start:stop] of this trace, to be sent in a request of their own (a trace too large
         for one export request is sent in parts)."""
         return KeptTrace(self.trace_id, self.spans[start:stop], self.groups[start:stop],
-                         Verdict(True, self.policy, self.sample_rate), None, self.marked, self.logs)
+                         Verdict(True, self.policy, self.sample_rate), None, self.marked, self.logs, self.decision,
+                         self.probability)
 
 
 class Stats:
@@ -133,6 +141,8 @@ class Core:
         self.route: Callable[[bytes], str | None] | None = None
         self.forward: Callable[[str, list[Chunk | LogChunk]], None] | None = None
         self.untraced_pass = True  # logs.untraced: records without a trace id are passed on, or dropped
+        # dry_run: every trace is passed on, its decision ("keep" | "drop") in each span; stats count the real ones
+        self.dry_run = False
         # debug.recent_decisions: every decision, with each policy's vote as cast, recorded here (/debug)
         self.recent: RecentDecisions | None = None
         engine.on_error = self._policy_error
@@ -243,10 +253,13 @@ class Core:
     def _late_logs(self, chunk: LogChunk, verdict: Verdict) -> None:
         if verdict.keep:
             self.stats.late_records["keep"] += len(chunk.records)
-            self.emit(KeptTrace(chunk.trace_id, chunk.records, chunk.groups, verdict, None, chunk.marked, logs=True))
         else:
             self.stats.late_records["drop"] += len(chunk.records)
-            self.stats.records_dropped["trace_dropped"] += len(chunk.records)
+            if not self.dry_run:
+                self.stats.records_dropped["trace_dropped"] += len(chunk.records)
+                return
+        self.emit(KeptTrace(chunk.trace_id, chunk.records, chunk.groups, verdict, None, chunk.marked, True,
+                            self._dry(verdict)))
 
     def _held(self, trace_id: bytes, items: list[bytes], groups: list[Group], now: float) -> TraceEntry | Verdict:
         """The buffer entry of `trace_id` holding `items` (spans or log records) now: created for them,
@@ -298,9 +311,24 @@ class Core:
     def _late(self, chunk: Chunk, verdict: Verdict) -> None:
         if verdict.keep:
             self.stats.late_spans["keep"] += len(chunk.spans)
-            self.emit(KeptTrace(chunk.trace_id, chunk.spans, chunk.groups, verdict, None, chunk.marked))
         else:
             self.stats.late_spans["drop"] += len(chunk.spans)
+            if not self.dry_run:
+                return
+        self.emit(KeptTrace(chunk.trace_id, chunk.spans, chunk.groups, verdict, None, chunk.marked, False,
+                            self._dry(verdict), self._probability(verdict)))
+
+    def _dry(self, verdict: Verdict) -> str:
+        """The decision a span carries under dry_run; "" otherwise."""
+        if not self.dry_run:
+            return ""
+        return "keep" if verdict.keep else "drop"
+
+    def _probability(self, verdict: Verdict) -> float:
+        """The probability a kept trace was kept with, when its keep is by probability; else 0."""
+        if verdict.keep and verdict.sample_rate > 0 and verdict.policy in self.engine.by_probability:
+            return 1.0 / verdict.sample_rate
+        return 0.0
 
     def _decide(self, entry: TraceEntry, now: float, reason: str) -> None:
         if entry.generation != self.generation:
@@ -325,19 +353,23 @@ class Core:
             self.stats.lag_sum += lag
         if self.on_decision is not None:
             self.on_decision(summary, verdict, reason)
-        if not verdict.keep:
+        if not verdict.keep and not self.dry_run:
             if summary.log_records:
                 self.stats.records_dropped["trace_dropped"] += summary.log_records
             return
         spans, groups = _spans_of(entry)
+        dry = self._dry(verdict)
+        probability = self._probability(verdict)
         if summary.log_records == 0:
-            self.emit(KeptTrace(summary.trace_id, spans, groups, verdict, summary, entry.marked))
+            self.emit(KeptTrace(summary.trace_id, spans, groups, verdict, summary, entry.marked, False, dry,
+                                probability))
             return
         # Spans and log records leave in requests of their own signal.
         span_items, span_groups, records, record_groups = _by_signal(spans, groups)
         if span_items:
-            self.emit(KeptTrace(summary.trace_id, span_items, span_groups, verdict, summary, entry.marked))
-        self.emit(KeptTrace(summary.trace_id, records, record_groups, verdict, summary, entry.marked, logs=True))
+            self.emit(KeptTrace(summary.trace_id, span_items, span_groups, verdict, summary, entry.marked, False, dry,
+                                probability))
+        self.emit(KeptTrace(summary.trace_id, records, record_groups, verdict, summary, entry.marked, True, dry))
 
     def _undecidable(self, summary: TraceSummary) -> Verdict:
         """A decision raised (a policy's bug, not its abstention: those the engine handles): keep the

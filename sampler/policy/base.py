@@ -59,6 +59,9 @@ class Policy:
         self.span_level = False
         self.predicate = True  # False: `keys` are only extracted (e.g. route reads them from the root span)
         self.spec: object = None  # the policy's definition as written (set by the loader), for reloads
+        # Its keeps are by probability (probabilistic, route), 1/sample_rate: kept traces carry it as the
+        # OpenTelemetry consistent-sampling threshold (sampler/otlp/tracestate.py); rule-based keeps do not.
+        self.by_probability = False
 
     def matches(self, attrs: Mapping[str, AttrValue], is_resource: bool) -> bool:
         """Whether one span's (or one resource's) attributes satisfy this policy's predicate."""
@@ -82,12 +85,6 @@ class Policy:
         """The vote `evaluate` would cast now, changing nothing: a policy with state (a rate budget)
         overrides it, and so does one with sub-policies (they may have state). For /debug."""
         return self.evaluate(trace)
-
-    def probability(self, trace: TraceSummary) -> float:
-        """The probability with which this policy keeps a trace like this one, when its keeps are
-        by probability (probabilistic, route); 0 for rule-based keeps. Kept traces carry it to the
-        backend as the OpenTelemetry consistent-sampling threshold (sampler/otlp/tracestate.py)."""
-        return 0.0
 
     def sample_rate(self, trace: TraceSummary) -> float:
         """1 / probability of keeping a trace like this one (1 for rule-based keeps)."""

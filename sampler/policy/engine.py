@@ -56,6 +56,8 @@ class Engine:
     ) -> None:
         self.policies = list(policies)
         self.names = tuple(p.name for p in self.policies)  # whose votes decide() reports, in order
+        # Top-level policies whose keeps are by probability: their kept traces carry a threshold.
+        self.by_probability = frozenset(p.name for p in self.policies if p.by_probability)
         self.on_error = on_error
         self.sample_on_first_match = sample_on_first_match
         self.predicates: list[Policy] = []  # attribute predicates

@@ -12,6 +12,7 @@ from sampler.policy.summary import TraceSummary
 class Probabilistic(Policy):
     def __init__(self, name: str, config: ProbabilisticConfig) -> None:
         super().__init__(name)
+        self.by_probability = True
         self.hash = SaltedHash((config.hash_salt or DEFAULT_SALT).encode())
         self.percentage = config.sampling_percentage
         self.threshold = threshold(config.sampling_percentage)
@@ -19,9 +20,6 @@ class Probabilistic(Policy):
     def evaluate(self, trace: TraceSummary) -> Vote:
         hit = self.percentage > 0 and self.hash(trace.trace_id) <= self.threshold
         return Vote.SAMPLED if hit else Vote.NOT_SAMPLED
-
-    def probability(self, trace: TraceSummary) -> float:
-        return self.percentage / 100.0
 
     def sample_rate(self, trace: TraceSummary) -> float:
         return rate_for(self.percentage)

@@ -23,6 +23,7 @@ FALLBACK_KEYS = ("url.path", "http.target")
 class Route(Policy):
     def __init__(self, name: str, config: RouteConfig) -> None:
         super().__init__(name)
+        self.by_probability = True
         self.predicate = False  # reads the root span's attributes from the summary, per trace
         self.lookup = (config.attribute, *(k for k in FALLBACK_KEYS if k != config.attribute))
         self.keys = frozenset(self.lookup)
@@ -58,9 +59,6 @@ class Route(Policy):
         pct = self.percentage(trace)
         hit = pct > 0 and self.hash(trace.trace_id) <= self.thresholds[pct]
         return Vote.SAMPLED if hit else Vote.NOT_SAMPLED
-
-    def probability(self, trace: TraceSummary) -> float:
-        return self.percentage(trace) / 100.0
 
     def sample_rate(self, trace: TraceSummary) -> float:
         return rate_for(self.percentage(trace))

@@ -160,6 +160,9 @@ class App:
         queue = self.queue
         self.metrics.export_queue_bytes.set_function(lambda: queue.nbytes)
         self.core.untraced_pass = cfg.logs.untraced == "pass"
+        self.core.dry_run = cfg.dry_run
+        if cfg.dry_run:
+            log.warning("dry_run: every trace is forwarded, its decision in tailsampling.decision; nothing is dropped")
         self.points_received: dict[str, int] = {}
         self.metrics.registry.register(SignalsCollector(self.core, queue, lambda: self.points_received))
         self.inflight = InFlight(self.bounds["requests"])
