@@ -179,3 +179,38 @@ def test_debug_needs_the_bearer_token_when_receivers_have_auth(start: object, tm
                           headers={**PROTOBUF, "Authorization": "Bearer s3cret"})
         assert ok.status == 200, (path, ok.body)
     assert http_request(ts.admin_url + "/metrics").status == 200  # the rest of the admin port is as it was
+
+
+def test_dry_run_forwards_every_trace_with_its_decision(start: object, otlp_backend: OtlpBackend) -> None:
+    policies = """\
+policies:
+  - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}
+  - {name: tenth, type: probabilistic, probabilistic: {sampling_percentage: 10}}
+"""
+    ts = start(otlp_backend, policies, extra="dry_run: true\n")  # type: ignore[operator]
+    traces = [[S(n, 10 * n + i, parent=None if i == 0 else 10 * n, status=2 if n % 4 == 0 and i == 1 else 0)
+               for i in range(3)] for n in range(1, 41)]
+    _send(ts, request([s for t in traces for s in t]))
+    assert otlp_backend.wait_for(lambda spans: len(spans) >= 120, 15)
+    time.sleep(0.3)
+    spans = otlp_backend.spans
+    assert len(spans) == 120 and len({(s.trace_id, s.span_id) for s in spans}) == 120  # every span, once
+    by_trace: dict[str, set[tuple[str, str]]] = {}
+    for s in spans:
+        by_trace.setdefault(s.trace_id, set()).add((s.attributes["tailsampling.decision"],
+                                                    s.attributes.get("tailsampling.policy", "")))
+    kept = 0
+    for n in range(1, 41):
+        doc = _get(ts, f"/debug/traces/{tid(n).hex()}")
+        assert isinstance(doc, dict)
+        (decision,) = by_trace[tid(n).hex()]  # one decision for all its spans
+        assert decision[0] == ("keep" if doc["state"] == "kept" else "drop"), (n, doc)
+        if n % 4 == 0:
+            assert decision == ("keep", "errors")
+        kept += doc["state"] == "kept"
+    assert 10 <= kept < 40  # some dropped, by the policies; all forwarded all the same
+    metrics = ts.metrics()
+    from otlp_backend import metric_value
+
+    real_drops = metric_value(metrics, "tailsampler_traces_decided_total", {"decision": "drop", "policy": ""})
+    assert real_drops == 40 - kept
