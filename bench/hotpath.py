@@ -7,6 +7,10 @@ one that limits a process), and `compress_thread_us_per_span` the thread's CPU p
 The decision cache starts full (of other ids), as in a server that has been deciding for a while.
 
     .venv/bin/python bench/hotpath.py [--requests N] [--repeat R] [--json] [--depth D] [--no-compress]
+                                      [--recent N]
+
+As the server by default, every decision is recorded with its votes in a ring of recent decisions
+(`debug.recent_decisions`, 100,000); `--recent 0` measures without recording them.
 
 `bytes_per_buffered_span` is measured over a full buffer of other requests (every byte the buffer
 holds, overhead included, as tracemalloc sees it, divided by the spans held), once a compression
@@ -36,6 +40,7 @@ from typing import Any
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from sampler.exporters.base import encode_batch
+from sampler.insight.recent import RecentDecisions
 from sampler.pipeline.buffer import Buffer
 from sampler.pipeline.core import Core, KeptTrace, PackJob, pack_jobs
 from sampler.pipeline.decisions import DecisionCache
@@ -47,6 +52,7 @@ from sampler.server.settings import default_policies_doc
 from sampler.tools.demo import build_template
 
 COMPRESS = True  # --no-compress: the buffer without packing or compression (spans held as they came)
+RECENT = 100_000  # --recent: debug.recent_decisions (0: votes not recorded)
 
 
 def make_requests(n: int, seed: int = 1) -> tuple[list[bytes], int]:
@@ -76,8 +82,11 @@ def new_core(kept: list[KeptTrace], depth: int = 1, cache: DecisionCache | None 
     """A core whose traces are due `depth` requests after they arrive (one request per clock second),
     packed and compressed a quarter of a second after they arrive."""
     engine = load_policies(default_policies_doc()).engine()
-    return Core(Buffer(10**7, 2**40, depth - 0.5, 1e9, compress_after=0.25), engine,
+    core = Core(Buffer(10**7, 2**40, depth - 0.5, 1e9, compress_after=0.25), engine,
                 cache or DecisionCache(100_000, 1_000_000), kept.append)
+    if RECENT:
+        core.recent = RecentDecisions(RECENT)
+    return core
 
 
 COMPRESS_THREAD_SECONDS = [0.0]
@@ -168,9 +177,12 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--depth", type=int, default=0, help="also measure with this many requests buffered")
     parser.add_argument("--no-compress", action="store_true", help="hold spans as they came: no packing, no zstd")
+    parser.add_argument("--recent", type=int, default=100_000,
+                        help="debug.recent_decisions: decisions recorded with their votes (0: none)")
     args = parser.parse_args()
-    global COMPRESS
+    global COMPRESS, RECENT
     COMPRESS = not args.no_compress
+    RECENT = args.recent
     requests, spans = make_requests(args.requests)
     tune_gc()  # as `tailsampler run` does
     hot = []
