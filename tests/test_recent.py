@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sampler.insight.recent import RecentDecisions, bound
+from sampler.policy.base import Policy, Vote
 from sampler.policy.engine import VOTE_DROPPED, VOTE_NOT_SAMPLED, VOTE_SAMPLED
 from sampler.policy.summary import TraceSummary
 from tests.spans import S, request, tid
@@ -191,3 +192,36 @@ def test_bytes_per_entry_measured() -> None:
     _fill(ring, 10_000, 10**9)  # distinct roots past the intern table: held alone up to their budget, then none
     roots = [e["root"] for e in ring.select(limit=10_000)]
     assert 0 < sum(r is None for r in roots) < 5000
+
+
+def test_every_reason_and_vote_kind_reaches_the_ring() -> None:
+    text = """
+policies:
+  - {name: not-internal, type: string_attribute, string_attribute: {key: internal, values: ['yes'], invert_match: true}}
+  - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}
+"""
+    h = Harness(max_traces=2, wait=5.0, age=10.0, policies=text)
+    h.core.recent = RecentDecisions(100)
+
+    class Broken(Policy):
+        def evaluate(self, trace: TraceSummary) -> Vote:
+            raise RuntimeError("bug")
+
+    h.core.engine.policies.append(Broken("broken"))
+    h.core.engine.names = (*h.core.engine.names, "broken")
+    h.send(0.0, S(1, 1, attrs={"internal": "yes"}))
+    h.send(1.0, S(2, 1))
+    h.send(2.0, S(3, 1))  # a third trace: the oldest (1) is evicted
+    for second in range(3, 11):
+        h.send(float(second), S(2, 10 + second))  # trace 2 stays busy until max_trace_age
+    h.core.sweep(11.0)  # trace 3 quiet, trace 2 at max_trace_age
+    h.send(11.5, S(4, 1))
+    h.core.decide_all(12.0)  # trace 4 at shutdown
+    ring = h.core.recent
+    one, two, three, four = (ring.find(tid(n)) for n in (1, 2, 3, 4))
+    assert one is not None and two is not None and three is not None and four is not None
+    assert (one["reason"], one["state"], one["votes"]) == \
+        ("evicted", "dropped", {"not-internal": "inverted_not_sampled"})
+    assert two["reason"] == "max_age" and two["state"] == "kept" and two["policy"] == "not-internal"
+    assert two["votes"] == {"not-internal": "sampled", "errors": "not_sampled", "broken": "error"}
+    assert three["reason"] == "quiet" and four["reason"] == "shutdown"
