@@ -212,7 +212,7 @@ class LogsConfig(_Model):
 
 class DebugConfig(_Model):
     # Decisions remembered for /debug (each policy's vote, the reason...); 0: none recorded. Counted
-    # against memory_limit (docs/operations.md gives the bytes per entry).
+    # against memory_limit, at most 1% of it (fewer entries then; docs/operations.md: bytes per entry).
     recent_decisions: int = Field(default=100_000, ge=0)
 
 

@@ -13,7 +13,7 @@ memory is known at start and counted against the memory limit:
   the entry's own (its bytes counted, the name cut at MAX_NAME characters) while all such pairs
   together stay within OWN_BYTES per slot on average; past that, the entry has no root.
 
-tracemalloc measures 54 bytes per entry with interned roots, 125 with distinct roots past the intern table
+tracemalloc measures 54 bytes per entry with interned roots, 93 with distinct roots past the intern table
 (tests/test_recent.py; docs/operations.md).
 """
 
@@ -33,7 +33,7 @@ _REASON_CODE = {r: i for i, r in enumerate(REASONS)}
 MAX_PATTERNS = 4096  # distinct vote patterns interned (per policy set)
 MAX_ROOTS = 4096  # distinct (service, root name) pairs interned
 MAX_NAME = 200  # a root name kept in an entry of its own is cut to this many characters
-OWN_BYTES = 64  # roots held by entries alone, on average per slot at most
+OWN_BYTES = 32  # roots held by entries alone, on average per slot at most
 MAX_POLICIES = 65535  # policy names in the table (an index is 2 bytes); past it: "?"
 SLOT_BYTES = 16 + 8 + 4 + 2 + 1 + 8 + 8 + 4  # one slot of every column
 ROOT_BYTES = 180  # an interned root pair: tuple, two strings, its dict entry (a typical size)
@@ -46,8 +46,26 @@ _NO_VOTES: Pattern = ((), b"")
 
 def bound(capacity: int) -> int:
     """What a ring of `capacity` may hold at most, for the memory plan: its columns, full intern
-    tables, and roots of their own up to their budget."""
-    return capacity * (SLOT_BYTES + OWN_BYTES) + MAX_ROOTS * ROOT_BYTES + MAX_PATTERNS * PATTERN_BYTES + 2**16
+    tables (no larger than the ring), and roots of their own up to their budget."""
+    return (capacity * (SLOT_BYTES + OWN_BYTES) + _table(MAX_ROOTS, capacity) * ROOT_BYTES
+            + _table(MAX_PATTERNS, capacity) * PATTERN_BYTES + 2**16)
+
+
+def _table(most: int, capacity: int) -> int:
+    """An intern table's size: `most`, or less for a small ring (never under 256)."""
+    return min(most, max(256, capacity))
+
+
+def capacity_within(capacity: int, nbytes: int) -> int:
+    """The largest ring of at most `capacity` entries whose bound fits in `nbytes` (at least 1,000)."""
+    low, high = 1000, max(1000, capacity)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if bound(mid) <= nbytes:
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 class RecentDecisions:
@@ -71,6 +89,8 @@ class RecentDecisions:
         self._roots: dict[Root, Root] = {}
         self._own_bytes = 0
         self._own_budget = OWN_BYTES * capacity
+        self._max_roots = _table(MAX_ROOTS, capacity)
+        self._max_patterns = _table(MAX_PATTERNS, capacity)
         self._fixed = (len(self.ids) + self.times.itemsize * capacity + self.spans.itemsize * capacity
                        + self.policy.itemsize * capacity + capacity + sys.getsizeof(self.votes)
                        + sys.getsizeof(self.roots) + self.own.itemsize * capacity)
@@ -110,7 +130,7 @@ class RecentDecisions:
         pattern = self._patterns.get(votes)
         if pattern is None:
             pattern = (names, votes)
-            if len(self._patterns) < MAX_PATTERNS:
+            if len(self._patterns) < self._max_patterns:
                 self._patterns[votes] = pattern
         self.votes[i] = pattern
         self._own_bytes -= self.own[i]
@@ -121,7 +141,7 @@ class RecentDecisions:
         pair = (service or "", name or "")
         root = self._roots.get(pair)
         if root is None:
-            if len(self._roots) < MAX_ROOTS:
+            if len(self._roots) < self._max_roots:
                 root = self._roots[pair] = pair
             else:
                 root = (pair[0], pair[1][:MAX_NAME])

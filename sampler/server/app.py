@@ -34,11 +34,13 @@ from sampler.pipeline.memory import (
     COMPRESSION_BOUND,
     MIN_BUFFER,
     NO_LIMIT_BUFFER,
+    RECENT_SHARE,
     Governor,
     InFlight,
     Plan,
     bounds,
     effective_limit,
+    recent_capacity,
 )
 from sampler.pipeline.pushback import Backpressure
 from sampler.policy.base import Policy
@@ -147,8 +149,12 @@ class App:
             on_decision=self._log_decision if log.isEnabledFor(logging.DEBUG) else None,
             compression=Compression(enabled=buf.compression == "zstd"),
         )
-        if cfg.debug.recent_decisions:
-            self.core.recent = RecentDecisions(cfg.debug.recent_decisions)
+        recent = recent_capacity(cfg, self.limit)
+        if recent:
+            if recent < cfg.debug.recent_decisions:
+                log.info("debug.recent_decisions: %d, not %d: the ring takes at most %.0f%% of memory_limit",
+                         recent, cfg.debug.recent_decisions, 100 * RECENT_SHARE)
+            self.core.recent = RecentDecisions(recent)
             self.core.recent.epoch = time.time() - self.loop.time()
         self._compressor = ThreadPoolExecutor(1, thread_name_prefix="compress")
         self._packing = False
