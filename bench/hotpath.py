@@ -7,12 +7,15 @@ one that limits a process), and `compress_thread_us_per_span` the thread's CPU p
 The decision cache starts full (of other ids), as in a server that has been deciding for a while.
 
     .venv/bin/python bench/hotpath.py [--requests N] [--repeat R] [--json] [--depth D] [--no-compress]
-                                      [--insight on|metrics|off] [--insight-compare]
+                                      [--insight on|metrics|off] [--insight-compare] [--recent N]
 
 `--insight` sets what is learned from all traffic as the server's defaults do (on: span metrics at
 ingest and the service graph and exemplars at decision time; metrics: span metrics only; off: none).
 `--insight-compare` runs the three side by side, interleaved run by run, and reports each one's
 spans/s and CPU per span (the loop is single-threaded: wall time is its CPU) against off.
+
+As the server by default, every decision is recorded with its votes in a ring of recent decisions
+(`debug.recent_decisions`, 100,000); `--recent 0` measures without recording them.
 
 `bytes_per_buffered_span` is measured over a full buffer of other requests (every byte the buffer
 holds, overhead included, as tracemalloc sees it, divided by the spans held), once a compression
@@ -43,6 +46,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from sampler.exporters.base import encode_batch
 from sampler.insight.live import Insight
+from sampler.insight.recent import RecentDecisions
 from sampler.insight.servicegraph import ServiceGraph
 from sampler.insight.spanmetrics import SpanMetrics
 from sampler.pipeline.buffer import Buffer
@@ -57,6 +61,7 @@ from sampler.tools.demo import build_template
 
 COMPRESS = True  # --no-compress: the buffer without packing or compression (spans held as they came)
 INSIGHT = "on"  # --insight: on | metrics | off
+RECENT = 100_000  # --recent: debug.recent_decisions (0: votes not recorded)
 
 
 def make_requests(n: int, seed: int = 1) -> tuple[list[bytes], int]:
@@ -89,8 +94,11 @@ def new_core(kept: list[KeptTrace], depth: int = 1, cache: DecisionCache | None 
     insight = None
     if INSIGHT != "off":
         insight = Insight(SpanMetrics(), ServiceGraph() if INSIGHT == "on" else None)
-    return Core(Buffer(10**7, 2**40, depth - 0.5, 1e9, compress_after=0.25), engine,
+    core = Core(Buffer(10**7, 2**40, depth - 0.5, 1e9, compress_after=0.25), engine,
                 cache or DecisionCache(100_000, 1_000_000), kept.append, insight=insight)
+    if RECENT:
+        core.recent = RecentDecisions(RECENT)
+    return core
 
 
 COMPRESS_THREAD_SECONDS = [0.0]
@@ -208,10 +216,13 @@ def main() -> None:
     parser.add_argument("--insight", choices=["on", "metrics", "off"], default="on",
                         help="span metrics and service graph (on), span metrics only, or neither")
     parser.add_argument("--insight-compare", action="store_true", help="on, metrics and off side by side")
+    parser.add_argument("--recent", type=int, default=100_000,
+                        help="debug.recent_decisions: decisions recorded with their votes (0: none)")
     args = parser.parse_args()
-    global COMPRESS, INSIGHT
+    global COMPRESS, INSIGHT, RECENT
     COMPRESS = not args.no_compress
     INSIGHT = args.insight
+    RECENT = args.recent
     requests, spans = make_requests(args.requests)
     tune_gc()  # as `tailsampler run` does
     if args.insight_compare:

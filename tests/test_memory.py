@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from sampler.config.models import Config
+from sampler.insight.recent import bound as recent_bound
 from sampler.pipeline import memory
 from sampler.pipeline.buffer import Buffer
 from sampler.pipeline.core import Core
@@ -201,7 +202,10 @@ def test_auto_sizes_follow_the_limit() -> None:
     assert memory.effective_limit(_config("memory_limit: 300MiB"), 1000 * 2**20) == 300 * 2**20
     assert memory.effective_limit(_config("memory_limit: null"), 1000 * 2**20) is None
     limited = memory.bounds(cfg, 256 * 2**20, 7, sharding=False)
-    assert limited == {"decision_cache": 7, "export_queue": int(256 * 2**20 * 0.1), "forward_queues": 0,
+    ring = memory.recent_capacity(cfg, 256 * 2**20)
+    assert 10_000 < ring < 100_000 and memory.recent_capacity(cfg, 2**30) == 100_000
+    assert limited == {"decision_cache": 7, "recent_decisions": recent_bound(ring),
+                       "export_queue": int(256 * 2**20 * 0.1), "forward_queues": 0,
                        "requests": int(256 * 2**20 * 0.1), "splitter": memory.SPLITTER_BOUND,
                        "compression": memory.COMPRESSION_BOUND}
     unlimited = memory.bounds(cfg, None, 7, sharding=True)

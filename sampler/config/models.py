@@ -224,6 +224,12 @@ class ServiceGraphConfig(_Model):
     enabled: bool = True
 
 
+class DebugConfig(_Model):
+    # Decisions remembered for /debug (each policy's vote, the reason...); 0: none recorded. Counted
+    # against memory_limit, at most 1% of it (fewer entries then; docs/operations.md: bytes per entry).
+    recent_decisions: int = Field(default=100_000, ge=0)
+
+
 class Config(_Model):
     # The process's resident memory stays under this (sampler/pipeline/memory.py). auto: 80% of the container's
     # memory limit (cgroup), none when there is none; null: no limit.
@@ -238,12 +244,16 @@ class Config(_Model):
     logs: LogsConfig = LogsConfig()
     span_metrics: SpanMetricsConfig = SpanMetricsConfig()
     service_graph: ServiceGraphConfig = ServiceGraphConfig()
+    debug: DebugConfig = DebugConfig()
+    # Forward every trace whatever the policies say, each span annotated with tailsampling.decision
+    # (keep | drop): to see a policy set's effect before it drops anything. Metrics count the real decisions.
+    dry_run: bool = False
     shutdown_timeout: Duration = 20.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 _ENV_PREFIX = "TAILSAMPLER_"
-_TOP_LEVEL_ENV_KEYS = frozenset({"policies_file", "shutdown_timeout", "log_level", "memory_limit"})
+_TOP_LEVEL_ENV_KEYS = frozenset({"policies_file", "shutdown_timeout", "log_level", "memory_limit", "dry_run"})
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:

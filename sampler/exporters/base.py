@@ -10,7 +10,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from prometheus_client import Counter
 
 from sampler.otlp.logs import NO_TRACE
-from sampler.otlp.splice import annotation, encode_request, strip_annotation
+from sampler.otlp.splice import annotation, decision_attribute, encode_request, strip_annotation
+from sampler.otlp.tracestate import with_threshold
 from sampler.otlp.transport import LOGS, TRACES
 from sampler.pipeline.core import KeptTrace
 
@@ -80,20 +81,28 @@ def encode_batch(batch: list[KeptTrace], annotate: bool) -> bytes:
     """The export request for a batch (traces or logs, as its items are). When annotating, items
     that arrived annotated already have that annotation cut out first (once: the trace keeps the
     stripped items for any retry), so each leaves with one `tailsampling.policy` and one
-    `tailsampling.sample_rate`, ours. Log records without a trace were not decided: left as they are."""
-    if annotate:
-        for t in batch:
-            if t.marked and t.trace_id != NO_TRACE:
-                t.spans = [strip_annotation(s, t.logs) for s in t.spans]
-                t.marked = False
+    `tailsampling.sample_rate`, ours. Log records without a trace were not decided: left as they are.
+    Spans of a trace kept by a probability get its threshold in their tracestate (once, too)."""
+    for t in batch:
+        if (annotate or t.decision) and t.marked and t.trace_id != NO_TRACE:
+            t.spans = [strip_annotation(s, t.logs) for s in t.spans]
+            t.marked = False
+        if t.probability > 0:
+            if not t.logs:
+                t.spans = [with_threshold(s, t.probability) for s in t.spans]
+            t.probability = 0.0
     return encode_request((t.spans, t.groups, suffix(t, annotate)) for t in batch)
 
 
 def suffix(trace: KeptTrace, annotate: bool) -> bytes:
-    """The annotation each item of `trace` gets in an export request."""
-    if not annotate or trace.trace_id == NO_TRACE:
+    """The annotation each item of `trace` gets in an export request (under dry_run, the decision
+    always)."""
+    if trace.trace_id == NO_TRACE:
         return b""
-    return annotation(trace.policy, trace.sample_rate, trace.logs)
+    dry = decision_attribute(trace.decision, trace.logs) if trace.decision else b""
+    if not annotate:
+        return dry
+    return annotation(trace.policy, trace.sample_rate, trace.logs) + dry
 
 
 def rejected_spans(payload: bytes) -> int:

@@ -35,6 +35,7 @@ from sampler.exporters.base import (
     suffix,
 )
 from sampler.otlp.splice import group_size, span_size, spans_size
+from sampler.otlp.tracestate import ALLOWANCE as TRACESTATE_ALLOWANCE
 from sampler.otlp.transport import LOGS, TRACES
 from sampler.otlp.wire import Group
 from sampler.pipeline.buffer import spans_cost
@@ -183,8 +184,9 @@ class ExportQueue:
             self.points_forwarded += n
 
     def _suffix(self, trace: KeptTrace) -> int:
-        """The annotation bytes each span of `trace` gets in an export request."""
-        return len(suffix(trace, self.annotate))
+        """The annotation bytes each span of `trace` gets in an export request (and, kept by a
+        probability, what its threshold may add to the span)."""
+        return len(suffix(trace, self.annotate)) + (TRACESTATE_ALLOWANCE if trace.probability > 0 else 0)
 
     def _take(self) -> tuple[list[KeptTrace] | RawRequest, int]:
         """The next batch, of one signal, within batch_max_spans and batch_max_bytes, and the memory

@@ -302,7 +302,7 @@ cdef class Keys:
     cdef int n  # keys compared in place; any beyond RAW_KEYS are looked up through `rest`
     cdef dict rest
     cdef uint64_t len_mask  # bit n: some wanted key is n bytes long (bit 63: 63 or more)
-    cdef int mark_a, mark_b  # the indices of the wanted keys of MARK_KEYS (-1: not wanted)
+    cdef int mark_a, mark_b, mark_c  # the indices of the wanted keys of MARK_KEYS (-1: not wanted)
     # per key: whose value every span must give up, not just its bits (0: nobody's): bits 0-1 the
     # PEER_KEYS slot + 1 (Splitter.records), the rest the dimension's index + 1 (the tally's dims)
     cdef list roles
@@ -323,8 +323,8 @@ cdef class Keys:
             if role:
                 self.role_of[k] = role
         self.has_roles = bool(self.role_of)
-        marks = [i for i, k in enumerate(self.names) if k in MARK_KEYS] + [-1, -1]
-        self.mark_a, self.mark_b = marks[0], marks[1]
+        marks = [i for i, k in enumerate(self.names) if k in MARK_KEYS] + [-1, -1, -1]
+        self.mark_a, self.mark_b, self.mark_c = marks[0], marks[1], marks[2]
         self.encoded = [k.encode("utf-8") for k in self.names]
         self.n = min(len(self.encoded), RAW_KEYS)
         self.rest = {k: i for i, k in enumerate(self.encoded) if i >= RAW_KEYS}
@@ -627,7 +627,7 @@ cdef class _Split:
         s.seen |= bit
         if not keep and cacheable and self.raw_len[ki] == n and memcmp(self.raw[ki], b + vstart, n) == 0:
             self.narrow |= self.raw_bits[ki]  # cached values are primitive ones
-            if ki == self.kx.mark_a or ki == self.kx.mark_b:
+            if ki == self.kx.mark_a or ki == self.kx.mark_b or ki == self.kx.mark_c:
                 s.marked = True
             if role:
                 self.role_value(role, self.raw_values[ki])
@@ -635,7 +635,7 @@ cdef class _Split:
         value = any_value(b, vstart, vend, depth, True)
         if value is None:  # an array, map or bytes: no predicate reads it
             return 0
-        if ki == self.kx.mark_a or ki == self.kx.mark_b:
+        if ki == self.kx.mark_a or ki == self.kx.mark_b or ki == self.kx.mark_c:
             s.marked = True
         if role:
             self.role_value(role, value)

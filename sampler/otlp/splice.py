@@ -16,9 +16,10 @@ from sampler.otlp.wire import Group, _length, _skip, _tag
 
 POLICY_KEY = "tailsampling.policy"
 RATE_KEY = "tailsampling.sample_rate"
-# The splitters mark a chunk whose spans carry either attribute (Chunk.marked): only the spans of such
-# traces are walked again at export, to cut them out.
-MARK_KEYS = frozenset({POLICY_KEY, RATE_KEY})
+DECISION_KEY = "tailsampling.decision"  # dry_run only: keep | drop
+# The splitters mark a chunk whose spans carry any of these attributes (Chunk.marked): only the spans
+# of such traces are walked again at export, to cut them out.
+MARK_KEYS = frozenset({POLICY_KEY, RATE_KEY, DECISION_KEY})
 _MARK_KEYS_UTF8 = frozenset(k.encode() for k in MARK_KEYS)
 
 
@@ -68,6 +69,11 @@ def annotation(policy: str | None, sample_rate: float, logs: bool = False) -> by
         rate = b"\x21" + struct.pack("<d", sample_rate)  # AnyValue.double_value
     tag = RECORD_ATTRIBUTES if logs else SPAN_ATTRIBUTES
     return _keyvalue(POLICY_KEY, name, tag) + _keyvalue(RATE_KEY, rate, tag)
+
+
+def decision_attribute(decision: str, logs: bool = False) -> bytes:
+    """`tailsampling.decision` (dry_run): the decision the policies made, though the item is passed on."""
+    return _keyvalue(DECISION_KEY, field(0x0A, decision.encode()), RECORD_ATTRIBUTES if logs else SPAN_ATTRIBUTES)
 
 
 def strip_annotation(span: bytes, logs: bool = False) -> bytes:

@@ -12,6 +12,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 
 from sampler.insight.live import Insight
+from sampler.insight.recent import RecentDecisions
 from sampler.otlp.logs import NO_TRACE, LogChunk, split_logs
 from sampler.otlp.splice import MARK_KEYS, encode_request
 from sampler.otlp.split import Chunk, Splitter, split_request
@@ -30,13 +31,18 @@ class KeptTrace:
     """Spans of a kept trace (or late spans of one), ready to be spliced into an export request;
     with `logs`, its log records instead (in `spans` all the same: they are held, queued and spliced
     alike), for a logs request. `marked`: some of them arrived annotated already, so the exporter
-    replaces their annotation. Untraced log records passed on (trace_id NO_TRACE) are not annotated."""
+    replaces their annotation. Untraced log records passed on (trace_id NO_TRACE) are not annotated.
+    `probability`: the trace was kept by a probability (the exporter puts its threshold in each
+    span's tracestate, then sets it to 0); `decision`: under dry_run, "keep" or "drop" (the exporter
+    adds it as `tailsampling.decision`), else ""."""
 
-    __slots__ = ("cost", "groups", "logs", "marked", "policy", "sample_rate", "spans", "summary", "trace_id")
+    __slots__ = ("cost", "decision", "groups", "logs", "marked", "policy", "probability", "sample_rate", "spans",
+                 "summary", "trace_id")
 
     def __init__(
         self, trace_id: bytes, spans: list[bytes], groups: list[Group], verdict: Verdict,
-        summary: TraceSummary | None, marked: bool = False, logs: bool = False,
+        summary: TraceSummary | None, marked: bool = False, logs: bool = False, decision: str = "",
+        probability: float = 0.0,
     ) -> None:
         self.trace_id = trace_id
         self.spans = spans
@@ -46,6 +52,8 @@ class KeptTrace:
         self.summary = summary  # None for late spans
         self.marked = marked
         self.logs = logs
+        self.decision = decision
+        self.probability = probability
         # Memory held while it waits for export: the buffer's own measure of these spans and summary.
         if summary is not None and summary.log_records == 0:
             self.cost = trace_cost(summary.nbytes, summary.spans)
@@ -59,7 +67,8 @@ class KeptTrace:
         """spans[start:stop] of this trace, to be sent in a request of their own (a trace too large
         for one export request is sent in parts)."""
         return KeptTrace(self.trace_id, self.spans[start:stop], self.groups[start:stop],
-                         Verdict(True, self.policy, self.sample_rate), None, self.marked, self.logs)
+                         Verdict(True, self.policy, self.sample_rate), None, self.marked, self.logs, self.decision,
+                         self.probability)
 
 
 class Stats:
@@ -135,6 +144,10 @@ class Core:
         self.route: Callable[[bytes], str | None] | None = None
         self.forward: Callable[[str, list[Chunk | LogChunk]], None] | None = None
         self.untraced_pass = True  # logs.untraced: records without a trace id are passed on, or dropped
+        # dry_run: every trace is passed on, its decision ("keep" | "drop") in each span; stats count the real ones
+        self.dry_run = False
+        # debug.recent_decisions: every decision, with each policy's vote as cast, recorded here (/debug)
+        self.recent: RecentDecisions | None = None
         engine.on_error = self._policy_error
         self._error_logged = False  # a decision that raised is logged once per policy set, then counted
 
@@ -243,10 +256,13 @@ class Core:
     def _late_logs(self, chunk: LogChunk, verdict: Verdict) -> None:
         if verdict.keep:
             self.stats.late_records["keep"] += len(chunk.records)
-            self.emit(KeptTrace(chunk.trace_id, chunk.records, chunk.groups, verdict, None, chunk.marked, logs=True))
         else:
             self.stats.late_records["drop"] += len(chunk.records)
-            self.stats.records_dropped["trace_dropped"] += len(chunk.records)
+            if not self.dry_run:
+                self.stats.records_dropped["trace_dropped"] += len(chunk.records)
+                return
+        self.emit(KeptTrace(chunk.trace_id, chunk.records, chunk.groups, verdict, None, chunk.marked, True,
+                            self._dry(verdict)))
 
     def _held(self, trace_id: bytes, items: list[bytes], groups: list[Group], now: float) -> TraceEntry | Verdict:
         """The buffer entry of `trace_id` holding `items` (spans or log records) now: created for them,
@@ -301,19 +317,39 @@ class Core:
     def _late(self, chunk: Chunk, verdict: Verdict) -> None:
         if verdict.keep:
             self.stats.late_spans["keep"] += len(chunk.spans)
-            self.emit(KeptTrace(chunk.trace_id, chunk.spans, chunk.groups, verdict, None, chunk.marked))
         else:
             self.stats.late_spans["drop"] += len(chunk.spans)
+            if not self.dry_run:
+                return
+        self.emit(KeptTrace(chunk.trace_id, chunk.spans, chunk.groups, verdict, None, chunk.marked, False,
+                            self._dry(verdict), self._probability(verdict)))
+
+    def _dry(self, verdict: Verdict) -> str:
+        """The decision a span carries under dry_run; "" otherwise."""
+        if not self.dry_run:
+            return ""
+        return "keep" if verdict.keep else "drop"
+
+    def _probability(self, verdict: Verdict) -> float:
+        """The probability a kept trace was kept with, when its keep is by probability; else 0."""
+        if verdict.keep and verdict.sample_rate > 0 and verdict.policy in self.engine.by_probability:
+            return 1.0 / verdict.sample_rate
+        return 0.0
 
     def _decide(self, entry: TraceEntry, now: float, reason: str) -> None:
         if entry.generation != self.generation:
             self._resummarise(entry)
         summary = entry.summary
+        recent = self.recent
+        votes: bytearray | None = None if recent is None else bytearray()
         try:  # before the trace leaves the buffer: whatever happens, it is decided, never lost
-            verdict = self.engine.decide(summary)
+            verdict = self.engine.decide(summary, votes)
         except Exception:
             verdict = self._undecidable(summary)
         self.buffer.remove(entry)
+        if recent is not None and votes is not None:
+            recent.add(summary.trace_id, verdict.keep, verdict.policy, reason, self.engine.names, bytes(votes),
+                       summary.spans, summary.root_service, summary.root_name, now)
         self.decisions.record(summary.trace_id, verdict)
         self.stats.decided["keep" if verdict.keep else "drop", verdict.policy or ""] += 1
         if reason in (QUIET, MAX_AGE):
@@ -325,19 +361,23 @@ class Core:
             self.insight.decided(summary, verdict.keep, reason in (QUIET, MAX_AGE))
         if self.on_decision is not None:
             self.on_decision(summary, verdict, reason)
-        if not verdict.keep:
+        if not verdict.keep and not self.dry_run:
             if summary.log_records:
                 self.stats.records_dropped["trace_dropped"] += summary.log_records
             return
         spans, groups = _spans_of(entry)
+        dry = self._dry(verdict)
+        probability = self._probability(verdict)
         if summary.log_records == 0:
-            self.emit(KeptTrace(summary.trace_id, spans, groups, verdict, summary, entry.marked))
+            self.emit(KeptTrace(summary.trace_id, spans, groups, verdict, summary, entry.marked, False, dry,
+                                probability))
             return
         # Spans and log records leave in requests of their own signal.
         span_items, span_groups, records, record_groups = _by_signal(spans, groups)
         if span_items:
-            self.emit(KeptTrace(summary.trace_id, span_items, span_groups, verdict, summary, entry.marked))
-        self.emit(KeptTrace(summary.trace_id, records, record_groups, verdict, summary, entry.marked, logs=True))
+            self.emit(KeptTrace(summary.trace_id, span_items, span_groups, verdict, summary, entry.marked, False, dry,
+                                probability))
+        self.emit(KeptTrace(summary.trace_id, records, record_groups, verdict, summary, entry.marked, True, dry))
 
     def _undecidable(self, summary: TraceSummary) -> Verdict:
         """A decision raised (a policy's bug, not its abstention: those the engine handles): keep the
@@ -409,8 +449,16 @@ class Core:
 
     def _resummarise(self, entry: TraceEntry) -> int:
         """Split a trace's stored spans under the policies in force; returns its span count. The
-        spans stay stored as they are (packed, compressed or hot): only the summary is new. What it
-        says of log records does not depend on the policies, and is carried over."""
+        spans stay stored as they are (packed, compressed or hot): only the summary is new."""
+        summary = self._summary_now(entry)
+        entry.resummarised(summary)
+        entry.generation = self.generation
+        return summary.spans
+
+    def _summary_now(self, entry: TraceEntry) -> TraceSummary:
+        """A buffered trace's summary under the policies in force, made anew from its stored spans
+        (the entry is left as it is). What it says of log records does not depend on the policies,
+        and is carried over."""
         old = entry.summary
         summary = TraceSummary(entry.trace_id)
         spans, groups = _spans_of(entry)
@@ -423,9 +471,42 @@ class Core:
                 summary.nbytes += len(record)
         for chunk in split_request(encode_request([(spans, groups, b"")]), self.splitter, False):
             summary.merge(chunk, self.engine.reads_root_attrs)
-        entry.resummarised(summary)
-        entry.generation = self.generation
-        return summary.spans
+        return summary
+
+    def peek_buffered(self, trace_id: bytes) -> tuple[TraceSummary, Verdict, bytes] | None:
+        """For a buffered trace: its summary and what the policies would decide now, with their
+        votes, changing nothing (no budget spent, the trace stays as it is); None when it is not
+        buffered here."""
+        entry = self.buffer.get(trace_id)
+        if entry is None:
+            return None
+        summary = entry.summary if entry.generation == self.generation else self._summary_now(entry)
+        verdict, votes = self._peek(summary)
+        return summary, verdict, votes
+
+    def peek_request(self, data: bytes) -> list[tuple[TraceSummary, Verdict, bytes]]:
+        """For each trace of an ExportTraceServiceRequest, in order of first appearance: its summary
+        and what the policies in force would decide, with their votes, changing nothing (nothing
+        buffered, no budget spent). Raises WireError when the request is malformed."""
+        summaries: dict[bytes, TraceSummary] = {}
+        for chunk in split_request(data, self.splitter, False):  # not counted in span metrics
+            summary = summaries.get(chunk.trace_id)
+            if summary is None:
+                summary = summaries[chunk.trace_id] = TraceSummary(chunk.trace_id)
+            summary.merge(chunk, self.engine.reads_root_attrs)
+        out: list[tuple[TraceSummary, Verdict, bytes]] = []
+        for summary in summaries.values():
+            verdict, votes = self._peek(summary)
+            out.append((summary, verdict, votes))
+        return out
+
+    def _peek(self, summary: TraceSummary) -> tuple[Verdict, bytes]:
+        votes = bytearray()
+        try:
+            verdict = self.engine.decide(summary, votes, True)
+        except Exception:
+            verdict = KEEP_ON_ERROR
+        return verdict, bytes(votes)
 
     def detach_quiet(self, now: float, limit: int) -> list[PackJob]:
         """Hand the hot spans of up to `limit` traces quiet for `compress_after` to be packed and

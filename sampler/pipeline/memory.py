@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from sampler.config.models import AUTO, Config
+from sampler.insight.recent import bound as recent_bound
+from sampler.insight.recent import capacity_within
 
 TARGET = 0.85  # the plan fills this share of the limit
 SOFT = 0.88  # resident memory above this: decide the oldest traces early
@@ -62,11 +64,25 @@ def _auto(setting: int | str, limit: int | None, share: float, low: int, high: i
     return without if limit is None else max(low, min(high, int(limit * share)))
 
 
+RECENT_SHARE = 0.01  # the recent-decisions ring (/debug) takes at most this share of memory_limit
+
+
+def recent_capacity(config: Config, limit: int | None) -> int:
+    """debug.recent_decisions, lowered (to no fewer than 1,000) so that the ring takes at most
+    RECENT_SHARE of the limit: a debugging aid must not leave the buffer too little room."""
+    wanted = config.debug.recent_decisions
+    if not wanted or limit is None or recent_bound(wanted) <= limit * RECENT_SHARE:
+        return wanted
+    return min(wanted, capacity_within(wanted, int(limit * RECENT_SHARE)))
+
+
 def bounds(config: Config, limit: int | None, decision_cache: int, sharding: bool) -> dict[str, int | None]:
     """Every component's bound in bytes, `auto` resolved (None: unbounded, only without a limit)."""
     inflight = config.receivers.max_inflight_bytes
+    recent = recent_capacity(config, limit)
     return {
         "decision_cache": decision_cache,
+        "recent_decisions": recent_bound(recent) if recent else 0,
         "export_queue": _auto(config.exporter.queue_max_bytes, limit, 0.10, 4 * 2**20, 64 * 2**20, NO_LIMIT_QUEUE),
         "forward_queues": _auto(config.peers.queue_max_bytes, limit, 1 / 16, 2 * 2**20, 32 * 2**20,
                                 NO_LIMIT_FORWARD) if sharding else 0,

@@ -59,6 +59,9 @@ class Policy:
         self.span_level = False
         self.predicate = True  # False: `keys` are only extracted (e.g. route reads them from the root span)
         self.spec: object = None  # the policy's definition as written (set by the loader), for reloads
+        # Its keeps are by probability (probabilistic, route), 1/sample_rate: kept traces carry it as the
+        # OpenTelemetry consistent-sampling threshold (sampler/otlp/tracestate.py); rule-based keeps do not.
+        self.by_probability = False
 
     def matches(self, attrs: Mapping[str, AttrValue], is_resource: bool) -> bool:
         """Whether one span's (or one resource's) attributes satisfy this policy's predicate."""
@@ -77,6 +80,11 @@ class Policy:
 
     def evaluate(self, trace: TraceSummary) -> Vote:
         raise NotImplementedError
+
+    def peek(self, trace: TraceSummary) -> Vote:
+        """The vote `evaluate` would cast now, changing nothing: a policy with state (a rate budget)
+        overrides it, and so does one with sub-policies (they may have state). For /debug."""
+        return self.evaluate(trace)
 
     def sample_rate(self, trace: TraceSummary) -> float:
         """1 / probability of keeping a trace like this one (1 for rule-based keeps)."""

@@ -36,15 +36,26 @@ class Composite(Policy):
         return self.subs
 
     def evaluate(self, trace: TraceSummary) -> Vote:
+        return self._vote(trace, False)
+
+    def peek(self, trace: TraceSummary) -> Vote:
+        return self._vote(trace, True)
+
+    def _vote(self, trace: TraceSummary, peek: bool) -> Vote:
+        """With `peek`, the sub-policies are peeked and no budget is spent (nor the second rolled)."""
         second = int(self.clock())
+        used = self.used
         if second != self.second:
-            self.second = second
-            self.used = [0] * len(self.subs)
+            used = [0] * len(self.subs)
+            if not peek:
+                self.second = second
+                self.used = used
         for i, sub in enumerate(self.subs):
-            if sub.evaluate(trace) in KEEP_VOTES:
-                after = self.used[i] + trace.spans
+            if (sub.peek(trace) if peek else sub.evaluate(trace)) in KEEP_VOTES:
+                after = used[i] + trace.spans
                 if after <= self.allocated[i] and after <= self.max_total:
-                    self.used[i] = after
+                    if not peek:
+                        used[i] = after
                     return Vote.SAMPLED
                 return Vote.NOT_SAMPLED
         return Vote.NOT_SAMPLED

@@ -24,15 +24,24 @@ class And(Policy):
         return self.subs
 
     def evaluate(self, trace: TraceSummary) -> Vote:
+        return self._all(trace, False)
+
+    def peek(self, trace: TraceSummary) -> Vote:
+        return self._all(trace, True)
+
+    def _all(self, trace: TraceSummary, peek: bool) -> Vote:
         for sub in self.subs:
-            if sub.evaluate(trace) in (Vote.NOT_SAMPLED, Vote.INVERT_NOT_SAMPLED):
+            if (sub.peek(trace) if peek else sub.evaluate(trace)) in (Vote.NOT_SAMPLED, Vote.INVERT_NOT_SAMPLED):
                 return Vote.NOT_SAMPLED
         return Vote.SAMPLED
 
 
 class Drop(And):
     def evaluate(self, trace: TraceSummary) -> Vote:
-        return Vote.DROPPED if super().evaluate(trace) is Vote.SAMPLED else Vote.NOT_SAMPLED
+        return Vote.DROPPED if self._all(trace, False) is Vote.SAMPLED else Vote.NOT_SAMPLED
+
+    def peek(self, trace: TraceSummary) -> Vote:
+        return Vote.DROPPED if self._all(trace, True) is Vote.SAMPLED else Vote.NOT_SAMPLED
 
 
 class Not(Policy):
@@ -44,9 +53,15 @@ class Not(Policy):
         return (self.sub,)
 
     def evaluate(self, trace: TraceSummary) -> Vote:
-        vote = self.sub.evaluate(trace)
-        if vote is Vote.SAMPLED:
-            return Vote.NOT_SAMPLED
-        if vote is Vote.NOT_SAMPLED:
-            return Vote.SAMPLED
-        return vote
+        return _negate(self.sub.evaluate(trace))
+
+    def peek(self, trace: TraceSummary) -> Vote:
+        return _negate(self.sub.peek(trace))
+
+
+def _negate(vote: Vote) -> Vote:
+    if vote is Vote.SAMPLED:
+        return Vote.NOT_SAMPLED
+    if vote is Vote.NOT_SAMPLED:
+        return Vote.SAMPLED
+    return vote

@@ -18,6 +18,17 @@ DROPPED: Final = Vote.DROPPED
 INVERT_NOT_SAMPLED: Final = Vote.INVERT_NOT_SAMPLED
 SAMPLED: Final = Vote.SAMPLED
 INVERT_SAMPLED: Final = Vote.INVERT_SAMPLED
+NOT_SAMPLED: Final = Vote.NOT_SAMPLED
+
+# Each policy's vote, as one byte, when the caller asks for them (the recent-decisions ring, /debug):
+# CONTRACT's names, by code. An invert_sampled vote keeps the trace as a sampled one does, and is
+# reported as one; ERROR is a policy that raised (and so abstained).
+VOTE_NOT_SAMPLED: Final = 0
+VOTE_SAMPLED: Final = 1
+VOTE_INVERTED_NOT_SAMPLED: Final = 2
+VOTE_DROPPED: Final = 3
+VOTE_ERROR: Final = 4
+VOTE_NAMES: Final = ("not_sampled", "sampled", "inverted_not_sampled", "dropped", "error")
 
 
 class Verdict(NamedTuple):
@@ -44,6 +55,9 @@ class Engine:
         sample_on_first_match: bool = False,
     ) -> None:
         self.policies = list(policies)
+        self.names = tuple(p.name for p in self.policies)  # whose votes decide() reports, in order
+        # Top-level policies whose keeps are by probability: their kept traces carry a threshold.
+        self.by_probability = frozenset(p.name for p in self.policies if p.by_probability)
         self.on_error = on_error
         self.sample_on_first_match = sample_on_first_match
         self.predicates: list[Policy] = []  # attribute predicates
@@ -89,16 +103,25 @@ class Engine:
                 out |= p.bit
         return out
 
-    def decide(self, trace: TraceSummary) -> Verdict:
+    def decide(self, trace: TraceSummary, votes: bytearray | None = None, peek: bool = False) -> Verdict:
+        """The decision on a trace. With `votes`, each top-level policy's vote code (VOTE_*) is
+        appended to it as it is cast, in file order: the votes that made this decision, not a
+        recomputation (policies not asked, after a veto or the first match, have none). With `peek`,
+        the policies answer without spending anything (rate and composite budgets stay as they are)
+        and errors are not reported: what they would say now (/debug)."""
         sampled: Policy | None = None
         invert_sampled: Policy | None = None
         for p in self.policies:
             try:
-                vote = p.evaluate(trace)
+                vote = p.peek(trace) if peek else p.evaluate(trace)
             except Exception as exc:  # an evaluation error abstains, as upstream
-                if self.on_error is not None:
+                if votes is not None:
+                    votes.append(VOTE_ERROR)
+                if self.on_error is not None and not peek:
                     self.on_error(p, exc)
                 continue
+            if votes is not None:
+                votes.append(_code(vote))
             if vote is DROPPED or vote is INVERT_NOT_SAMPLED:
                 return Verdict(False, p.name if vote is DROPPED else None, 0.0)
             if vote is SAMPLED and sampled is None:
@@ -111,6 +134,16 @@ class Engine:
         if keeper is None:
             return NO_KEEP
         return Verdict(True, keeper.name, keeper.sample_rate(trace))
+
+
+def _code(vote: Vote) -> int:
+    if vote is SAMPLED or vote is INVERT_SAMPLED:
+        return VOTE_SAMPLED
+    if vote is NOT_SAMPLED:
+        return VOTE_NOT_SAMPLED
+    if vote is DROPPED:
+        return VOTE_DROPPED
+    return VOTE_INVERTED_NOT_SAMPLED
 
 
 def _first(order: Sequence[Policy], a: Policy | None, b: Policy | None) -> Policy | None:

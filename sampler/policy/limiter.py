@@ -24,3 +24,11 @@ class TokenBucket:
             self.tokens -= n
             return True
         return False
+
+    def would_allow(self, n: int) -> bool:
+        """Whether `allow(n)` would pass now, taking nothing (/debug explains without side effects)."""
+        now = self.clock()
+        tokens = self.tokens
+        if now > self.last:
+            tokens = min(float(self.burst), tokens + (now - self.last) * self.rate)
+        return n <= tokens

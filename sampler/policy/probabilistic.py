@@ -12,6 +12,7 @@ from sampler.policy.summary import TraceSummary
 class Probabilistic(Policy):
     def __init__(self, name: str, config: ProbabilisticConfig) -> None:
         super().__init__(name)
+        self.by_probability = True
         self.hash = SaltedHash((config.hash_salt or DEFAULT_SALT).encode())
         self.percentage = config.sampling_percentage
         self.threshold = threshold(config.sampling_percentage)

@@ -26,6 +26,9 @@ class RateLimiting(Policy):
     def evaluate(self, trace: TraceSummary) -> Vote:
         return Vote.SAMPLED if self.bucket.allow(trace.spans) else Vote.NOT_SAMPLED
 
+    def peek(self, trace: TraceSummary) -> Vote:
+        return Vote.SAMPLED if self.bucket.would_allow(trace.spans) else Vote.NOT_SAMPLED
+
 
 class BytesLimiting(Policy):
     def __init__(self, name: str, config: BytesLimitingConfig, clock: Callable[[], float]) -> None:
@@ -35,3 +38,6 @@ class BytesLimiting(Policy):
 
     def evaluate(self, trace: TraceSummary) -> Vote:
         return Vote.SAMPLED if self.bucket.allow(trace.nbytes) else Vote.NOT_SAMPLED
+
+    def peek(self, trace: TraceSummary) -> Vote:
+        return Vote.SAMPLED if self.bucket.would_allow(trace.nbytes) else Vote.NOT_SAMPLED

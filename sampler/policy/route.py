@@ -23,6 +23,7 @@ FALLBACK_KEYS = ("url.path", "http.target")
 class Route(Policy):
     def __init__(self, name: str, config: RouteConfig) -> None:
         super().__init__(name)
+        self.by_probability = True
         self.predicate = False  # reads the root span's attributes from the summary, per trace
         self.lookup = (config.attribute, *(k for k in FALLBACK_KEYS if k != config.attribute))
         self.keys = frozenset(self.lookup)

@@ -1,7 +1,8 @@
 """Admin HTTP: /healthz (alive; under `run --workers`, 503 while a sibling worker is crash-looping),
 /readyz (receivers up and policies loaded, 503 while draining), /metrics (Prometheus text), and the
-admin UI: /graph (the live service graph page) and /graph.json (its data), with the UI's static
-files under /ui/. Read-only by design."""
+admin UI: /graph (the live service graph page) and /graph.json (its data), /debug (why a trace was
+kept or dropped: sampler/server/debug.py) with its page, and the UI's static files under /ui/.
+Read-only by design: even /debug/explain only evaluates what it is sent."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.openmetrics import exposition as openmetrics
 
 from sampler.server import ui
+from sampler.server.debug import Debug
 
 log = logging.getLogger("tailsampler.admin")
 
@@ -26,7 +28,8 @@ _UI_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 
 class AdminServer:
     def __init__(self, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], bool],
-                 problem: Callable[[], str | None] | None = None, graph: GraphProvider | None = None) -> None:
+                 problem: Callable[[], str | None] | None = None, graph: GraphProvider | None = None,
+                 debug: Debug | None = None) -> None:
         self.host = host
         self.port = port
         self.registry = registry
@@ -40,6 +43,8 @@ class AdminServer:
         app.router.add_get("/graph", self._graph_page)
         app.router.add_get("/graph.json", self._graph_json)
         app.router.add_get("/ui/{name}", self._ui_asset)
+        if debug is not None:
+            debug.routes(app)
         self.runner = web.AppRunner(app, access_log=None)
 
     async def _healthz(self, request: web.Request) -> web.Response:

@@ -10,6 +10,7 @@ import gc
 import logging
 import signal
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from sampler.exporters import build_sender
 from sampler.exporters.base import RawRequest, Sender
 from sampler.exporters.queue import ExportQueue
 from sampler.insight.live import Insight
+from sampler.insight.recent import RecentDecisions
 from sampler.insight.servicegraph import ServiceGraph
 from sampler.insight.spanmetrics import SpanMetrics
 from sampler.otlp.metrics import count_points
@@ -35,11 +37,13 @@ from sampler.pipeline.memory import (
     COMPRESSION_BOUND,
     MIN_BUFFER,
     NO_LIMIT_BUFFER,
+    RECENT_SHARE,
     Governor,
     InFlight,
     Plan,
     bounds,
     effective_limit,
+    recent_capacity,
 )
 from sampler.pipeline.pushback import Backpressure
 from sampler.policy.base import Policy
@@ -51,6 +55,7 @@ from sampler.receivers.http import HttpReceiver
 from sampler.security.auth import Authenticator
 from sampler.security.tls import Files, grpc_channel_credentials, reload_server_context, server_context
 from sampler.server.admin import AdminServer
+from sampler.server.debug import Debug
 from sampler.server.metrics import InsightCollector, MemoryCollector, Metrics, PeerCollector, SignalsCollector
 from sampler.server.settings import Loaded
 from sampler.server.system import container_limit, malloc_trim, read_rss, tune_malloc
@@ -148,6 +153,13 @@ class App:
             compression=Compression(enabled=buf.compression == "zstd"),
             insight=self._insight(),
         )
+        recent = recent_capacity(cfg, self.limit)
+        if recent:
+            if recent < cfg.debug.recent_decisions:
+                log.info("debug.recent_decisions: %d, not %d: the ring takes at most %.0f%% of memory_limit",
+                         recent, cfg.debug.recent_decisions, 100 * RECENT_SHARE)
+            self.core.recent = RecentDecisions(recent)
+            self.core.recent.epoch = time.time() - self.loop.time()
         self._compressor = ThreadPoolExecutor(1, thread_name_prefix="compress")
         self._packing = False
         self.metrics = Metrics(self.core)
@@ -160,6 +172,9 @@ class App:
         queue = self.queue
         self.metrics.export_queue_bytes.set_function(lambda: queue.nbytes)
         self.core.untraced_pass = cfg.logs.untraced == "pass"
+        self.core.dry_run = cfg.dry_run
+        if cfg.dry_run:
+            log.warning("dry_run: every trace is forwarded, its decision in tailsampling.decision; nothing is dropped")
         self.points_received: dict[str, int] = {}
         self.metrics.registry.register(SignalsCollector(self.core, queue, lambda: self.points_received))
         self.inflight = InFlight(self.bounds["requests"])
@@ -208,9 +223,10 @@ class App:
             if self.worker is not None and self.worker.index > 0 and port:
                 port += self.worker.index  # each worker's metrics on its own port: admin port + index
             graph = self.core.insight.graph if self.core.insight is not None else None
+            debug = Debug(lambda: self.core, self.auth, cfg.receivers.max_request_bytes)
             self.admin = AdminServer(host, port, self.metrics.registry, lambda: self.ready,
                                      self.worker.group_problem if self.worker is not None else None,
-                                     graph=graph.to_json if graph is not None else None)
+                                     graph=graph.to_json if graph is not None else None, debug=debug)
             self.ports["admin"] = await self.admin.start()
         self._spawn("sweeper", self._sweeper)
         if self.loaded.policies_path is not None:
@@ -258,6 +274,7 @@ class App:
         report = {
             "buffer": core.buffer.nbytes + core.compression.nbytes,
             "decision_cache": core.decisions.nbytes,
+            "recent_decisions": core.recent.nbytes if core.recent is not None else 0,
             "export_queue": self.queue.nbytes,
             "forward_queues": self.forwarder.nbytes if self.forwarder is not None else 0,
             "requests": self.inflight.nbytes,

@@ -288,7 +288,8 @@ class MemoryCollector(Collector):
         held = GaugeMetricFamily(
             "tailsampler_memory_bytes",
             "Memory held by component: buffer (and the samples a compression dictionary is trained on), "
-            "decision_cache, export_queue, forward_queues, requests (bodies being received and decoded), splitter "
+            "decision_cache, recent_decisions (the /debug ring), export_queue, forward_queues, requests (bodies "
+            "being received and decoded), splitter "
             "(its caches), baseline (the process as it started), other (resident memory beyond all of these).",
             labels=["component"],
         )

@@ -17,7 +17,7 @@ from importlib.resources import files
 NAV = (("Graph", "/graph"), ("Decisions", "/debug/decisions"))
 
 CONTENT_TYPES = {".css": "text/css", ".js": "text/javascript"}
-ASSETS = frozenset({"ui.css", "graph.js"})  # what /ui/<name> serves
+ASSETS = frozenset({"ui.css", "graph.js", "decisions.js"})  # what /ui/<name> serves
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
