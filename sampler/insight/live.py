@@ -44,14 +44,18 @@ class Insight:
             return
         if keep and self.spanmetrics is not None:
             self.spanmetrics.kept(summary.trace_id, records)
-        if self.graph is not None:
-            self.graph.add(trace_graph(span_records(summary)), summary.trace_id, keep, whole)
+        graph = self.graph
+        if graph is not None:
+            if graph.table is not None:  # the compiled splitter's: paired and counted in C
+                graph.add_records(records, summary.graph_groups, summary.peers, summary.trace_id, keep, whole)
+            else:
+                graph.add(trace_graph(span_records(summary)), summary.trace_id, keep, whole)
 
     @property
     def nbytes(self) -> int:
         n = self.spanmetrics.nbytes if self.spanmetrics is not None else 0
         if self.graph is not None:
-            n += 2000 * (len(self.graph.edges) + 1) + 100 * len(self.graph.services)
+            n += 2000 * (self.graph.edge_count + 1) + 100 * len(self.graph.services)
         return n
 
 

@@ -19,7 +19,7 @@ made per span are its bytes and a list slot.
 cimport cython
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.list cimport PyList_Append
 from cpython.object cimport PyObject
@@ -1243,3 +1243,470 @@ def split_logs(bytes data, splitter):
         chunk.marked = acc.marked
         PyList_Append(chunks, chunk)
     return chunks
+
+
+# The service graph at decision time (sampler/insight/servicegraph.py owns the semantics, and its
+# trace_graph is the reference this is held to): one whole trace's packed RECORDs paired in one
+# typed pass, and the edge requests counted straight into C arrays (`Edges`).
+
+cdef enum:
+    C_DIRECT = 0
+    C_MESSAGING = 1
+    C_DATABASE = 2
+    C_VIRTUAL = 3
+    MEMO = 256  # edge-index memo slots (by the identity of the key's strings)
+    REC_SIZE = 40  # split.RECORD.size
+
+
+cdef struct Req:
+    const unsigned char* span_id  # the client span's id; the root server span's for a request from `user`
+    PyObject* client  # the client service (str), or `user`
+    PyObject* server  # the server service or the peer (str)
+    int conn
+    bint failed
+    double client_s
+    double server_s
+    double seconds
+
+
+cdef inline uint64_t mix64(uint64_t x) noexcept:
+    x ^= x >> 30
+    x *= 0xbf58476d1ce4e5b9ULL
+    x ^= x >> 27
+    x *= 0x94d049bb133111ebULL
+    return x ^ (x >> 31)
+
+
+cdef inline double seconds_of(const unsigned char* rec) noexcept:
+    cdef uint64_t start, end
+    memcpy(&start, rec + 16, 8)
+    memcpy(&end, rec + 24, 8)
+    return <double>(end - start) / 1e9 if end > start else 0.0
+
+
+cdef inline bint same_str(PyObject* a, PyObject* b) except -1:
+    return a == b or <object>a == <object>b
+
+
+cdef inline bint truthy_str(object v) noexcept:
+    return v is not None and len(<str>v) > 0
+
+
+@cython.final
+cdef class _Pairing:
+    """One trace's pairing: its requests (a C array), orphans and root."""
+
+    cdef Req* reqs
+    cdef Py_ssize_t nreq
+    cdef bint has_root
+    cdef dict orphans  # service -> spans, None: none
+    cdef list services  # each service once per run of spans with the same group (repeats possible)
+    cdef list keep  # references held for the requests' borrowed pointers (peer strings)
+
+    def __dealloc__(self):
+        PyMem_Free(self.reqs)
+
+
+cdef object _peer_value(object found, int slot, object group):
+    """A peer attribute of a client span: the span's, else its resource's (str only)."""
+    value = found[slot + 1] if found is not None else None
+    if value is None:
+        attr = (<dict>group.attrs).get(PEER_KEYS[slot])
+        value = attr if type(attr) is str else None
+    return value
+
+
+cdef _Pairing pair(object records, list groups, object peers, tuple labels):
+    """trace_graph(span_records(...)) over the packed RECORDs, in C: see servicegraph.py."""
+    cdef _Pairing p = _Pairing.__new__(_Pairing)
+    cdef const unsigned char* recs = <const unsigned char*>PyByteArray_AS_STRING(records) \
+        if type(records) is bytearray else <const unsigned char*>PyBytes_AS_STRING(records)
+    cdef Py_ssize_t n = len(records) // REC_SIZE
+    cdef Py_ssize_t i, j, cap, slot, best
+    cdef uint64_t sid, pid, seed = 0x9E3779B97F4A7C15ULL
+    cdef uint64_t* tkeys = NULL
+    cdef int32_t* thead = NULL
+    cdef unsigned char* tflags = NULL  # bit 0: used, bit 1: some span has this id
+    cdef int32_t* nxt = NULL
+    cdef PyObject** service = NULL
+    cdef PyObject** peer_of = NULL
+    cdef const unsigned char* rec
+    cdef const unsigned char* crec
+    cdef const unsigned char* brec
+    cdef unsigned char kind
+    cdef Req* r
+    cdef PyObject* last_group = NULL
+    cdef PyObject* svc = NULL
+    cdef PyObject* g
+    cdef uint64_t bstart, cstart
+    cdef int c
+    p.reqs = NULL
+    p.nreq = 0
+    p.has_root = False
+    p.orphans = None
+    p.services = []
+    p.keep = []
+    if len(groups) < n:
+        raise ValueError("fewer groups than records")
+    if n == 0:
+        return p
+    cap = 16
+    while cap < 2 * n:
+        cap *= 2
+    try:
+        tkeys = <uint64_t*>PyMem_Malloc(cap * sizeof(uint64_t))
+        thead = <int32_t*>PyMem_Malloc(cap * sizeof(int32_t))
+        tflags = <unsigned char*>PyMem_Malloc(cap)
+        nxt = <int32_t*>PyMem_Malloc(n * sizeof(int32_t))
+        service = <PyObject**>PyMem_Malloc(n * sizeof(PyObject*))
+        peer_of = <PyObject**>PyMem_Malloc(n * sizeof(PyObject*))
+        p.reqs = <Req*>PyMem_Malloc(n * sizeof(Req))
+        if (tkeys is NULL or thead is NULL or tflags is NULL or nxt is NULL or service is NULL
+                or peer_of is NULL or p.reqs is NULL):
+            raise MemoryError()
+        memset(tflags, 0, cap)
+        memset(peer_of, 0, n * sizeof(PyObject*))
+        if peers:
+            for found in peers:
+                i = found[0]
+                if 0 <= i < n:
+                    peer_of[i] = <PyObject*>found
+        # pass 1: each span's service, and its id in the table
+        for i in range(n):
+            g = <PyObject*>groups[i]
+            if g != last_group:
+                last_group = g
+                svc_obj = (<object>g).service
+                p.services.append(svc_obj)
+                svc = <PyObject*>svc_obj
+            service[i] = svc
+            nxt[i] = -1
+            rec = recs + i * REC_SIZE
+            memcpy(&sid, rec, 8)
+            if sid != 0:
+                slot = mix64(sid ^ seed) & (cap - 1)
+                while tflags[slot] & 1 and tkeys[slot] != sid:
+                    slot = (slot + 1) & (cap - 1)
+                if not tflags[slot] & 1:
+                    tkeys[slot] = sid
+                    thead[slot] = -1
+                tflags[slot] |= 3
+        # pass 2: roots, orphans, and each callee under its parent's id
+        for i in range(n):
+            rec = recs + i * REC_SIZE
+            memcpy(&pid, rec + 8, 8)
+            kind = rec[32]
+            if pid == 0:
+                p.has_root = True
+                continue
+            slot = mix64(pid ^ seed) & (cap - 1)
+            while tflags[slot] & 1 and tkeys[slot] != pid:
+                slot = (slot + 1) & (cap - 1)
+            if not tflags[slot] & 2:
+                if p.orphans is None:
+                    p.orphans = {}
+                p.orphans[<object>service[i]] = p.orphans.get(<object>service[i], 0) + 1
+            if kind == 2 or kind == 5:
+                if not tflags[slot] & 1:
+                    tkeys[slot] = pid
+                    thead[slot] = -1
+                    tflags[slot] = 1
+                nxt[i] = thead[slot]
+                thead[slot] = <int32_t>i
+        # pass 3: the requests
+        for i in range(n):
+            rec = recs + i * REC_SIZE
+            kind = rec[32]
+            if kind == 3 or kind == 4:
+                memcpy(&sid, rec, 8)
+                best = -1
+                if sid != 0:
+                    slot = mix64(sid ^ seed) & (cap - 1)
+                    while tflags[slot] & 1 and tkeys[slot] != sid:
+                        slot = (slot + 1) & (cap - 1)
+                    j = thead[slot] if tflags[slot] & 1 else -1
+                    while j >= 0:  # latest first: on a tie the earliest span wins, as min() picks
+                        if not same_str(service[j], service[i]):
+                            if best < 0:
+                                best = j
+                            else:
+                                crec = recs + j * REC_SIZE
+                                brec = recs + best * REC_SIZE
+                                memcpy(&cstart, crec + 16, 8)
+                                memcpy(&bstart, brec + 16, 8)
+                                if cstart < bstart or (cstart == bstart and memcmp(crec, brec, 8) <= 0):
+                                    best = j
+                        j = nxt[j]
+                r = p.reqs + p.nreq
+                r.span_id = rec
+                r.client = service[i]
+                r.client_s = seconds_of(rec)
+                r.seconds = r.client_s
+                found = <object>peer_of[i] if peer_of[i] is not NULL else None
+                db = _peer_value(found, 1, groups[i])
+                if best >= 0:
+                    brec = recs + best * REC_SIZE
+                    r.server = service[best]
+                    if kind == 4 or brec[32] == 5:
+                        r.conn = C_MESSAGING
+                    elif truthy_str(db):
+                        r.conn = C_DATABASE
+                    else:
+                        r.conn = C_DIRECT
+                    r.failed = rec[33] == 2 or brec[33] == 2
+                    r.server_s = seconds_of(brec)
+                    p.nreq += 1
+                    continue
+                peer = _peer_value(found, 0, groups[i])
+                if not truthy_str(peer):
+                    peer = db
+                    if not truthy_str(peer):
+                        peer = _peer_value(found, 2, groups[i])
+                        if not truthy_str(peer):
+                            continue
+                p.keep.append(peer)
+                r.server = <PyObject*>peer
+                r.failed = rec[33] == 2
+                if truthy_str(db):
+                    r.conn = C_DATABASE
+                    r.server_s = r.client_s
+                else:
+                    r.conn = C_VIRTUAL
+                    r.server_s = 0.0
+                p.nreq += 1
+            elif kind == 2 or kind == 5:
+                memcpy(&pid, rec + 8, 8)
+                if pid == 0:
+                    r = p.reqs + p.nreq
+                    r.span_id = rec
+                    r.client = <PyObject*>labels[0]
+                    r.server = service[i]
+                    r.conn = C_VIRTUAL
+                    r.failed = rec[33] == 2
+                    r.client_s = 0.0
+                    r.server_s = seconds_of(rec)
+                    r.seconds = r.server_s
+                    p.nreq += 1
+    finally:
+        PyMem_Free(tkeys)
+        PyMem_Free(thead)
+        PyMem_Free(tflags)
+        PyMem_Free(nxt)
+        PyMem_Free(service)
+        PyMem_Free(peer_of)
+    return p
+
+
+cdef tuple req_key(Req* r, tuple labels):
+    return (<object>r.client, <object>r.server, labels[1 + r.conn])
+
+
+def trace_requests(records, list groups, peers, tuple labels):
+    """The pairing `Edges.add_trace` counts, for tests: (requests, orphans, has_root, services), the
+    requests as (key, span id, failed, client s, server s, seconds) sorted as trace_graph sorts them.
+    `labels`: USER, then the connection types DIRECT, MESSAGING_SYSTEM, DATABASE, VIRTUAL_NODE."""
+    cdef _Pairing p = pair(records, groups, peers, labels)
+    cdef Req* r
+    cdef Py_ssize_t i
+    out = []
+    for i in range(p.nreq):
+        r = p.reqs + i
+        out.append((req_key(r, labels), PyBytes_FromStringAndSize(<const char*>r.span_id, 8), r.failed,
+                    r.client_s, r.server_s, r.seconds))
+    out.sort(key=lambda t: (t[0], t[1]))
+    return out, p.orphans or {}, p.has_root, p.services
+
+
+@cython.final
+cdef class Edges:
+    """The edges of a ServiceGraph in C arrays: per edge (row 0: the overflow edge) its requests,
+    failed requests and three histograms (client, server: `bounds`; latency: `display`), each its
+    bucket counts (le, +Inf last), count, sum and max; and its exemplar. servicegraph.EdgeStats is
+    the reading of one row (`row`)."""
+
+    cdef public dict index  # (client, server, connection type) -> row
+    cdef public list keys  # row -> key (None: the overflow edge)
+    cdef public list exemplars  # row -> (trace id, client s, server s) or None
+    cdef public Py_ssize_t max_edges
+    cdef tuple labels
+    cdef double b1[64]
+    cdef double b2[64]
+    cdef int n1, n2
+    cdef Py_ssize_t stride  # uint64 per row: requests, failed, then per histogram its count and buckets
+    cdef uint64_t* counts
+    cdef double* sums  # 6 per row: per histogram its sum and max
+    cdef uint64_t* ex_gen  # per row: the trace that last set its exemplar, and with which span id
+    cdef uint64_t* ex_span
+    cdef uint64_t gen
+    cdef Py_ssize_t capacity
+    cdef PyObject* memo_a[MEMO]
+    cdef PyObject* memo_b[MEMO]
+    cdef int memo_c[MEMO]
+    cdef Py_ssize_t memo_row[MEMO]
+    cdef list memo_refs  # keeps the memo's strings alive
+
+    def __cinit__(self, *args, **kwargs):
+        self.counts = NULL
+        self.sums = NULL
+        self.ex_gen = NULL
+        self.ex_span = NULL
+        self.capacity = 0
+
+    def __init__(self, bounds, display, Py_ssize_t max_edges, tuple labels):
+        if len(bounds) > 63 or len(display) > 63:
+            raise ValueError("at most 63 latency buckets")
+        self.n1 = len(bounds)
+        self.n2 = len(display)
+        for i, b in enumerate(bounds):
+            self.b1[i] = b
+        for i, b in enumerate(display):
+            self.b2[i] = b
+        self.labels = labels
+        self.max_edges = max_edges
+        self.index = {}
+        self.keys = [None]
+        self.exemplars = [None]
+        self.stride = 2 + 3 + 2 * (self.n1 + 1) + (self.n2 + 1)
+        self.gen = 0
+        memset(self.memo_a, 0, sizeof(self.memo_a))
+        self.memo_refs = [None] * MEMO
+        self.grow(16)
+
+    def __dealloc__(self):
+        PyMem_Free(self.counts)
+        PyMem_Free(self.sums)
+        PyMem_Free(self.ex_gen)
+        PyMem_Free(self.ex_span)
+
+    cdef int grow(self, Py_ssize_t capacity) except -1:
+        cdef uint64_t* counts = <uint64_t*>PyMem_Realloc(self.counts, capacity * self.stride * sizeof(uint64_t))
+        if counts is NULL:
+            raise MemoryError()
+        self.counts = counts
+        cdef double* sums = <double*>PyMem_Realloc(self.sums, capacity * 6 * sizeof(double))
+        if sums is NULL:
+            raise MemoryError()
+        self.sums = sums
+        cdef uint64_t* gen = <uint64_t*>PyMem_Realloc(self.ex_gen, capacity * sizeof(uint64_t))
+        if gen is NULL:
+            raise MemoryError()
+        self.ex_gen = gen
+        cdef uint64_t* span = <uint64_t*>PyMem_Realloc(self.ex_span, capacity * sizeof(uint64_t))
+        if span is NULL:
+            raise MemoryError()
+        self.ex_span = span
+        memset(counts + self.capacity * self.stride, 0, (capacity - self.capacity) * self.stride * sizeof(uint64_t))
+        memset(sums + self.capacity * 6, 0, (capacity - self.capacity) * 6 * sizeof(double))
+        memset(gen + self.capacity, 0, (capacity - self.capacity) * sizeof(uint64_t))
+        memset(span + self.capacity, 0, (capacity - self.capacity) * sizeof(uint64_t))
+        self.capacity = capacity
+        return 0
+
+    cdef Py_ssize_t row_of(self, object key) except -1:
+        cdef PyObject* found = PyDict_GetItem(self.index, key)
+        cdef Py_ssize_t i
+        if found is not NULL:
+            return <Py_ssize_t><object>found
+        i = len(self.keys)
+        if i > self.max_edges:
+            return 0
+        if i >= self.capacity:
+            self.grow(2 * self.capacity)
+        self.index[key] = i
+        self.keys.append(key)
+        self.exemplars.append(None)
+        return i
+
+    cdef Py_ssize_t row_memo(self, Req* r) except -1:
+        cdef size_t h = ((<size_t>r.client >> 4) * 31 + (<size_t>r.server >> 4) * 7 + <size_t>r.conn) & (MEMO - 1)
+        cdef Py_ssize_t row
+        if self.memo_a[h] == r.client and self.memo_b[h] == r.server and self.memo_c[h] == r.conn:
+            return self.memo_row[h]
+        row = self.row_of(req_key(r, self.labels))
+        if row == 0:
+            return 0  # the overflow edge: a later edge may still not fit, so never memoised
+        self.memo_refs[h] = (<object>r.client, <object>r.server)
+        self.memo_a[h] = r.client
+        self.memo_b[h] = r.server
+        self.memo_c[h] = r.conn
+        self.memo_row[h] = row
+        return row
+
+    cdef inline void observe(self, uint64_t* c, double* s, const double* bounds, int n, double v) noexcept:
+        cdef int j = 0
+        while j < n and v > bounds[j]:
+            j += 1
+        c[0] += 1
+        c[1 + j] += 1
+        s[0] += v
+        if v > s[1]:
+            s[1] = v
+
+    cdef int count(self, Py_ssize_t row, bint failed, double client_s, double server_s, double seconds) except -1:
+        cdef uint64_t* c = self.counts + row * self.stride
+        cdef double* s = self.sums + row * 6
+        c[0] += 1
+        c[1] += failed
+        self.observe(c + 2, s, self.b1, self.n1, client_s)
+        self.observe(c + 3 + self.n1 + 1, s + 2, self.b1, self.n1, server_s)
+        self.observe(c + 4 + 2 * (self.n1 + 1), s + 4, self.b2, self.n2, seconds)
+        return 0
+
+    def add_request(self, key, bint failed, double client_s, double server_s, double seconds, exemplar):
+        """One request on an edge (the interpreted graph's EdgeStats.add); the exemplar, if any, is
+        its trace id and becomes the edge's."""
+        cdef Py_ssize_t row = self.row_of(key)
+        self.count(row, failed, client_s, server_s, seconds)
+        if exemplar is not None:
+            self.exemplars[row] = (exemplar, client_s, server_s)
+
+    def add_trace(self, records, list groups, peers, trace_id, bint kept):
+        """Pair one whole trace's RECORDs (with its spans' groups and its client spans' peers, as
+        the summary holds them) and count its requests; a kept trace becomes the exemplar of its
+        edges. Returns (has_root, orphans per service or None, services)."""
+        cdef _Pairing p = pair(records, groups, peers, self.labels)
+        cdef Req* r
+        cdef Py_ssize_t i, row
+        cdef uint64_t span
+        cdef int k
+        if len(self.keys) - 1 + p.nreq > self.max_edges:  # edges may overflow: in trace_graph's order
+            order = [(req_key(p.reqs + i, self.labels), PyBytes_FromStringAndSize(<const char*>p.reqs[i].span_id, 8), i)
+                     for i in range(p.nreq)]
+            order.sort()
+            for _, _, i in order:
+                r = p.reqs + i
+                row = self.row_of(req_key(r, self.labels))
+                self.count(row, r.failed, r.client_s, r.server_s, r.seconds)
+                if kept:
+                    self.exemplars[row] = (trace_id, r.client_s, r.server_s)
+            return p.has_root, p.orphans, p.services
+        self.gen += 1
+        for i in range(p.nreq):
+            r = p.reqs + i
+            row = self.row_memo(r)
+            self.count(row, r.failed, r.client_s, r.server_s, r.seconds)
+            if kept:  # the request trace_graph sorts last on its edge: the greatest span id
+                span = 0
+                for k in range(8):
+                    span = (span << 8) | r.span_id[k]
+                if self.ex_gen[row] != self.gen or span >= self.ex_span[row]:
+                    self.ex_gen[row] = self.gen
+                    self.ex_span[row] = span
+                    self.exemplars[row] = (trace_id, r.client_s, r.server_s)
+        return p.has_root, p.orphans, p.services
+
+    def row(self, Py_ssize_t row):
+        """(requests, failed, per histogram (client, server, latency) its (bucket counts, count, sum,
+        max)) of one row."""
+        cdef uint64_t* c = self.counts + row * self.stride
+        cdef double* s = self.sums + row * 6
+        cdef Py_ssize_t at = 2
+        hists = []
+        for h, n in ((0, self.n1), (1, self.n1), (2, self.n2)):
+            hists.append(([c[at + 1 + j] for j in range(n + 1)], c[at], s[2 * h], s[2 * h + 1]))
+            at += n + 2
+        return c[0], c[1], hists
+
+    @property
+    def nedges(self):
+        return len(self.keys) - 1
