@@ -465,6 +465,40 @@ cdef struct SpanInfo:
 RECORD_SIZE = 40  # split.RECORD.size
 cdef uint32_t NO_SERIES = 0xFFFFFFFF
 
+cdef enum:
+    MEMO_NAME = 48  # longest span name the tally's memo holds
+    MEMO_SLOTS = 4096  # the memo's slots (power of two); cleared when half of them are taken
+
+
+cdef struct SeriesMemo:
+    uint64_t h
+    PyObject* service  # held by Tally.memo_refs
+    uint32_t kind
+    uint32_t status
+    Py_ssize_t series
+    Py_ssize_t nlen  # -1: empty slot
+    unsigned char name[MEMO_NAME]
+
+
+cdef inline uint64_t mix(uint64_t x) noexcept:
+    x ^= x >> 30
+    x *= 0xbf58476d1ce4e5b9ULL
+    x ^= x >> 27
+    x *= 0x94d049bb133111ebULL
+    return x ^ (x >> 31)
+
+
+cdef inline uint64_t name_hash(const unsigned char* b, Py_ssize_t n, uint64_t h) noexcept:
+    cdef uint64_t word
+    while n >= 8:
+        memcpy(&word, b, 8)
+        h = mix(h ^ word)
+        b += 8
+        n -= 8
+    word = 0
+    memcpy(&word, b, n)
+    return mix(h ^ word ^ (<uint64_t>n << 56))
+
 
 @cython.final
 cdef class Tally:
@@ -481,10 +515,18 @@ cdef class Tally:
     cdef Py_ssize_t stride
     cdef uint64_t* counts
     cdef Py_ssize_t capacity  # series the array has room for
+    # (service, span name bytes, kind, status) -> series, for a tally without dimensions: a span
+    # whose label set was seen costs a hash and a comparison of its name's bytes, no str, tuple or
+    # dict lookup. The service is compared by identity (groups are interned, so their strings are
+    # shared); another str of the same value only misses, and is then looked up by its key.
+    cdef SeriesMemo* memo
+    cdef Py_ssize_t memo_used
+    cdef list memo_refs
 
     def __cinit__(self, bounds_ns, dims=(), max_series=10_000):
         self.counts = NULL
         self.capacity = 0
+        self.memo = NULL
 
     def __init__(self, bounds_ns, dims=(), max_series=10_000):
         self.bounds_ns = tuple(bounds_ns)
@@ -499,9 +541,60 @@ cdef class Tally:
             self.bounds[i] = bound
         self.stride = self.nbounds + 3
         self.grow(16)
+        if not self.dims:
+            self.memo = <SeriesMemo*>PyMem_Malloc(MEMO_SLOTS * sizeof(SeriesMemo))
+            if self.memo is NULL:
+                raise MemoryError()
+            self.memo_clear()
 
     def __dealloc__(self):
         PyMem_Free(self.counts)
+        PyMem_Free(self.memo)
+
+    cdef void memo_clear(self) noexcept:
+        cdef Py_ssize_t i
+        for i in range(MEMO_SLOTS):
+            self.memo[i].nlen = -1
+        self.memo_used = 0
+        self.memo_refs = []
+
+    cdef Py_ssize_t span_series(self, object service, const unsigned char* b, Py_ssize_t start, Py_ssize_t stop,
+                                uint32_t kind, uint32_t status) except -1:
+        """series((service, the name b[start:stop] as str, kind, status, ())) of a tally without
+        dimensions, through the memo (the name was validated as UTF-8 already)."""
+        cdef Py_ssize_t n = stop - start
+        cdef uint64_t h
+        cdef size_t slot
+        cdef SeriesMemo* m
+        cdef Py_ssize_t series
+        if n > MEMO_NAME:
+            return self.series((service, decode(b, start, stop), kind, status, ()))
+        h = name_hash(b + start, n, mix(<uint64_t><size_t><PyObject*>service ^ (<uint64_t>kind << 40)
+                                        ^ (<uint64_t>status << 48)))
+        slot = h & (MEMO_SLOTS - 1)
+        while True:
+            m = self.memo + slot
+            if m.nlen < 0:
+                break
+            if (m.h == h and m.service == <PyObject*>service and m.kind == kind and m.status == status
+                    and m.nlen == n and memcmp(m.name, b + start, n) == 0):
+                return m.series
+            slot = (slot + 1) & (MEMO_SLOTS - 1)
+        series = self.series((service, decode(b, start, stop), kind, status, ()))
+        if self.memo_used >= MEMO_SLOTS // 2:
+            self.memo_clear()
+            slot = h & (MEMO_SLOTS - 1)
+            m = self.memo + slot
+        self.memo_refs.append(service)
+        m.h = h
+        m.service = <PyObject*>service
+        m.kind = kind
+        m.status = status
+        m.series = series
+        m.nlen = n
+        memcpy(m.name, b + start, n)
+        self.memo_used += 1
+        return series
 
     cdef int grow(self, Py_ssize_t capacity) except -1:
         cdef uint64_t* counts = <uint64_t*>PyMem_Realloc(self.counts, capacity * self.stride * sizeof(uint64_t))
@@ -827,9 +920,11 @@ cdef class _Split:
                 chunk = <Chunk>found
             self.last = chunk
         if self.tally is not None:
-            key = (service, decode(b, s.name_start, s.name_stop), s.kind, s.status,
-                   tuple(self.dimv) if self.dims else ())
-            series = <uint32_t>self.tally.series(key)
+            if self.dims:
+                key = (service, decode(b, s.name_start, s.name_stop), s.kind, s.status, tuple(self.dimv))
+                series = <uint32_t>self.tally.series(key)
+            else:
+                series = <uint32_t>self.tally.span_series(service, b, s.name_start, s.name_stop, s.kind, s.status)
             self.tally.add(series, s.end - s.start if s.end > s.start else 0)
         if self.records:
             if (s.kind == 3 or s.kind == 4) and (self.peer0 is not None or self.peer1 is not None
