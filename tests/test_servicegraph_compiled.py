@@ -55,12 +55,12 @@ def traces(draw: st.DrawFn) -> SimpleNamespace:
         status = draw(st.integers(0, 3))
         start = draw(st.integers(0, 5)) * 10**6
         end = draw(st.integers(0, 8)) * 10**6
+        has_peer = kind in (3, 4) and draw(st.booleans())
         records += RECORD.pack(ids[i].to_bytes(8, "big"), parent.to_bytes(8, "big"), start, end, kind, status,
-                               NO_SERIES)
+                               has_peer, NO_SERIES)
         groups.append(draw(st.sampled_from(GROUPS)))
-        if kind in (3, 4) and draw(st.booleans()):
-            peers.append((i, draw(st.sampled_from(PEERS)), draw(st.sampled_from(PEERS)),
-                          draw(st.sampled_from(PEERS))))
+        if has_peer:
+            peers.append((draw(st.sampled_from(PEERS)), draw(st.sampled_from(PEERS)), draw(st.sampled_from(PEERS))))
     return SimpleNamespace(graph=records, graph_groups=groups, peers=peers or None,
                            trace_id=draw(st.binary(min_size=16, max_size=16)))
 

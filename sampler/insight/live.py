@@ -65,14 +65,14 @@ def span_records(summary: TraceSummary) -> Iterator[SpanRecord]:
     records = summary.graph
     if records is None:
         return
-    peers = {p[0]: p[1:] for p in summary.peers} if summary.peers else {}
+    peers = iter(summary.peers or ())
     groups = summary.graph_groups
-    for i, (span_id, parent, start, end, kind, status, _) in enumerate(RECORD.iter_unpack(records)):
+    for i, (span_id, parent, start, end, kind, status, has_peer, _) in enumerate(RECORD.iter_unpack(records)):
         group = groups[i]
+        found = next(peers) if has_peer else None
         if kind not in _CALLERS:  # only a client span reads its peer
             yield SpanRecord(group.service, span_id, parent, kind, status == 2, start, end)
             continue
-        found = peers.get(i)
         values: list[str | None] = []
         for slot, key in enumerate(PEER_KEYS):
             value = found[slot] if found is not None else None

@@ -307,7 +307,7 @@ class ServiceGraph:
                 self._edge(request.key).add(request, exemplar)
 
     def add_records(self, records: bytes | bytearray, groups: list[Group],
-                    peers: Sequence[tuple[int, str | None, str | None, str | None]] | None,
+                    peers: list[tuple[str | None, str | None, str | None]] | None,
                     trace_id: bytes = b"", kept: bool = False, broken: bool = True) -> None:
         """`add(trace_graph(...))` of one trace as the splitter recorded it (split.RECORD per span,
         each span's group, and the client spans' peer attributes, as live.span_records reads them),

@@ -75,7 +75,7 @@ class SpanMetrics:
     def kept(self, trace_id: bytes, records: bytes | bytearray) -> None:
         """A trace was kept: each series its spans were counted in takes it as its exemplar."""
         exemplars = self.exemplars
-        for _, _, start, end, _, _, series in RECORD.iter_unpack(records):
+        for _, _, start, end, _, _, _, series in RECORD.iter_unpack(records):
             if series != NO_SERIES:
                 exemplars[series] = (trace_id, end - start if end > start else 0)
 

@@ -22,7 +22,7 @@ class Chunk:
     root_attrs: dict[str, AttrValue] | None
     root_group: Group | None
     graph: bytearray | None
-    peers: list[tuple[int, str | None, str | None, str | None]] | None
+    peers: list[tuple[str | None, str | None, str | None]] | None
     @property
     def bits(self) -> int: ...
 
@@ -40,7 +40,7 @@ class Tally:
     def nbytes(self) -> int: ...
 
 EdgeKeyT = tuple[str, str, str]
-Peers = Sequence[tuple[int, str | None, str | None, str | None]] | None
+Peers = list[tuple[str | None, str | None, str | None]] | None
 
 class Edges:
     index: dict[EdgeKeyT, int]

@@ -658,7 +658,7 @@ cdef class Chunk:
     cdef public object root_group
     cdef public bint marked
     cdef public object graph  # bytearray of split.RECORD per span, or None
-    cdef public object peers  # list of (span index, PEER_KEYS' str values), or None
+    cdef public object peers  # list of PEER_KEYS' str values of the spans flagged in graph, or None
     cdef uint64_t narrow_bits
     cdef object wide_bits
 
@@ -685,6 +685,7 @@ cdef class _Split:
     cdef tuple dims
     # the span being read: its PEER_KEYS' values (Splitter.records) and its dimensions' values
     cdef object peer0, peer1, peer2
+    cdef tuple last_peer  # the last peer values appended (shared by the spans that repeat them)
     cdef list dimv
     # the span being read: its wanted attributes (kept while it may be a root) and predicate bits
     cdef object attrs
@@ -868,6 +869,8 @@ cdef class _Split:
         cdef uint32_t series = NO_SERIES
         cdef Py_ssize_t old
         cdef char* rec
+        cdef char has_peer
+        cdef tuple last
         self.attrs = None
         self.narrow = 0
         self.wide = None
@@ -927,11 +930,16 @@ cdef class _Split:
                 series = <uint32_t>self.tally.span_series(service, b, s.name_start, s.name_stop, s.kind, s.status)
             self.tally.add(series, s.end - s.start if s.end > s.start else 0)
         if self.records:
+            has_peer = 0
             if (s.kind == 3 or s.kind == 4) and (self.peer0 is not None or self.peer1 is not None
                                                  or self.peer2 is not None):  # a client span's peer
                 if chunk.peers is None:
                     chunk.peers = []
-                chunk.peers.append((len(chunk.spans), self.peer0, self.peer1, self.peer2))
+                last = self.last_peer  # the same values as the last one's (same objects): the same tuple
+                if last is None or not (last[0] is self.peer0 and last[1] is self.peer1 and last[2] is self.peer2):
+                    last = self.last_peer = (self.peer0, self.peer1, self.peer2)
+                PyList_Append(chunk.peers, last)
+                has_peer = 1
             old = PyByteArray_GET_SIZE(chunk.graph)
             PyByteArray_Resize(chunk.graph, old + RECORD_SIZE)
             rec = PyByteArray_AS_STRING(chunk.graph) + old
@@ -944,7 +952,7 @@ cdef class _Split:
             memcpy(rec + 24, &s.end, 8)
             rec[32] = <char>(s.kind if s.kind < 255 else 255)
             rec[33] = <char>(s.status if s.status < 255 else 255)
-            rec[34] = 0
+            rec[34] = has_peer
             rec[35] = 0
             memcpy(rec + 36, &series, 4)
         PyList_Append(chunk.spans, data)
@@ -1402,13 +1410,19 @@ cdef class _Pairing:
         PyMem_Free(self.reqs)
 
 
-cdef object _peer_value(object found, int slot, object group):
+cdef inline object _peer_value(tuple found, int slot, tuple resource):
     """A peer attribute of a client span: the span's, else its resource's (str only)."""
-    value = found[slot + 1] if found is not None else None
-    if value is None:
-        attr = (<dict>group.attrs).get(PEER_KEYS[slot])
-        value = attr if type(attr) is str else None
-    return value
+    value = found[slot] if found is not None else None
+    return resource[slot] if value is None else value
+
+
+cdef tuple _resource_peers(object group):
+    attrs = <dict>group.attrs
+    out = []
+    for key in PEER_KEYS:
+        attr = attrs.get(key)
+        out.append(attr if type(attr) is str else None)
+    return tuple(out)
 
 
 cdef _Pairing pair(object records, list groups, object peers, tuple labels):
@@ -1425,6 +1439,7 @@ cdef _Pairing pair(object records, list groups, object peers, tuple labels):
     cdef int32_t* nxt = NULL
     cdef PyObject** service = NULL
     cdef PyObject** peer_of = NULL
+    cdef Py_ssize_t k = 0
     cdef const unsigned char* rec
     cdef const unsigned char* crec
     cdef const unsigned char* brec
@@ -1433,6 +1448,9 @@ cdef _Pairing pair(object records, list groups, object peers, tuple labels):
     cdef PyObject* last_group = NULL
     cdef PyObject* svc = NULL
     cdef PyObject* g
+    cdef PyObject* peer_group = NULL
+    cdef tuple resource = None
+    cdef tuple found
     cdef uint64_t bstart, cstart
     cdef int c
     p.reqs = NULL
@@ -1461,11 +1479,11 @@ cdef _Pairing pair(object records, list groups, object peers, tuple labels):
             raise MemoryError()
         memset(tflags, 0, cap)
         memset(peer_of, 0, n * sizeof(PyObject*))
-        if peers:
-            for found in peers:
-                i = found[0]
-                if 0 <= i < n:
-                    peer_of[i] = <PyObject*>found
+        if peers:  # the n-th RECORD flagged as having one has the n-th entry
+            for i in range(n):
+                if recs[i * REC_SIZE + 34] and k < len(<list>peers):
+                    peer_of[i] = <PyObject*>(<list>peers)[k]
+                    k += 1
         # pass 1: each span's service, and its id in the table
         for i in range(n):
             g = <PyObject*>groups[i]
@@ -1537,8 +1555,12 @@ cdef _Pairing pair(object records, list groups, object peers, tuple labels):
                 r.client = service[i]
                 r.client_s = seconds_of(rec)
                 r.seconds = r.client_s
-                found = <object>peer_of[i] if peer_of[i] is not NULL else None
-                db = _peer_value(found, 1, groups[i])
+                found = <tuple>peer_of[i] if peer_of[i] is not NULL else None
+                g = <PyObject*>groups[i]
+                if g != peer_group:
+                    peer_group = g
+                    resource = _resource_peers(<object>g)
+                db = _peer_value(found, 1, resource)
                 if best >= 0:
                     brec = recs + best * REC_SIZE
                     r.server = service[best]
@@ -1552,11 +1574,11 @@ cdef _Pairing pair(object records, list groups, object peers, tuple labels):
                     r.server_s = seconds_of(brec)
                     p.nreq += 1
                     continue
-                peer = _peer_value(found, 0, groups[i])
+                peer = _peer_value(found, 0, resource)
                 if not truthy_str(peer):
                     peer = db
                     if not truthy_str(peer):
-                        peer = _peer_value(found, 2, groups[i])
+                        peer = _peer_value(found, 2, resource)
                         if not truthy_str(peer):
                             continue
                 p.keep.append(peer)
@@ -1728,9 +1750,13 @@ cdef class Edges:
         return row
 
     cdef inline void observe(self, uint64_t* c, double* s, const double* bounds, int n, double v) noexcept:
-        cdef int j = 0
-        while j < n and v > bounds[j]:
-            j += 1
+        cdef int j = 0, hi = n, mid
+        while j < hi:  # the first bound >= v (bisect_left)
+            mid = (j + hi) >> 1
+            if bounds[mid] < v:
+                j = mid + 1
+            else:
+                hi = mid
         c[0] += 1
         c[1 + j] += 1
         s[0] += v
