@@ -313,15 +313,11 @@ class ServiceGraph:
         each span's group, and the client spans' peer attributes, as live.span_records reads them),
         paired and counted in C; only with the compiled splitter (`table`)."""
         assert self.table is not None
-        has_root, orphans, services = self.table.add_trace(records, groups, peers, trace_id,
-                                                           kept and bool(trace_id))
+        has_root, orphans = self.table.add_trace(records, groups, peers, trace_id, kept and bool(trace_id),
+                                                 self.services, self.max_services)
         self.traces += 1
         if broken and not has_root:
             self.traces_without_root += 1
-        known = self.services
-        for service in services:
-            if service not in known:
-                self._service(service)
         if broken and orphans:
             for service, n in orphans.items():
                 if self._service(service):

@@ -488,6 +488,26 @@ cdef inline uint64_t mix(uint64_t x) noexcept:
     return x ^ (x >> 31)
 
 
+cdef inline bint same_bytes(const unsigned char* a, const unsigned char* b, Py_ssize_t n) noexcept:
+    """a[:n] == b[:n], eight bytes at a time (short names: no call to memcmp)."""
+    cdef uint64_t x, y
+    while n >= 8:
+        memcpy(&x, a, 8)
+        memcpy(&y, b, 8)
+        if x != y:
+            return False
+        a += 8
+        b += 8
+        n -= 8
+    while n > 0:
+        if a[0] != b[0]:
+            return False
+        a += 1
+        b += 1
+        n -= 1
+    return True
+
+
 cdef inline uint64_t name_hash(const unsigned char* b, Py_ssize_t n, uint64_t h) noexcept:
     cdef uint64_t word
     while n >= 8:
@@ -577,7 +597,7 @@ cdef class Tally:
             if m.nlen < 0:
                 break
             if (m.h == h and m.service == <PyObject*>service and m.kind == kind and m.status == status
-                    and m.nlen == n and memcmp(m.name, b + start, n) == 0):
+                    and m.nlen == n and same_bytes(m.name, b + start, n)):
                 return m.series
             slot = (slot + 1) & (MEMO_SLOTS - 1)
         series = self.series((service, decode(b, start, stop), kind, status, ()))
@@ -1781,11 +1801,16 @@ cdef class Edges:
         if exemplar is not None:
             self.exemplars[row] = (exemplar, client_s, server_s)
 
-    def add_trace(self, records, list groups, peers, trace_id, bint kept):
+    def add_trace(self, records, list groups, peers, trace_id, bint kept, set services,
+                  Py_ssize_t max_services):
         """Pair one whole trace's RECORDs (with its spans' groups and its client spans' peers, as
         the summary holds them) and count its requests; a kept trace becomes the exemplar of its
-        edges. Returns (has_root, orphans per service or None, services)."""
+        edges. Its services join `services` while it has fewer than `max_services`. Returns
+        (has_root, orphans per service or None)."""
         cdef _Pairing p = pair(records, groups, peers, self.labels)
+        for service in p.services:
+            if service not in services and len(services) < max_services:
+                services.add(service)
         cdef Req* r
         cdef Py_ssize_t i, row
         cdef uint64_t span
@@ -1800,7 +1825,7 @@ cdef class Edges:
                 self.count(row, r.failed, r.client_s, r.server_s, r.seconds)
                 if kept:
                     self.exemplars[row] = (trace_id, r.client_s, r.server_s)
-            return p.has_root, p.orphans, p.services
+            return p.has_root, p.orphans
         self.gen += 1
         for i in range(p.nreq):
             r = p.reqs + i
@@ -1814,7 +1839,7 @@ cdef class Edges:
                     self.ex_gen[row] = self.gen
                     self.ex_span[row] = span
                     self.exemplars[row] = (trace_id, r.client_s, r.server_s)
-        return p.has_root, p.orphans, p.services
+        return p.has_root, p.orphans
 
     def row(self, Py_ssize_t row):
         """(requests, failed, per histogram (client, server, latency) its (bucket counts, count, sum,
@@ -1831,3 +1856,19 @@ cdef class Edges:
     @property
     def nedges(self):
         return len(self.keys) - 1
+
+
+def exemplars(records, trace_id, dict exemplars):
+    """SpanMetrics.kept over the packed RECORDs: each series a span was counted in (not NO_SERIES)
+    takes (trace_id, the span's latency in ns) as its exemplar."""
+    cdef const unsigned char* recs = <const unsigned char*>PyByteArray_AS_STRING(records) \
+        if type(records) is bytearray else <const unsigned char*>PyBytes_AS_STRING(records)
+    cdef Py_ssize_t i, n = len(records) // REC_SIZE
+    cdef uint32_t series
+    cdef uint64_t start, end
+    for i in range(n):
+        memcpy(&series, recs + i * REC_SIZE + 36, 4)
+        if series != NO_SERIES:
+            memcpy(&start, recs + i * REC_SIZE + 16, 8)
+            memcpy(&end, recs + i * REC_SIZE + 24, 8)
+            exemplars[series] = (trace_id, end - start if end > start else 0)
