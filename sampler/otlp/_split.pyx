@@ -292,6 +292,12 @@ cdef object any_value(const unsigned char* b, Py_ssize_t pos, Py_ssize_t end, in
     return value if want else None
 
 
+cdef inline uint64_t head8(const unsigned char* b, Py_ssize_t n) noexcept:
+    cdef uint64_t h = 0
+    memcpy(&h, b, n if n < 8 else 8)
+    return h
+
+
 cdef class Keys:
     """The wanted attribute keys as UTF-8 bytes in C arrays, compared in place against the request."""
 
@@ -299,6 +305,7 @@ cdef class Keys:
     cdef list encoded  # index -> key (UTF-8 bytes), kept alive for `ptrs`
     cdef const char* ptrs[RAW_KEYS]
     cdef Py_ssize_t lens[RAW_KEYS]
+    cdef uint64_t heads[RAW_KEYS]  # each key's first (up to) eight bytes, zero-padded
     cdef int n  # keys compared in place; any beyond RAW_KEYS are looked up through `rest`
     cdef dict rest
     cdef uint64_t len_mask  # bit n: some wanted key is n bytes long (bit 63: 63 or more)
@@ -333,17 +340,21 @@ cdef class Keys:
             if i < RAW_KEYS:
                 self.ptrs[i] = PyBytes_AS_STRING(k)
                 self.lens[i] = len(k)
+                self.heads[i] = head8(<const unsigned char*>self.ptrs[i], len(k))
             self.len_mask |= (<uint64_t>1) << min(len(k), 63)
 
 
 cdef inline int wanted(Keys kx, const unsigned char* b, Py_ssize_t start, Py_ssize_t stop):
-    """The index of the wanted key equal to b[start:stop], or -1 (most keys are ruled out by length)."""
+    """The index of the wanted key equal to b[start:stop], or -1 (most keys are ruled out by length,
+    most others by their first eight bytes)."""
     cdef Py_ssize_t n = stop - start
     cdef int i
+    cdef uint64_t head
     if not (kx.len_mask >> min(n, 63)) & 1:
         return -1
+    head = head8(b + start, n)
     for i in range(kx.n):
-        if kx.lens[i] == n and memcmp(kx.ptrs[i], b + start, n) == 0:
+        if kx.lens[i] == n and kx.heads[i] == head and (n <= 8 or memcmp(kx.ptrs[i] + 8, b + start + 8, n - 8) == 0):
             return i
     if kx.rest:
         return kx.rest.get(PyBytes_FromStringAndSize(<const char*>b + start, n), -1)
@@ -467,7 +478,8 @@ cdef uint32_t NO_SERIES = 0xFFFFFFFF
 
 cdef enum:
     MEMO_NAME = 48  # longest span name the tally's memo holds
-    MEMO_SLOTS = 4096  # the memo's slots (power of two); cleared when half of them are taken
+    MEMO_SLOTS = 4096  # the memo's hash slots (power of two); cleared when half of them are taken
+    MEMO_ENTRIES = MEMO_SLOTS // 2
 
 
 cdef struct SeriesMemo:
@@ -476,7 +488,7 @@ cdef struct SeriesMemo:
     uint32_t kind
     uint32_t status
     Py_ssize_t series
-    Py_ssize_t nlen  # -1: empty slot
+    Py_ssize_t nlen
     unsigned char name[MEMO_NAME]
 
 
@@ -539,6 +551,9 @@ cdef class Tally:
     # whose label set was seen costs a hash and a comparison of its name's bytes, no str, tuple or
     # dict lookup. The service is compared by identity (groups are interned, so their strings are
     # shared); another str of the same value only misses, and is then looked up by its key.
+    # Slots hold (hash's high 32 bits << 32 | entry + 1), 0 when empty: a small array to probe,
+    # and the entries dense in the order they were made, so the few hot ones share cache lines.
+    cdef uint64_t* memo_slots
     cdef SeriesMemo* memo
     cdef Py_ssize_t memo_used
     cdef list memo_refs
@@ -547,6 +562,7 @@ cdef class Tally:
         self.counts = NULL
         self.capacity = 0
         self.memo = NULL
+        self.memo_slots = NULL
 
     def __init__(self, bounds_ns, dims=(), max_series=10_000):
         self.bounds_ns = tuple(bounds_ns)
@@ -562,21 +578,22 @@ cdef class Tally:
         self.stride = self.nbounds + 3
         self.grow(16)
         if not self.dims:
-            self.memo = <SeriesMemo*>PyMem_Malloc(MEMO_SLOTS * sizeof(SeriesMemo))
-            if self.memo is NULL:
+            self.memo = <SeriesMemo*>PyMem_Malloc(MEMO_ENTRIES * sizeof(SeriesMemo))
+            self.memo_slots = <uint64_t*>PyMem_Malloc(MEMO_SLOTS * sizeof(uint64_t))
+            if self.memo is NULL or self.memo_slots is NULL:
                 raise MemoryError()
             self.memo_clear()
 
     def __dealloc__(self):
         PyMem_Free(self.counts)
         PyMem_Free(self.memo)
+        PyMem_Free(self.memo_slots)
 
-    cdef void memo_clear(self) noexcept:
-        cdef Py_ssize_t i
-        for i in range(MEMO_SLOTS):
-            self.memo[i].nlen = -1
+    cdef int memo_clear(self) except -1:
+        memset(self.memo_slots, 0, MEMO_SLOTS * sizeof(uint64_t))
         self.memo_used = 0
         self.memo_refs = []
+        return 0
 
     cdef Py_ssize_t span_series(self, object service, const unsigned char* b, Py_ssize_t start, Py_ssize_t stop,
                                 uint32_t kind, uint32_t status) except -1:
@@ -592,19 +609,19 @@ cdef class Tally:
         h = name_hash(b + start, n, mix(<uint64_t><size_t><PyObject*>service ^ (<uint64_t>kind << 40)
                                         ^ (<uint64_t>status << 48)))
         slot = h & (MEMO_SLOTS - 1)
-        while True:
-            m = self.memo + slot
-            if m.nlen < 0:
-                break
-            if (m.h == h and m.service == <PyObject*>service and m.kind == kind and m.status == status
-                    and m.nlen == n and same_bytes(m.name, b + start, n)):
-                return m.series
+        while self.memo_slots[slot]:
+            if self.memo_slots[slot] >> 32 == h >> 32:
+                m = self.memo + <Py_ssize_t>(self.memo_slots[slot] & 0xFFFFFFFFULL) - 1
+                if (m.h == h and m.service == <PyObject*>service and m.kind == kind and m.status == status
+                        and m.nlen == n and same_bytes(m.name, b + start, n)):
+                    return m.series
             slot = (slot + 1) & (MEMO_SLOTS - 1)
         series = self.series((service, decode(b, start, stop), kind, status, ()))
-        if self.memo_used >= MEMO_SLOTS // 2:
+        if self.memo_used >= MEMO_ENTRIES:
             self.memo_clear()
             slot = h & (MEMO_SLOTS - 1)
-            m = self.memo + slot
+        self.memo_slots[slot] = (h >> 32 << 32) | <uint64_t>(self.memo_used + 1)
+        m = self.memo + self.memo_used
         self.memo_refs.append(service)
         m.h = h
         m.service = <PyObject*>service
