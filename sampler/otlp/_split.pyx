@@ -713,6 +713,7 @@ cdef class _Split:
     cdef Keys kx
     cdef dict groups
     cdef object bits_of  # Splitter.bits_of: cached per (key, value)
+    cdef object bits_keys  # Splitter.bits_keys: the keys bits_of is asked about
     cdef object whole_span_bits
     cdef list out
     cdef dict by_trace
@@ -771,7 +772,7 @@ cdef class _Split:
         if role:
             self.role_value(role, value)
         key = self.kx.names[ki]
-        bits = self.bits_of(key, value)
+        bits = self.bits_of(key, value) if key in self.bits_keys else 0
         self.add_bits(bits)
         if cacheable and bits.bit_length() < 64:
             memcpy(self.raw[ki], b + vstart, n)
@@ -923,7 +924,8 @@ cdef class _Split:
             self.attrs = wire.span_fields(data, group, self.splitter.keys).attrs
             if self.attrs is not None:
                 for key, value in (<dict>self.attrs).items():
-                    self.add_bits(self.bits_of(key, value))
+                    if key in self.bits_keys:
+                        self.add_bits(self.bits_of(key, value))
             if self.kx.has_roles:
                 if self.records:
                     self.peer0 = self.peer1 = self.peer2 = None
@@ -1116,6 +1118,7 @@ def split_request(bytes data, splitter, bint count=True):
     w.kx = _keys(splitter.keys, w.records, w.dims)
     w.groups = splitter.groups
     w.bits_of = splitter.bits_of
+    w.bits_keys = splitter.bits_keys
     w.whole_span_bits = splitter.span_bits
     w.out = []
     w.by_trace = {}

@@ -151,6 +151,9 @@ class Splitter:
         tally: Tally | None = None,
         records: bool = False,
     ) -> None:
+        # the keys whose values predicates read; the others are wanted for their values only, and
+        # satisfy no predicate (an engine's value_bits gives 0 for a key no predicate reads)
+        self.bits_keys = keys
         if records:
             keys = keys | frozenset(PEER_KEYS)
         if tally is not None:
@@ -319,7 +322,8 @@ def _split_request(data: bytes, splitter: Splitter, count: bool = True) -> list[
         bits = group.match_bits
         if span.attrs:
             for key, value in span.attrs.items():
-                bits |= splitter.bits_of(key, value)
+                if key in splitter.bits_keys:
+                    bits |= splitter.bits_of(key, value)
                 if key in MARK_KEYS:
                     chunk.marked = True
         if splitter.span_bits is not None:
