@@ -105,3 +105,22 @@ def test_counts_are_the_interpreted_graphs(max_edges: int, batch: list[tuple[Sim
     _same(fast, slow)
     assert (fast.services, fast.orphans, fast.orphans_overflow, fast.traces, fast.traces_without_root) == (
         slow.services, slow.orphans, slow.orphans_overflow, slow.traces, slow.traces_without_root)
+
+
+def test_a_huge_trace_then_small_ones_reuse_the_pairing_arrays_soundly() -> None:
+    """The compiled graph pairs trace after trace in the same arrays, and lets them go after a huge one."""
+    def chain(n: int, base: int) -> SimpleNamespace:
+        records = bytearray()
+        for i in range(n):
+            parent = 0 if i == 0 else base + i - 1
+            records += RECORD.pack((base + i).to_bytes(8, "big"), parent.to_bytes(8, "big"), i, i + 5,
+                                   3 if i % 2 == 0 else 2, 0, 0, NO_SERIES)
+        groups = [GROUPS[(i // 2) % len(GROUPS)] for i in range(n)]
+        return SimpleNamespace(graph=records, graph_groups=groups, peers=None, trace_id=base.to_bytes(16, "big"))
+
+    fast, slow = ServiceGraph(), ServiceGraph()
+    slow.table = None
+    for trace in (chain(5, 1), chain(9000, 10**6), chain(7, 2 * 10**6), chain(3000, 3 * 10**6), chain(4, 9)):
+        fast.add_records(trace.graph, trace.graph_groups, trace.peers, trace.trace_id, True, True)
+        slow.add(trace_graph(span_records(trace)), trace.trace_id, True, True)  # type: ignore[arg-type]
+    _same(fast, slow)

@@ -1437,7 +1437,8 @@ cdef inline bint truthy_str(object v) noexcept:
 
 @cython.final
 cdef class _Pairing:
-    """One trace's pairing: its requests (a C array), orphans and root."""
+    """One trace's pairing: its requests (a C array), orphans and root; and the scratch arrays it
+    was made with, kept for the next trace (an Edges pairs trace after trace with one)."""
 
     cdef Req* reqs
     cdef Py_ssize_t nreq
@@ -1445,9 +1446,68 @@ cdef class _Pairing:
     cdef dict orphans  # service -> spans, None: none
     cdef list services  # each service once per run of spans with the same group (repeats possible)
     cdef list keep  # references held for the requests' borrowed pointers (peer strings)
+    cdef Py_ssize_t cap  # span-id table slots (a power of two)
+    cdef Py_ssize_t room  # spans the per-span arrays hold
+    cdef uint64_t* tkeys
+    cdef int32_t* thead
+    cdef unsigned char* tflags  # bit 0: used, bit 1: some span has this id
+    cdef int32_t* nxt
+    cdef PyObject** service
+    cdef PyObject** peer_of
+
+    def __cinit__(self):
+        self.reqs = NULL
+        self.tkeys = NULL
+        self.thead = NULL
+        self.tflags = NULL
+        self.nxt = NULL
+        self.service = NULL
+        self.peer_of = NULL
+        self.cap = 0
+        self.room = 0
 
     def __dealloc__(self):
+        self.release()
+
+    cdef void release(self) noexcept:
         PyMem_Free(self.reqs)
+        PyMem_Free(self.tkeys)
+        PyMem_Free(self.thead)
+        PyMem_Free(self.tflags)
+        PyMem_Free(self.nxt)
+        PyMem_Free(self.service)
+        PyMem_Free(self.peer_of)
+        self.reqs = NULL
+        self.tkeys = NULL
+        self.thead = NULL
+        self.tflags = NULL
+        self.nxt = NULL
+        self.service = NULL
+        self.peer_of = NULL
+        self.cap = 0
+        self.room = 0
+
+    cdef int reserve(self, Py_ssize_t n) except -1:
+        """Room for a trace of n spans (n > 0)."""
+        cdef Py_ssize_t cap = 16
+        while cap < 2 * n:
+            cap *= 2
+        if n > self.room or cap > self.cap:
+            self.release()
+            self.tkeys = <uint64_t*>PyMem_Malloc(cap * sizeof(uint64_t))
+            self.thead = <int32_t*>PyMem_Malloc(cap * sizeof(int32_t))
+            self.tflags = <unsigned char*>PyMem_Malloc(cap)
+            self.nxt = <int32_t*>PyMem_Malloc(n * sizeof(int32_t))
+            self.service = <PyObject**>PyMem_Malloc(n * sizeof(PyObject*))
+            self.peer_of = <PyObject**>PyMem_Malloc(n * sizeof(PyObject*))
+            self.reqs = <Req*>PyMem_Malloc(n * sizeof(Req))
+            if (self.tkeys is NULL or self.thead is NULL or self.tflags is NULL or self.nxt is NULL
+                    or self.service is NULL or self.peer_of is NULL or self.reqs is NULL):
+                self.release()
+                raise MemoryError()
+            self.cap = cap
+            self.room = n
+        return 0
 
 
 cdef inline object _peer_value(tuple found, int slot, tuple resource):
@@ -1465,20 +1525,14 @@ cdef tuple _resource_peers(object group):
     return tuple(out)
 
 
-cdef _Pairing pair(object records, list groups, object peers, tuple labels):
-    """trace_graph(span_records(...)) over the packed RECORDs, in C: see servicegraph.py."""
-    cdef _Pairing p = _Pairing.__new__(_Pairing)
+cdef _Pairing pair(_Pairing p, object records, list groups, object peers, tuple labels):
+    """trace_graph(span_records(...)) over the packed RECORDs, in C: see servicegraph.py. Into `p`
+    (its arrays reused)."""
     cdef const unsigned char* recs = <const unsigned char*>PyByteArray_AS_STRING(records) \
         if type(records) is bytearray else <const unsigned char*>PyBytes_AS_STRING(records)
     cdef Py_ssize_t n = len(records) // REC_SIZE
     cdef Py_ssize_t i, j, cap, slot, best
     cdef uint64_t sid, pid, seed = 0x9E3779B97F4A7C15ULL
-    cdef uint64_t* tkeys = NULL
-    cdef int32_t* thead = NULL
-    cdef unsigned char* tflags = NULL  # bit 0: used, bit 1: some span has this id
-    cdef int32_t* nxt = NULL
-    cdef PyObject** service = NULL
-    cdef PyObject** peer_of = NULL
     cdef Py_ssize_t k = 0
     cdef const unsigned char* rec
     cdef const unsigned char* crec
@@ -1493,7 +1547,6 @@ cdef _Pairing pair(object records, list groups, object peers, tuple labels):
     cdef tuple found
     cdef uint64_t bstart, cstart
     cdef int c
-    p.reqs = NULL
     p.nreq = 0
     p.has_root = False
     p.orphans = None
@@ -1503,154 +1556,143 @@ cdef _Pairing pair(object records, list groups, object peers, tuple labels):
         raise ValueError("fewer groups than records")
     if n == 0:
         return p
-    cap = 16
+    p.reserve(n)
+    cap = 16  # this trace's part of the table: a previous trace may have left it larger
     while cap < 2 * n:
         cap *= 2
-    try:
-        tkeys = <uint64_t*>PyMem_Malloc(cap * sizeof(uint64_t))
-        thead = <int32_t*>PyMem_Malloc(cap * sizeof(int32_t))
-        tflags = <unsigned char*>PyMem_Malloc(cap)
-        nxt = <int32_t*>PyMem_Malloc(n * sizeof(int32_t))
-        service = <PyObject**>PyMem_Malloc(n * sizeof(PyObject*))
-        peer_of = <PyObject**>PyMem_Malloc(n * sizeof(PyObject*))
-        p.reqs = <Req*>PyMem_Malloc(n * sizeof(Req))
-        if (tkeys is NULL or thead is NULL or tflags is NULL or nxt is NULL or service is NULL
-                or peer_of is NULL or p.reqs is NULL):
-            raise MemoryError()
-        memset(tflags, 0, cap)
-        memset(peer_of, 0, n * sizeof(PyObject*))
-        if peers:  # the n-th RECORD flagged as having one has the n-th entry
-            for i in range(n):
-                if recs[i * REC_SIZE + 34] and k < len(<list>peers):
-                    peer_of[i] = <PyObject*>(<list>peers)[k]
-                    k += 1
-        # pass 1: each span's service, and its id in the table
+    cdef uint64_t* tkeys = p.tkeys
+    cdef int32_t* thead = p.thead
+    cdef unsigned char* tflags = p.tflags
+    cdef int32_t* nxt = p.nxt
+    cdef PyObject** service = p.service
+    cdef PyObject** peer_of = p.peer_of
+    memset(tflags, 0, cap)
+    memset(peer_of, 0, n * sizeof(PyObject*))
+    if peers:  # the n-th RECORD flagged as having one has the n-th entry
         for i in range(n):
-            g = <PyObject*>groups[i]
-            if g != last_group:
-                last_group = g
-                svc_obj = (<object>g).service
-                p.services.append(svc_obj)
-                svc = <PyObject*>svc_obj
-            service[i] = svc
-            nxt[i] = -1
-            rec = recs + i * REC_SIZE
+            if recs[i * REC_SIZE + 34] and k < len(<list>peers):
+                peer_of[i] = <PyObject*>(<list>peers)[k]
+                k += 1
+    # pass 1: each span's service, and its id in the table
+    for i in range(n):
+        g = <PyObject*>groups[i]
+        if g != last_group:
+            last_group = g
+            svc_obj = (<object>g).service
+            p.services.append(svc_obj)
+            svc = <PyObject*>svc_obj
+        service[i] = svc
+        nxt[i] = -1
+        rec = recs + i * REC_SIZE
+        memcpy(&sid, rec, 8)
+        if sid != 0:
+            slot = mix64(sid ^ seed) & (cap - 1)
+            while tflags[slot] & 1 and tkeys[slot] != sid:
+                slot = (slot + 1) & (cap - 1)
+            if not tflags[slot] & 1:
+                tkeys[slot] = sid
+                thead[slot] = -1
+            tflags[slot] |= 3
+    # pass 2: roots, orphans, and each callee under its parent's id
+    for i in range(n):
+        rec = recs + i * REC_SIZE
+        memcpy(&pid, rec + 8, 8)
+        kind = rec[32]
+        if pid == 0:
+            p.has_root = True
+            continue
+        slot = mix64(pid ^ seed) & (cap - 1)
+        while tflags[slot] & 1 and tkeys[slot] != pid:
+            slot = (slot + 1) & (cap - 1)
+        if not tflags[slot] & 2:
+            if p.orphans is None:
+                p.orphans = {}
+            p.orphans[<object>service[i]] = p.orphans.get(<object>service[i], 0) + 1
+        if kind == 2 or kind == 5:
+            if not tflags[slot] & 1:
+                tkeys[slot] = pid
+                thead[slot] = -1
+                tflags[slot] = 1
+            nxt[i] = thead[slot]
+            thead[slot] = <int32_t>i
+    # pass 3: the requests
+    for i in range(n):
+        rec = recs + i * REC_SIZE
+        kind = rec[32]
+        if kind == 3 or kind == 4:
             memcpy(&sid, rec, 8)
+            best = -1
             if sid != 0:
                 slot = mix64(sid ^ seed) & (cap - 1)
                 while tflags[slot] & 1 and tkeys[slot] != sid:
                     slot = (slot + 1) & (cap - 1)
-                if not tflags[slot] & 1:
-                    tkeys[slot] = sid
-                    thead[slot] = -1
-                tflags[slot] |= 3
-        # pass 2: roots, orphans, and each callee under its parent's id
-        for i in range(n):
-            rec = recs + i * REC_SIZE
-            memcpy(&pid, rec + 8, 8)
-            kind = rec[32]
-            if pid == 0:
-                p.has_root = True
-                continue
-            slot = mix64(pid ^ seed) & (cap - 1)
-            while tflags[slot] & 1 and tkeys[slot] != pid:
-                slot = (slot + 1) & (cap - 1)
-            if not tflags[slot] & 2:
-                if p.orphans is None:
-                    p.orphans = {}
-                p.orphans[<object>service[i]] = p.orphans.get(<object>service[i], 0) + 1
-            if kind == 2 or kind == 5:
-                if not tflags[slot] & 1:
-                    tkeys[slot] = pid
-                    thead[slot] = -1
-                    tflags[slot] = 1
-                nxt[i] = thead[slot]
-                thead[slot] = <int32_t>i
-        # pass 3: the requests
-        for i in range(n):
-            rec = recs + i * REC_SIZE
-            kind = rec[32]
-            if kind == 3 or kind == 4:
-                memcpy(&sid, rec, 8)
-                best = -1
-                if sid != 0:
-                    slot = mix64(sid ^ seed) & (cap - 1)
-                    while tflags[slot] & 1 and tkeys[slot] != sid:
-                        slot = (slot + 1) & (cap - 1)
-                    j = thead[slot] if tflags[slot] & 1 else -1
-                    while j >= 0:  # latest first: on a tie the earliest span wins, as min() picks
-                        if not same_str(service[j], service[i]):
-                            if best < 0:
+                j = thead[slot] if tflags[slot] & 1 else -1
+                while j >= 0:  # latest first: on a tie the earliest span wins, as min() picks
+                    if not same_str(service[j], service[i]):
+                        if best < 0:
+                            best = j
+                        else:
+                            crec = recs + j * REC_SIZE
+                            brec = recs + best * REC_SIZE
+                            memcpy(&cstart, crec + 16, 8)
+                            memcpy(&bstart, brec + 16, 8)
+                            if cstart < bstart or (cstart == bstart and memcmp(crec, brec, 8) <= 0):
                                 best = j
-                            else:
-                                crec = recs + j * REC_SIZE
-                                brec = recs + best * REC_SIZE
-                                memcpy(&cstart, crec + 16, 8)
-                                memcpy(&bstart, brec + 16, 8)
-                                if cstart < bstart or (cstart == bstart and memcmp(crec, brec, 8) <= 0):
-                                    best = j
-                        j = nxt[j]
+                    j = nxt[j]
+            r = p.reqs + p.nreq
+            r.span_id = rec
+            r.client = service[i]
+            r.client_s = seconds_of(rec)
+            r.seconds = r.client_s
+            found = <tuple>peer_of[i] if peer_of[i] is not NULL else None
+            g = <PyObject*>groups[i]
+            if g != peer_group:
+                peer_group = g
+                resource = _resource_peers(<object>g)
+            db = _peer_value(found, 1, resource)
+            if best >= 0:
+                brec = recs + best * REC_SIZE
+                r.server = service[best]
+                if kind == 4 or brec[32] == 5:
+                    r.conn = C_MESSAGING
+                elif truthy_str(db):
+                    r.conn = C_DATABASE
+                else:
+                    r.conn = C_DIRECT
+                r.failed = rec[33] == 2 or brec[33] == 2
+                r.server_s = seconds_of(brec)
+                p.nreq += 1
+                continue
+            peer = _peer_value(found, 0, resource)
+            if not truthy_str(peer):
+                peer = db
+                if not truthy_str(peer):
+                    peer = _peer_value(found, 2, resource)
+                    if not truthy_str(peer):
+                        continue
+            p.keep.append(peer)
+            r.server = <PyObject*>peer
+            r.failed = rec[33] == 2
+            if truthy_str(db):
+                r.conn = C_DATABASE
+                r.server_s = r.client_s
+            else:
+                r.conn = C_VIRTUAL
+                r.server_s = 0.0
+            p.nreq += 1
+        elif kind == 2 or kind == 5:
+            memcpy(&pid, rec + 8, 8)
+            if pid == 0:
                 r = p.reqs + p.nreq
                 r.span_id = rec
-                r.client = service[i]
-                r.client_s = seconds_of(rec)
-                r.seconds = r.client_s
-                found = <tuple>peer_of[i] if peer_of[i] is not NULL else None
-                g = <PyObject*>groups[i]
-                if g != peer_group:
-                    peer_group = g
-                    resource = _resource_peers(<object>g)
-                db = _peer_value(found, 1, resource)
-                if best >= 0:
-                    brec = recs + best * REC_SIZE
-                    r.server = service[best]
-                    if kind == 4 or brec[32] == 5:
-                        r.conn = C_MESSAGING
-                    elif truthy_str(db):
-                        r.conn = C_DATABASE
-                    else:
-                        r.conn = C_DIRECT
-                    r.failed = rec[33] == 2 or brec[33] == 2
-                    r.server_s = seconds_of(brec)
-                    p.nreq += 1
-                    continue
-                peer = _peer_value(found, 0, resource)
-                if not truthy_str(peer):
-                    peer = db
-                    if not truthy_str(peer):
-                        peer = _peer_value(found, 2, resource)
-                        if not truthy_str(peer):
-                            continue
-                p.keep.append(peer)
-                r.server = <PyObject*>peer
+                r.client = <PyObject*>labels[0]
+                r.server = service[i]
+                r.conn = C_VIRTUAL
                 r.failed = rec[33] == 2
-                if truthy_str(db):
-                    r.conn = C_DATABASE
-                    r.server_s = r.client_s
-                else:
-                    r.conn = C_VIRTUAL
-                    r.server_s = 0.0
+                r.client_s = 0.0
+                r.server_s = seconds_of(rec)
+                r.seconds = r.server_s
                 p.nreq += 1
-            elif kind == 2 or kind == 5:
-                memcpy(&pid, rec + 8, 8)
-                if pid == 0:
-                    r = p.reqs + p.nreq
-                    r.span_id = rec
-                    r.client = <PyObject*>labels[0]
-                    r.server = service[i]
-                    r.conn = C_VIRTUAL
-                    r.failed = rec[33] == 2
-                    r.client_s = 0.0
-                    r.server_s = seconds_of(rec)
-                    r.seconds = r.server_s
-                    p.nreq += 1
-    finally:
-        PyMem_Free(tkeys)
-        PyMem_Free(thead)
-        PyMem_Free(tflags)
-        PyMem_Free(nxt)
-        PyMem_Free(service)
-        PyMem_Free(peer_of)
     return p
 
 
@@ -1662,7 +1704,7 @@ def trace_requests(records, list groups, peers, tuple labels):
     """The pairing `Edges.add_trace` counts, for tests: (requests, orphans, has_root, services), the
     requests as (key, span id, failed, client s, server s, seconds) sorted as trace_graph sorts them.
     `labels`: USER, then the connection types DIRECT, MESSAGING_SYSTEM, DATABASE, VIRTUAL_NODE."""
-    cdef _Pairing p = pair(records, groups, peers, labels)
+    cdef _Pairing p = pair(_Pairing.__new__(_Pairing), records, groups, peers, labels)
     cdef Req* r
     cdef Py_ssize_t i
     out = []
@@ -1701,6 +1743,7 @@ cdef class Edges:
     cdef int memo_c[MEMO]
     cdef Py_ssize_t memo_row[MEMO]
     cdef list memo_refs  # keeps the memo's strings alive
+    cdef _Pairing scratch  # each trace's pairing, its arrays reused
 
     def __cinit__(self, *args, **kwargs):
         self.counts = NULL
@@ -1727,6 +1770,7 @@ cdef class Edges:
         self.gen = 0
         memset(self.memo_a, 0, sizeof(self.memo_a))
         self.memo_refs = [None] * MEMO
+        self.scratch = _Pairing.__new__(_Pairing)
         self.grow(16)
 
     def __dealloc__(self):
@@ -1827,7 +1871,7 @@ cdef class Edges:
         the summary holds them) and count its requests; a kept trace becomes the exemplar of its
         edges. Its services join `services` while it has fewer than `max_services`. Returns
         (has_root, orphans per service or None)."""
-        cdef _Pairing p = pair(records, groups, peers, self.labels)
+        cdef _Pairing p = pair(self.scratch, records, groups, peers, self.labels)
         for service in p.services:
             if service not in services and len(services) < max_services:
                 services.add(service)
@@ -1835,6 +1879,8 @@ cdef class Edges:
         cdef Py_ssize_t i, row
         cdef uint64_t span
         cdef int k
+        if self.scratch.room > 8192:  # no memory held back for the next trace after a huge one
+            self.scratch = _Pairing.__new__(_Pairing)
         if len(self.keys) - 1 + p.nreq > self.max_edges:  # edges may overflow: in trace_graph's order
             order = [(req_key(p.reqs + i, self.labels), PyBytes_FromStringAndSize(<const char*>p.reqs[i].span_id, 8), i)
                      for i in range(p.nreq)]
