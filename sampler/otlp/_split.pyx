@@ -480,6 +480,7 @@ cdef enum:
     MEMO_NAME = 48  # longest span name the tally's memo holds
     MEMO_SLOTS = 4096  # the memo's hash slots (power of two); cleared when half of them are taken
     MEMO_ENTRIES = MEMO_SLOTS // 2
+    REC_SIZE = 40  # split.RECORD.size, as a C constant
 
 
 cdef struct SeriesMemo:
@@ -697,6 +698,7 @@ cdef class Chunk:
     cdef public object graph  # bytearray of split.RECORD per span, or None
     cdef public object peers  # list of PEER_KEYS' str values of the spans flagged in graph, or None
     cdef uint64_t narrow_bits
+    cdef Py_ssize_t nrec  # RECORDs written in graph (its size while the request is split: room)
     cdef object wide_bits
 
     @property
@@ -955,6 +957,7 @@ cdef class _Split:
                 chunk.marked = False
                 chunk.narrow_bits = 0
                 chunk.graph = bytearray() if self.records else None
+                chunk.nrec = 0
                 chunk.peers = None
                 PyDict_SetItem(self.by_trace, trace_id, chunk)
                 PyList_Append(self.out, chunk)
@@ -979,8 +982,10 @@ cdef class _Split:
                     last = self.last_peer = (self.peer0, self.peer1, self.peer2)
                 PyList_Append(chunk.peers, last)
                 has_peer = 1
-            old = PyByteArray_GET_SIZE(chunk.graph)
-            PyByteArray_Resize(chunk.graph, old + RECORD_SIZE)
+            old = chunk.nrec * REC_SIZE  # the bytearray grows by doubling; split_request trims it
+            if old + REC_SIZE > PyByteArray_GET_SIZE(chunk.graph):
+                PyByteArray_Resize(chunk.graph, 2 * old if old >= 8 * REC_SIZE else 8 * REC_SIZE)
+            chunk.nrec += 1
             rec = PyByteArray_AS_STRING(chunk.graph) + old
             memcpy(rec, b + s.span_id, 8)
             if s.parent >= 0:
@@ -1139,6 +1144,10 @@ def split_request(bytes data, splitter, bint count=True):
             fail(f"unexpected end-group at byte {pos}")
         else:
             pos = skip(b, pos, end, tag, 0)
+    cdef Chunk chunk
+    if w.records:
+        for chunk in w.out:
+            PyByteArray_Resize(chunk.graph, chunk.nrec * REC_SIZE)
     return w.out
 
 
@@ -1398,7 +1407,6 @@ cdef enum:
     C_DATABASE = 2
     C_VIRTUAL = 3
     MEMO = 256  # edge-index memo slots (by the identity of the key's strings)
-    REC_SIZE = 40  # split.RECORD.size
 
 
 cdef struct Req:
