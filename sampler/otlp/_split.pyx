@@ -1411,6 +1411,8 @@ cdef enum:
 
 cdef struct Req:
     const unsigned char* span_id  # the client span's id; the root server span's for a request from `user`
+    # borrowed, valid while the pairing's arguments are: the groups hold their services and their
+    # resource attributes, the peers list the span attributes
     PyObject* client  # the client service (str), or `user`
     PyObject* server  # the server service or the peer (str)
     int conn
@@ -1453,7 +1455,6 @@ cdef class _Pairing:
     cdef bint has_root
     cdef dict orphans  # service -> spans, None: none
     cdef list services  # each service once per run of spans with the same group (repeats possible)
-    cdef list keep  # references held for the requests' borrowed pointers (peer strings)
     cdef Py_ssize_t cap  # span-id table slots (a power of two)
     cdef Py_ssize_t room  # spans the per-span arrays hold
     cdef uint64_t* tkeys
@@ -1559,7 +1560,6 @@ cdef _Pairing pair(_Pairing p, object records, list groups, object peers, tuple 
     p.has_root = False
     p.orphans = None
     p.services = []
-    p.keep = []
     if len(groups) < n:
         raise ValueError("fewer groups than records")
     if n == 0:
@@ -1678,7 +1678,6 @@ cdef _Pairing pair(_Pairing p, object records, list groups, object peers, tuple 
                     peer = _peer_value(found, 2, resource)
                     if not truthy_str(peer):
                         continue
-            p.keep.append(peer)
             r.server = <PyObject*>peer
             r.failed = rec[33] == 2
             if truthy_str(db):
