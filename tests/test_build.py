@@ -227,3 +227,24 @@ def test_each_splitter_chunk_has_every_field_the_protocol_names(split_request: S
     assert len(fields) == 14
     for name in fields:
         assert type(getattr(chunk, name)) is type(getattr(reference, name)), name
+
+
+@pytest.mark.parametrize("max_series", [5, 10_000])
+def test_splitters_agree_on_tallies_without_dimensions(max_series: int) -> None:
+    """The compiled tally's memo of (service, name bytes, kind, status): many names (past the
+    memo's clearing), long and non-ASCII ones, repeated across requests, and past max_series."""
+    rng = random.Random(4)
+    names = [f"op{i}" for i in range(3000)] + ["n" * 47, "n" * 48, "n" * 49, "ü" * 30, "é"]
+    spans = [S(t, t * 10 + k, parent=None if k == 0 else t * 10, name=rng.choice(names), kind=rng.randint(0, 5),
+               status=rng.randint(0, 2), service=rng.choice(("a", "b", "c")))
+             for t in range(1, 400) for k in range(rng.randint(1, 12))]
+    requests = [request(spans[i:i + 500]) for i in range(0, len(spans), 500)]
+    outcomes = []
+    for split_request in SPLITS:
+        tally = (split.SpanTally if split_request is split._split_request else split.new_tally)(BOUNDS_NS, (),
+                                                                                              max_series)
+        graphs = []
+        for data in requests * 2:
+            graphs += [bytes(c.graph or b"") for c in split_request(data, splitter(KEYS, tally=tally))]
+        outcomes.append((graphs, tally.snapshot()))
+    assert all(o == outcomes[0] for o in outcomes)

@@ -44,14 +44,18 @@ class Insight:
             return
         if keep and self.spanmetrics is not None:
             self.spanmetrics.kept(summary.trace_id, records)
-        if self.graph is not None:
-            self.graph.add(trace_graph(span_records(summary)), summary.trace_id, keep, whole)
+        graph = self.graph
+        if graph is not None:
+            if graph.table is not None:  # the compiled splitter's: paired and counted in C
+                graph.add_records(records, summary.graph_groups, summary.peers, summary.trace_id, keep, whole)
+            else:
+                graph.add(trace_graph(span_records(summary)), summary.trace_id, keep, whole)
 
     @property
     def nbytes(self) -> int:
         n = self.spanmetrics.nbytes if self.spanmetrics is not None else 0
         if self.graph is not None:
-            n += 2000 * (len(self.graph.edges) + 1) + 100 * len(self.graph.services)
+            n += 2000 * (self.graph.edge_count + 1) + 100 * len(self.graph.services)
         return n
 
 
@@ -61,14 +65,14 @@ def span_records(summary: TraceSummary) -> Iterator[SpanRecord]:
     records = summary.graph
     if records is None:
         return
-    peers = {p[0]: p[1:] for p in summary.peers} if summary.peers else {}
+    peers = iter(summary.peers or ())
     groups = summary.graph_groups
-    for i, (span_id, parent, start, end, kind, status, _) in enumerate(RECORD.iter_unpack(records)):
+    for i, (span_id, parent, start, end, kind, status, has_peer, _) in enumerate(RECORD.iter_unpack(records)):
         group = groups[i]
+        found = next(peers) if has_peer else None
         if kind not in _CALLERS:  # only a client span reads its peer
             yield SpanRecord(group.service, span_id, parent, kind, status == 2, start, end)
             continue
-        found = peers.get(i)
         values: list[str | None] = []
         for slot, key in enumerate(PEER_KEYS):
             value = found[slot] if found is not None else None

@@ -34,7 +34,13 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from sampler.otlp.split import COMPILED
+
+if TYPE_CHECKING:
+    from sampler.otlp._split import Edges
+    from sampler.otlp.wire import Group
 
 # OTLP's Span.SpanKind values.
 KIND_INTERNAL = 1
@@ -256,8 +262,16 @@ class ServiceGraph:
         self.max_edges = max_edges
         self.max_services = max_services
         self.buckets = tuple(buckets)
-        self.edges: dict[EdgeKey, EdgeStats] = {}
-        self.overflow = EdgeStats(self.buckets)
+        # The edges: in the compiled splitter's C arrays when it is loaded (read back as EdgeStats by
+        # `edges` and `overflow`), else as EdgeStats here.
+        self.table: Edges | None = None
+        if COMPILED:
+            from sampler.otlp._split import Edges
+
+            self.table = Edges(self.buckets, DISPLAY_BUCKETS, max_edges,
+                               (USER, DIRECT, MESSAGING_SYSTEM, DATABASE, VIRTUAL_NODE))
+        self._edges: dict[EdgeKey, EdgeStats] = {}
+        self._overflow = EdgeStats(self.buckets)
         self.services: set[str] = set()
         self.orphans: dict[str, int] = {}
         self.orphans_overflow = 0
@@ -284,8 +298,67 @@ class ServiceGraph:
             else:
                 self.orphans_overflow += n
         exemplar = trace_id if kept and trace_id else None
+        table = self.table
         for request in graph.requests:
-            self._edge(request.key).add(request, exemplar)
+            if table is not None:
+                table.add_request(request.key, request.failed, request.client_seconds, request.server_seconds,
+                                  request.seconds, exemplar)
+            else:
+                self._edge(request.key).add(request, exemplar)
+
+    def add_records(self, records: bytes | bytearray, groups: list[Group],
+                    peers: list[tuple[str | None, str | None, str | None]] | None,
+                    trace_id: bytes = b"", kept: bool = False, broken: bool = True) -> None:
+        """`add(trace_graph(...))` of one trace as the splitter recorded it (split.RECORD per span,
+        each span's group, and the client spans' peer attributes, as live.span_records reads them),
+        paired and counted in C; only with the compiled splitter (`table`)."""
+        assert self.table is not None
+        has_root, orphans = self.table.add_trace(records, groups, peers, trace_id, kept and bool(trace_id),
+                                                 self.services, self.max_services)
+        self.traces += 1
+        if broken and not has_root:
+            self.traces_without_root += 1
+        if broken and orphans:
+            for service, n in orphans.items():
+                if self._service(service):
+                    self.orphans[service] = self.orphans.get(service, 0) + n
+                else:
+                    self.orphans_overflow += n
+
+    @property
+    def edges(self) -> dict[EdgeKey, EdgeStats]:
+        """The edges counted by name (a reading of the C arrays, with the compiled splitter)."""
+        table = self.table
+        if table is None:
+            return self._edges
+        return {EdgeKey(*key): self._row(i) for i, key in enumerate(table.keys) if key is not None}
+
+    @property
+    def overflow(self) -> EdgeStats:
+        """Requests on edges beyond max_edges, together."""
+        return self._overflow if self.table is None else self._row(0)
+
+    @property
+    def edge_count(self) -> int:
+        return len(self._edges) if self.table is None else self.table.nedges
+
+    def _row(self, i: int) -> EdgeStats:
+        assert self.table is not None
+        requests, failed, hists = self.table.row(i)
+        stats = EdgeStats(self.buckets)
+        stats.requests = requests
+        stats.failed = failed
+        for histogram, (counts, count, total, largest) in zip((stats.client, stats.server, stats.latency), hists,
+                                                             strict=True):
+            histogram.counts = counts
+            histogram.count = count
+            histogram.sum = total
+            histogram.max = largest
+        exemplar = self.table.exemplars[i]
+        if exemplar is not None:
+            stats.exemplar = exemplar[0]
+            stats.exemplar_seconds = (exemplar[1], exemplar[2])
+        return stats
 
     def _service(self, service: str) -> bool:
         """Whether the service is counted by name (known already, or room for it)."""
@@ -297,11 +370,11 @@ class ServiceGraph:
         return True
 
     def _edge(self, key: EdgeKey) -> EdgeStats:
-        stats = self.edges.get(key)
+        stats = self._edges.get(key)
         if stats is None:
-            if len(self.edges) >= self.max_edges:
-                return self.overflow
-            stats = self.edges[key] = EdgeStats(self.buckets)
+            if len(self._edges) >= self.max_edges:
+                return self._overflow
+            stats = self._edges[key] = EdgeStats(self.buckets)
         return stats
 
     def to_json(self) -> dict[str, Any]:

@@ -20,7 +20,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sampler.otlp.split import NO_SERIES, RECORD, SeriesKey, Tally, new_tally
+from sampler.otlp.split import COMPILED, NO_SERIES, RECORD, SeriesKey, Tally, new_tally
+
+if COMPILED:
+    from sampler.otlp._split import exemplars as _exemplars
 
 # Tempo's default span-metrics histogram buckets (seconds): prometheus.ExponentialBuckets(0.002, 2, 12).
 TEMPO_BUCKETS: tuple[float, ...] = (0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048,
@@ -75,7 +78,10 @@ class SpanMetrics:
     def kept(self, trace_id: bytes, records: bytes | bytearray) -> None:
         """A trace was kept: each series its spans were counted in takes it as its exemplar."""
         exemplars = self.exemplars
-        for _, _, start, end, _, _, series in RECORD.iter_unpack(records):
+        if COMPILED:
+            _exemplars(records, trace_id, exemplars)
+            return
+        for _, _, start, end, _, _, _, series in RECORD.iter_unpack(records):
             if series != NO_SERIES:
                 exemplars[series] = (trace_id, end - start if end > start else 0)
 

@@ -19,7 +19,7 @@ made per span are its bytes and a list slot.
 cimport cython
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.list cimport PyList_Append
 from cpython.object cimport PyObject
@@ -292,6 +292,12 @@ cdef object any_value(const unsigned char* b, Py_ssize_t pos, Py_ssize_t end, in
     return value if want else None
 
 
+cdef inline uint64_t head8(const unsigned char* b, Py_ssize_t n) noexcept:
+    cdef uint64_t h = 0
+    memcpy(&h, b, n if n < 8 else 8)
+    return h
+
+
 cdef class Keys:
     """The wanted attribute keys as UTF-8 bytes in C arrays, compared in place against the request."""
 
@@ -299,6 +305,7 @@ cdef class Keys:
     cdef list encoded  # index -> key (UTF-8 bytes), kept alive for `ptrs`
     cdef const char* ptrs[RAW_KEYS]
     cdef Py_ssize_t lens[RAW_KEYS]
+    cdef uint64_t heads[RAW_KEYS]  # each key's first (up to) eight bytes, zero-padded
     cdef int n  # keys compared in place; any beyond RAW_KEYS are looked up through `rest`
     cdef dict rest
     cdef uint64_t len_mask  # bit n: some wanted key is n bytes long (bit 63: 63 or more)
@@ -333,17 +340,21 @@ cdef class Keys:
             if i < RAW_KEYS:
                 self.ptrs[i] = PyBytes_AS_STRING(k)
                 self.lens[i] = len(k)
+                self.heads[i] = head8(<const unsigned char*>self.ptrs[i], len(k))
             self.len_mask |= (<uint64_t>1) << min(len(k), 63)
 
 
 cdef inline int wanted(Keys kx, const unsigned char* b, Py_ssize_t start, Py_ssize_t stop):
-    """The index of the wanted key equal to b[start:stop], or -1 (most keys are ruled out by length)."""
+    """The index of the wanted key equal to b[start:stop], or -1 (most keys are ruled out by length,
+    most others by their first eight bytes)."""
     cdef Py_ssize_t n = stop - start
     cdef int i
+    cdef uint64_t head
     if not (kx.len_mask >> min(n, 63)) & 1:
         return -1
+    head = head8(b + start, n)
     for i in range(kx.n):
-        if kx.lens[i] == n and memcmp(kx.ptrs[i], b + start, n) == 0:
+        if kx.lens[i] == n and kx.heads[i] == head and (n <= 8 or memcmp(kx.ptrs[i] + 8, b + start + 8, n - 8) == 0):
             return i
     if kx.rest:
         return kx.rest.get(PyBytes_FromStringAndSize(<const char*>b + start, n), -1)
@@ -465,6 +476,62 @@ cdef struct SpanInfo:
 RECORD_SIZE = 40  # split.RECORD.size
 cdef uint32_t NO_SERIES = 0xFFFFFFFF
 
+cdef enum:
+    MEMO_NAME = 48  # longest span name the tally's memo holds
+    MEMO_SLOTS = 4096  # the memo's hash slots (power of two); cleared when half of them are taken
+    MEMO_ENTRIES = MEMO_SLOTS // 2
+    REC_SIZE = 40  # split.RECORD.size, as a C constant
+
+
+cdef struct SeriesMemo:
+    uint64_t h
+    PyObject* service  # held by Tally.memo_refs
+    uint32_t kind
+    uint32_t status
+    Py_ssize_t series
+    Py_ssize_t nlen
+    unsigned char name[MEMO_NAME]
+
+
+cdef inline uint64_t mix(uint64_t x) noexcept:
+    x ^= x >> 30
+    x *= 0xbf58476d1ce4e5b9ULL
+    x ^= x >> 27
+    x *= 0x94d049bb133111ebULL
+    return x ^ (x >> 31)
+
+
+cdef inline bint same_bytes(const unsigned char* a, const unsigned char* b, Py_ssize_t n) noexcept:
+    """a[:n] == b[:n], eight bytes at a time (short names: no call to memcmp)."""
+    cdef uint64_t x, y
+    while n >= 8:
+        memcpy(&x, a, 8)
+        memcpy(&y, b, 8)
+        if x != y:
+            return False
+        a += 8
+        b += 8
+        n -= 8
+    while n > 0:
+        if a[0] != b[0]:
+            return False
+        a += 1
+        b += 1
+        n -= 1
+    return True
+
+
+cdef inline uint64_t name_hash(const unsigned char* b, Py_ssize_t n, uint64_t h) noexcept:
+    cdef uint64_t word
+    while n >= 8:
+        memcpy(&word, b, 8)
+        h = mix(h ^ word)
+        b += 8
+        n -= 8
+    word = 0
+    memcpy(&word, b, n)
+    return mix(h ^ word ^ (<uint64_t>n << 56))
+
 
 @cython.final
 cdef class Tally:
@@ -481,10 +548,22 @@ cdef class Tally:
     cdef Py_ssize_t stride
     cdef uint64_t* counts
     cdef Py_ssize_t capacity  # series the array has room for
+    # (service, span name bytes, kind, status) -> series, for a tally without dimensions: a span
+    # whose label set was seen costs a hash and a comparison of its name's bytes, no str, tuple or
+    # dict lookup. The service is compared by identity (groups are interned, so their strings are
+    # shared); another str of the same value only misses, and is then looked up by its key.
+    # Slots hold (hash's high 32 bits << 32 | entry + 1), 0 when empty: a small array to probe,
+    # and the entries dense in the order they were made, so the few hot ones share cache lines.
+    cdef uint64_t* memo_slots
+    cdef SeriesMemo* memo
+    cdef Py_ssize_t memo_used
+    cdef list memo_refs
 
     def __cinit__(self, bounds_ns, dims=(), max_series=10_000):
         self.counts = NULL
         self.capacity = 0
+        self.memo = NULL
+        self.memo_slots = NULL
 
     def __init__(self, bounds_ns, dims=(), max_series=10_000):
         self.bounds_ns = tuple(bounds_ns)
@@ -499,9 +578,61 @@ cdef class Tally:
             self.bounds[i] = bound
         self.stride = self.nbounds + 3
         self.grow(16)
+        if not self.dims:
+            self.memo = <SeriesMemo*>PyMem_Malloc(MEMO_ENTRIES * sizeof(SeriesMemo))
+            self.memo_slots = <uint64_t*>PyMem_Malloc(MEMO_SLOTS * sizeof(uint64_t))
+            if self.memo is NULL or self.memo_slots is NULL:
+                raise MemoryError()
+            self.memo_clear()
 
     def __dealloc__(self):
         PyMem_Free(self.counts)
+        PyMem_Free(self.memo)
+        PyMem_Free(self.memo_slots)
+
+    cdef int memo_clear(self) except -1:
+        memset(self.memo_slots, 0, MEMO_SLOTS * sizeof(uint64_t))
+        self.memo_used = 0
+        self.memo_refs = []
+        return 0
+
+    cdef Py_ssize_t span_series(self, object service, const unsigned char* b, Py_ssize_t start, Py_ssize_t stop,
+                                uint32_t kind, uint32_t status) except -1:
+        """series((service, the name b[start:stop] as str, kind, status, ())) of a tally without
+        dimensions, through the memo (the name was validated as UTF-8 already)."""
+        cdef Py_ssize_t n = stop - start
+        cdef uint64_t h
+        cdef size_t slot
+        cdef SeriesMemo* m
+        cdef Py_ssize_t series
+        if n > MEMO_NAME:
+            return self.series((service, decode(b, start, stop), kind, status, ()))
+        h = name_hash(b + start, n, mix(<uint64_t><size_t><PyObject*>service ^ (<uint64_t>kind << 40)
+                                        ^ (<uint64_t>status << 48)))
+        slot = h & (MEMO_SLOTS - 1)
+        while self.memo_slots[slot]:
+            if self.memo_slots[slot] >> 32 == h >> 32:
+                m = self.memo + <Py_ssize_t>(self.memo_slots[slot] & 0xFFFFFFFFULL) - 1
+                if (m.h == h and m.service == <PyObject*>service and m.kind == kind and m.status == status
+                        and m.nlen == n and same_bytes(m.name, b + start, n)):
+                    return m.series
+            slot = (slot + 1) & (MEMO_SLOTS - 1)
+        series = self.series((service, decode(b, start, stop), kind, status, ()))
+        if self.memo_used >= MEMO_ENTRIES:
+            self.memo_clear()
+            slot = h & (MEMO_SLOTS - 1)
+        self.memo_slots[slot] = (h >> 32 << 32) | <uint64_t>(self.memo_used + 1)
+        m = self.memo + self.memo_used
+        self.memo_refs.append(service)
+        m.h = h
+        m.service = <PyObject*>service
+        m.kind = kind
+        m.status = status
+        m.series = series
+        m.nlen = n
+        memcpy(m.name, b + start, n)
+        self.memo_used += 1
+        return series
 
     cdef int grow(self, Py_ssize_t capacity) except -1:
         cdef uint64_t* counts = <uint64_t*>PyMem_Realloc(self.counts, capacity * self.stride * sizeof(uint64_t))
@@ -565,8 +696,9 @@ cdef class Chunk:
     cdef public object root_group
     cdef public bint marked
     cdef public object graph  # bytearray of split.RECORD per span, or None
-    cdef public object peers  # list of (span index, PEER_KEYS' str values), or None
+    cdef public object peers  # list of PEER_KEYS' str values of the spans flagged in graph, or None
     cdef uint64_t narrow_bits
+    cdef Py_ssize_t nrec  # RECORDs written in graph (its size while the request is split: room)
     cdef object wide_bits
 
     @property
@@ -583,6 +715,7 @@ cdef class _Split:
     cdef Keys kx
     cdef dict groups
     cdef object bits_of  # Splitter.bits_of: cached per (key, value)
+    cdef object bits_keys  # Splitter.bits_keys: the keys bits_of is asked about
     cdef object whole_span_bits
     cdef list out
     cdef dict by_trace
@@ -592,6 +725,7 @@ cdef class _Split:
     cdef tuple dims
     # the span being read: its PEER_KEYS' values (Splitter.records) and its dimensions' values
     cdef object peer0, peer1, peer2
+    cdef tuple last_peer  # the last peer values appended (shared by the spans that repeat them)
     cdef list dimv
     # the span being read: its wanted attributes (kept while it may be a root) and predicate bits
     cdef object attrs
@@ -640,7 +774,7 @@ cdef class _Split:
         if role:
             self.role_value(role, value)
         key = self.kx.names[ki]
-        bits = self.bits_of(key, value)
+        bits = self.bits_of(key, value) if key in self.bits_keys else 0
         self.add_bits(bits)
         if cacheable and bits.bit_length() < 64:
             memcpy(self.raw[ki], b + vstart, n)
@@ -775,6 +909,8 @@ cdef class _Split:
         cdef uint32_t series = NO_SERIES
         cdef Py_ssize_t old
         cdef char* rec
+        cdef char has_peer
+        cdef tuple last
         self.attrs = None
         self.narrow = 0
         self.wide = None
@@ -790,7 +926,8 @@ cdef class _Split:
             self.attrs = wire.span_fields(data, group, self.splitter.keys).attrs
             if self.attrs is not None:
                 for key, value in (<dict>self.attrs).items():
-                    self.add_bits(self.bits_of(key, value))
+                    if key in self.bits_keys:
+                        self.add_bits(self.bits_of(key, value))
             if self.kx.has_roles:
                 if self.records:
                     self.peer0 = self.peer1 = self.peer2 = None
@@ -820,6 +957,7 @@ cdef class _Split:
                 chunk.marked = False
                 chunk.narrow_bits = 0
                 chunk.graph = bytearray() if self.records else None
+                chunk.nrec = 0
                 chunk.peers = None
                 PyDict_SetItem(self.by_trace, trace_id, chunk)
                 PyList_Append(self.out, chunk)
@@ -827,18 +965,27 @@ cdef class _Split:
                 chunk = <Chunk>found
             self.last = chunk
         if self.tally is not None:
-            key = (service, decode(b, s.name_start, s.name_stop), s.kind, s.status,
-                   tuple(self.dimv) if self.dims else ())
-            series = <uint32_t>self.tally.series(key)
+            if self.dims:
+                key = (service, decode(b, s.name_start, s.name_stop), s.kind, s.status, tuple(self.dimv))
+                series = <uint32_t>self.tally.series(key)
+            else:
+                series = <uint32_t>self.tally.span_series(service, b, s.name_start, s.name_stop, s.kind, s.status)
             self.tally.add(series, s.end - s.start if s.end > s.start else 0)
         if self.records:
+            has_peer = 0
             if (s.kind == 3 or s.kind == 4) and (self.peer0 is not None or self.peer1 is not None
                                                  or self.peer2 is not None):  # a client span's peer
                 if chunk.peers is None:
                     chunk.peers = []
-                chunk.peers.append((len(chunk.spans), self.peer0, self.peer1, self.peer2))
-            old = PyByteArray_GET_SIZE(chunk.graph)
-            PyByteArray_Resize(chunk.graph, old + RECORD_SIZE)
+                last = self.last_peer  # the same values as the last one's (same objects): the same tuple
+                if last is None or not (last[0] is self.peer0 and last[1] is self.peer1 and last[2] is self.peer2):
+                    last = self.last_peer = (self.peer0, self.peer1, self.peer2)
+                PyList_Append(chunk.peers, last)
+                has_peer = 1
+            old = chunk.nrec * REC_SIZE  # the bytearray grows by doubling; split_request trims it
+            if old + REC_SIZE > PyByteArray_GET_SIZE(chunk.graph):
+                PyByteArray_Resize(chunk.graph, 2 * old if old >= 8 * REC_SIZE else 8 * REC_SIZE)
+            chunk.nrec += 1
             rec = PyByteArray_AS_STRING(chunk.graph) + old
             memcpy(rec, b + s.span_id, 8)
             if s.parent >= 0:
@@ -849,7 +996,7 @@ cdef class _Split:
             memcpy(rec + 24, &s.end, 8)
             rec[32] = <char>(s.kind if s.kind < 255 else 255)
             rec[33] = <char>(s.status if s.status < 255 else 255)
-            rec[34] = 0
+            rec[34] = has_peer
             rec[35] = 0
             memcpy(rec + 36, &series, 4)
         PyList_Append(chunk.spans, data)
@@ -976,6 +1123,7 @@ def split_request(bytes data, splitter, bint count=True):
     w.kx = _keys(splitter.keys, w.records, w.dims)
     w.groups = splitter.groups
     w.bits_of = splitter.bits_of
+    w.bits_keys = splitter.bits_keys
     w.whole_span_bits = splitter.span_bits
     w.out = []
     w.by_trace = {}
@@ -996,6 +1144,10 @@ def split_request(bytes data, splitter, bint count=True):
             fail(f"unexpected end-group at byte {pos}")
         else:
             pos = skip(b, pos, end, tag, 0)
+    cdef Chunk chunk
+    if w.records:
+        for chunk in w.out:
+            PyByteArray_Resize(chunk.graph, chunk.nrec * REC_SIZE)
     return w.out
 
 
@@ -1243,3 +1395,553 @@ def split_logs(bytes data, splitter):
         chunk.marked = acc.marked
         PyList_Append(chunks, chunk)
     return chunks
+
+
+# The service graph at decision time (sampler/insight/servicegraph.py owns the semantics, and its
+# trace_graph is the reference this is held to): one whole trace's packed RECORDs paired in one
+# typed pass, and the edge requests counted straight into C arrays (`Edges`).
+
+cdef enum:
+    C_DIRECT = 0
+    C_MESSAGING = 1
+    C_DATABASE = 2
+    C_VIRTUAL = 3
+    MEMO = 256  # edge-index memo slots (by the identity of the key's strings)
+
+
+cdef struct Req:
+    const unsigned char* span_id  # the client span's id; the root server span's for a request from `user`
+    # borrowed, valid while the pairing's arguments are: the groups hold their services and their
+    # resource attributes, the peers list the span attributes
+    PyObject* client  # the client service (str), or `user`
+    PyObject* server  # the server service or the peer (str)
+    int conn
+    bint failed
+    double client_s
+    double server_s
+    double seconds
+
+
+cdef inline uint64_t mix64(uint64_t x) noexcept:
+    x ^= x >> 30
+    x *= 0xbf58476d1ce4e5b9ULL
+    x ^= x >> 27
+    x *= 0x94d049bb133111ebULL
+    return x ^ (x >> 31)
+
+
+cdef inline double seconds_of(const unsigned char* rec) noexcept:
+    cdef uint64_t start, end
+    memcpy(&start, rec + 16, 8)
+    memcpy(&end, rec + 24, 8)
+    return <double>(end - start) / 1e9 if end > start else 0.0
+
+
+cdef inline bint same_str(PyObject* a, PyObject* b) except -1:
+    return a == b or <object>a == <object>b
+
+
+cdef inline bint truthy_str(object v) noexcept:
+    return v is not None and len(<str>v) > 0
+
+
+@cython.final
+cdef class _Pairing:
+    """One trace's pairing: its requests (a C array), orphans and root; and the scratch arrays it
+    was made with, kept for the next trace (an Edges pairs trace after trace with one)."""
+
+    cdef Req* reqs
+    cdef Py_ssize_t nreq
+    cdef bint has_root
+    cdef dict orphans  # service -> spans, None: none
+    cdef list services  # each service once per run of spans with the same group (repeats possible)
+    cdef Py_ssize_t cap  # span-id table slots (a power of two)
+    cdef Py_ssize_t room  # spans the per-span arrays hold
+    cdef uint64_t* tkeys
+    cdef int32_t* thead
+    cdef unsigned char* tflags  # bit 0: used, bit 1: some span has this id
+    cdef int32_t* nxt
+    cdef PyObject** service
+    cdef PyObject** peer_of
+
+    def __cinit__(self):
+        self.reqs = NULL
+        self.tkeys = NULL
+        self.thead = NULL
+        self.tflags = NULL
+        self.nxt = NULL
+        self.service = NULL
+        self.peer_of = NULL
+        self.cap = 0
+        self.room = 0
+
+    def __dealloc__(self):
+        self.release()
+
+    cdef void release(self) noexcept:
+        PyMem_Free(self.reqs)
+        PyMem_Free(self.tkeys)
+        PyMem_Free(self.thead)
+        PyMem_Free(self.tflags)
+        PyMem_Free(self.nxt)
+        PyMem_Free(self.service)
+        PyMem_Free(self.peer_of)
+        self.reqs = NULL
+        self.tkeys = NULL
+        self.thead = NULL
+        self.tflags = NULL
+        self.nxt = NULL
+        self.service = NULL
+        self.peer_of = NULL
+        self.cap = 0
+        self.room = 0
+
+    cdef int reserve(self, Py_ssize_t n) except -1:
+        """Room for a trace of n spans (n > 0)."""
+        cdef Py_ssize_t cap = 16
+        while cap < 2 * n:
+            cap *= 2
+        if n > self.room or cap > self.cap:
+            self.release()
+            self.tkeys = <uint64_t*>PyMem_Malloc(cap * sizeof(uint64_t))
+            self.thead = <int32_t*>PyMem_Malloc(cap * sizeof(int32_t))
+            self.tflags = <unsigned char*>PyMem_Malloc(cap)
+            self.nxt = <int32_t*>PyMem_Malloc(n * sizeof(int32_t))
+            self.service = <PyObject**>PyMem_Malloc(n * sizeof(PyObject*))
+            self.peer_of = <PyObject**>PyMem_Malloc(n * sizeof(PyObject*))
+            self.reqs = <Req*>PyMem_Malloc(n * sizeof(Req))
+            if (self.tkeys is NULL or self.thead is NULL or self.tflags is NULL or self.nxt is NULL
+                    or self.service is NULL or self.peer_of is NULL or self.reqs is NULL):
+                self.release()
+                raise MemoryError()
+            self.cap = cap
+            self.room = n
+        return 0
+
+
+cdef inline object _peer_value(tuple found, int slot, tuple resource):
+    """A peer attribute of a client span: the span's, else its resource's (str only)."""
+    value = found[slot] if found is not None else None
+    return resource[slot] if value is None else value
+
+
+cdef tuple _resource_peers(object group):
+    attrs = <dict>group.attrs
+    out = []
+    for key in PEER_KEYS:
+        attr = attrs.get(key)
+        out.append(attr if type(attr) is str else None)
+    return tuple(out)
+
+
+cdef _Pairing pair(_Pairing p, object records, list groups, object peers, tuple labels):
+    """trace_graph(span_records(...)) over the packed RECORDs, in C: see servicegraph.py. Into `p`
+    (its arrays reused)."""
+    cdef const unsigned char* recs = <const unsigned char*>PyByteArray_AS_STRING(records) \
+        if type(records) is bytearray else <const unsigned char*>PyBytes_AS_STRING(records)
+    cdef Py_ssize_t n = len(records) // REC_SIZE
+    cdef Py_ssize_t i, j, cap, slot, best
+    cdef uint64_t sid, pid, seed = 0x9E3779B97F4A7C15ULL
+    cdef Py_ssize_t k = 0
+    cdef const unsigned char* rec
+    cdef const unsigned char* crec
+    cdef const unsigned char* brec
+    cdef unsigned char kind
+    cdef Req* r
+    cdef PyObject* last_group = NULL
+    cdef PyObject* svc = NULL
+    cdef PyObject* g
+    cdef PyObject* peer_group = NULL
+    cdef tuple resource = None
+    cdef tuple found
+    cdef uint64_t bstart, cstart
+    cdef int c
+    p.nreq = 0
+    p.has_root = False
+    p.orphans = None
+    p.services = []
+    if len(groups) < n:
+        raise ValueError("fewer groups than records")
+    if n == 0:
+        return p
+    p.reserve(n)
+    cap = 16  # this trace's part of the table: a previous trace may have left it larger
+    while cap < 2 * n:
+        cap *= 2
+    cdef uint64_t* tkeys = p.tkeys
+    cdef int32_t* thead = p.thead
+    cdef unsigned char* tflags = p.tflags
+    cdef int32_t* nxt = p.nxt
+    cdef PyObject** service = p.service
+    cdef PyObject** peer_of = p.peer_of
+    memset(tflags, 0, cap)
+    memset(peer_of, 0, n * sizeof(PyObject*))
+    if peers:  # the n-th RECORD flagged as having one has the n-th entry
+        for i in range(n):
+            if recs[i * REC_SIZE + 34] and k < len(<list>peers):
+                peer_of[i] = <PyObject*>(<list>peers)[k]
+                k += 1
+    # pass 1: each span's service, and its id in the table
+    for i in range(n):
+        g = <PyObject*>groups[i]
+        if g != last_group:
+            last_group = g
+            svc_obj = (<object>g).service
+            p.services.append(svc_obj)
+            svc = <PyObject*>svc_obj
+        service[i] = svc
+        nxt[i] = -1
+        rec = recs + i * REC_SIZE
+        memcpy(&sid, rec, 8)
+        if sid != 0:
+            slot = mix64(sid ^ seed) & (cap - 1)
+            while tflags[slot] & 1 and tkeys[slot] != sid:
+                slot = (slot + 1) & (cap - 1)
+            if not tflags[slot] & 1:
+                tkeys[slot] = sid
+                thead[slot] = -1
+            tflags[slot] |= 3
+    # pass 2: roots, orphans, and each callee under its parent's id
+    for i in range(n):
+        rec = recs + i * REC_SIZE
+        memcpy(&pid, rec + 8, 8)
+        kind = rec[32]
+        if pid == 0:
+            p.has_root = True
+            continue
+        slot = mix64(pid ^ seed) & (cap - 1)
+        while tflags[slot] & 1 and tkeys[slot] != pid:
+            slot = (slot + 1) & (cap - 1)
+        if not tflags[slot] & 2:
+            if p.orphans is None:
+                p.orphans = {}
+            p.orphans[<object>service[i]] = p.orphans.get(<object>service[i], 0) + 1
+        if kind == 2 or kind == 5:
+            if not tflags[slot] & 1:
+                tkeys[slot] = pid
+                thead[slot] = -1
+                tflags[slot] = 1
+            nxt[i] = thead[slot]
+            thead[slot] = <int32_t>i
+    # pass 3: the requests
+    for i in range(n):
+        rec = recs + i * REC_SIZE
+        kind = rec[32]
+        if kind == 3 or kind == 4:
+            memcpy(&sid, rec, 8)
+            best = -1
+            if sid != 0:
+                slot = mix64(sid ^ seed) & (cap - 1)
+                while tflags[slot] & 1 and tkeys[slot] != sid:
+                    slot = (slot + 1) & (cap - 1)
+                j = thead[slot] if tflags[slot] & 1 else -1
+                while j >= 0:  # latest first: on a tie the earliest span wins, as min() picks
+                    if not same_str(service[j], service[i]):
+                        if best < 0:
+                            best = j
+                        else:
+                            crec = recs + j * REC_SIZE
+                            brec = recs + best * REC_SIZE
+                            memcpy(&cstart, crec + 16, 8)
+                            memcpy(&bstart, brec + 16, 8)
+                            if cstart < bstart or (cstart == bstart and memcmp(crec, brec, 8) <= 0):
+                                best = j
+                    j = nxt[j]
+            r = p.reqs + p.nreq
+            r.span_id = rec
+            r.client = service[i]
+            r.client_s = seconds_of(rec)
+            r.seconds = r.client_s
+            found = <tuple>peer_of[i] if peer_of[i] is not NULL else None
+            g = <PyObject*>groups[i]
+            if g != peer_group:
+                peer_group = g
+                resource = _resource_peers(<object>g)
+            db = _peer_value(found, 1, resource)
+            if best >= 0:
+                brec = recs + best * REC_SIZE
+                r.server = service[best]
+                if kind == 4 or brec[32] == 5:
+                    r.conn = C_MESSAGING
+                elif truthy_str(db):
+                    r.conn = C_DATABASE
+                else:
+                    r.conn = C_DIRECT
+                r.failed = rec[33] == 2 or brec[33] == 2
+                r.server_s = seconds_of(brec)
+                p.nreq += 1
+                continue
+            peer = _peer_value(found, 0, resource)
+            if not truthy_str(peer):
+                peer = db
+                if not truthy_str(peer):
+                    peer = _peer_value(found, 2, resource)
+                    if not truthy_str(peer):
+                        continue
+            r.server = <PyObject*>peer
+            r.failed = rec[33] == 2
+            if truthy_str(db):
+                r.conn = C_DATABASE
+                r.server_s = r.client_s
+            else:
+                r.conn = C_VIRTUAL
+                r.server_s = 0.0
+            p.nreq += 1
+        elif kind == 2 or kind == 5:
+            memcpy(&pid, rec + 8, 8)
+            if pid == 0:
+                r = p.reqs + p.nreq
+                r.span_id = rec
+                r.client = <PyObject*>labels[0]
+                r.server = service[i]
+                r.conn = C_VIRTUAL
+                r.failed = rec[33] == 2
+                r.client_s = 0.0
+                r.server_s = seconds_of(rec)
+                r.seconds = r.server_s
+                p.nreq += 1
+    return p
+
+
+cdef tuple req_key(Req* r, tuple labels):
+    return (<object>r.client, <object>r.server, labels[1 + r.conn])
+
+
+def trace_requests(records, list groups, peers, tuple labels):
+    """The pairing `Edges.add_trace` counts, for tests: (requests, orphans, has_root, services), the
+    requests as (key, span id, failed, client s, server s, seconds) sorted as trace_graph sorts them.
+    `labels`: USER, then the connection types DIRECT, MESSAGING_SYSTEM, DATABASE, VIRTUAL_NODE."""
+    cdef _Pairing p = pair(_Pairing.__new__(_Pairing), records, groups, peers, labels)
+    cdef Req* r
+    cdef Py_ssize_t i
+    out = []
+    for i in range(p.nreq):
+        r = p.reqs + i
+        out.append((req_key(r, labels), PyBytes_FromStringAndSize(<const char*>r.span_id, 8), r.failed,
+                    r.client_s, r.server_s, r.seconds))
+    out.sort(key=lambda t: (t[0], t[1]))
+    return out, p.orphans or {}, p.has_root, p.services
+
+
+@cython.final
+cdef class Edges:
+    """The edges of a ServiceGraph in C arrays: per edge (row 0: the overflow edge) its requests,
+    failed requests and three histograms (client, server: `bounds`; latency: `display`), each its
+    bucket counts (le, +Inf last), count, sum and max; and its exemplar. servicegraph.EdgeStats is
+    the reading of one row (`row`)."""
+
+    cdef public dict index  # (client, server, connection type) -> row
+    cdef public list keys  # row -> key (None: the overflow edge)
+    cdef public list exemplars  # row -> (trace id, client s, server s) or None
+    cdef public Py_ssize_t max_edges
+    cdef tuple labels
+    cdef double b1[64]
+    cdef double b2[64]
+    cdef int n1, n2
+    cdef Py_ssize_t stride  # uint64 per row: requests, failed, then per histogram its count and buckets
+    cdef uint64_t* counts
+    cdef double* sums  # 6 per row: per histogram its sum and max
+    cdef uint64_t* ex_gen  # per row: the trace that last set its exemplar, and with which span id
+    cdef uint64_t* ex_span
+    cdef uint64_t gen
+    cdef Py_ssize_t capacity
+    cdef PyObject* memo_a[MEMO]
+    cdef PyObject* memo_b[MEMO]
+    cdef int memo_c[MEMO]
+    cdef Py_ssize_t memo_row[MEMO]
+    cdef list memo_refs  # keeps the memo's strings alive
+    cdef _Pairing scratch  # each trace's pairing, its arrays reused
+
+    def __cinit__(self, *args, **kwargs):
+        self.counts = NULL
+        self.sums = NULL
+        self.ex_gen = NULL
+        self.ex_span = NULL
+        self.capacity = 0
+
+    def __init__(self, bounds, display, Py_ssize_t max_edges, tuple labels):
+        if len(bounds) > 63 or len(display) > 63:
+            raise ValueError("at most 63 latency buckets")
+        self.n1 = len(bounds)
+        self.n2 = len(display)
+        for i, b in enumerate(bounds):
+            self.b1[i] = b
+        for i, b in enumerate(display):
+            self.b2[i] = b
+        self.labels = labels
+        self.max_edges = max_edges
+        self.index = {}
+        self.keys = [None]
+        self.exemplars = [None]
+        self.stride = 2 + 3 + 2 * (self.n1 + 1) + (self.n2 + 1)
+        self.gen = 0
+        memset(self.memo_a, 0, sizeof(self.memo_a))
+        self.memo_refs = [None] * MEMO
+        self.scratch = _Pairing.__new__(_Pairing)
+        self.grow(16)
+
+    def __dealloc__(self):
+        PyMem_Free(self.counts)
+        PyMem_Free(self.sums)
+        PyMem_Free(self.ex_gen)
+        PyMem_Free(self.ex_span)
+
+    cdef int grow(self, Py_ssize_t capacity) except -1:
+        cdef uint64_t* counts = <uint64_t*>PyMem_Realloc(self.counts, capacity * self.stride * sizeof(uint64_t))
+        if counts is NULL:
+            raise MemoryError()
+        self.counts = counts
+        cdef double* sums = <double*>PyMem_Realloc(self.sums, capacity * 6 * sizeof(double))
+        if sums is NULL:
+            raise MemoryError()
+        self.sums = sums
+        cdef uint64_t* gen = <uint64_t*>PyMem_Realloc(self.ex_gen, capacity * sizeof(uint64_t))
+        if gen is NULL:
+            raise MemoryError()
+        self.ex_gen = gen
+        cdef uint64_t* span = <uint64_t*>PyMem_Realloc(self.ex_span, capacity * sizeof(uint64_t))
+        if span is NULL:
+            raise MemoryError()
+        self.ex_span = span
+        memset(counts + self.capacity * self.stride, 0, (capacity - self.capacity) * self.stride * sizeof(uint64_t))
+        memset(sums + self.capacity * 6, 0, (capacity - self.capacity) * 6 * sizeof(double))
+        memset(gen + self.capacity, 0, (capacity - self.capacity) * sizeof(uint64_t))
+        memset(span + self.capacity, 0, (capacity - self.capacity) * sizeof(uint64_t))
+        self.capacity = capacity
+        return 0
+
+    cdef Py_ssize_t row_of(self, object key) except -1:
+        cdef PyObject* found = PyDict_GetItem(self.index, key)
+        cdef Py_ssize_t i
+        if found is not NULL:
+            return <Py_ssize_t><object>found
+        i = len(self.keys)
+        if i > self.max_edges:
+            return 0
+        if i >= self.capacity:
+            self.grow(2 * self.capacity)
+        self.index[key] = i
+        self.keys.append(key)
+        self.exemplars.append(None)
+        return i
+
+    cdef Py_ssize_t row_memo(self, Req* r) except -1:
+        cdef size_t h = ((<size_t>r.client >> 4) * 31 + (<size_t>r.server >> 4) * 7 + <size_t>r.conn) & (MEMO - 1)
+        cdef Py_ssize_t row
+        if self.memo_a[h] == r.client and self.memo_b[h] == r.server and self.memo_c[h] == r.conn:
+            return self.memo_row[h]
+        row = self.row_of(req_key(r, self.labels))
+        if row == 0:
+            return 0  # the overflow edge: a later edge may still not fit, so never memoised
+        self.memo_refs[h] = (<object>r.client, <object>r.server)
+        self.memo_a[h] = r.client
+        self.memo_b[h] = r.server
+        self.memo_c[h] = r.conn
+        self.memo_row[h] = row
+        return row
+
+    cdef inline void observe(self, uint64_t* c, double* s, const double* bounds, int n, double v) noexcept:
+        cdef int j = 0, hi = n, mid
+        while j < hi:  # the first bound >= v (bisect_left)
+            mid = (j + hi) >> 1
+            if bounds[mid] < v:
+                j = mid + 1
+            else:
+                hi = mid
+        c[0] += 1
+        c[1 + j] += 1
+        s[0] += v
+        if v > s[1]:
+            s[1] = v
+
+    cdef int count(self, Py_ssize_t row, bint failed, double client_s, double server_s, double seconds) except -1:
+        cdef uint64_t* c = self.counts + row * self.stride
+        cdef double* s = self.sums + row * 6
+        c[0] += 1
+        c[1] += failed
+        self.observe(c + 2, s, self.b1, self.n1, client_s)
+        self.observe(c + 3 + self.n1 + 1, s + 2, self.b1, self.n1, server_s)
+        self.observe(c + 4 + 2 * (self.n1 + 1), s + 4, self.b2, self.n2, seconds)
+        return 0
+
+    def add_request(self, key, bint failed, double client_s, double server_s, double seconds, exemplar):
+        """One request on an edge (the interpreted graph's EdgeStats.add); the exemplar, if any, is
+        its trace id and becomes the edge's."""
+        cdef Py_ssize_t row = self.row_of(key)
+        self.count(row, failed, client_s, server_s, seconds)
+        if exemplar is not None:
+            self.exemplars[row] = (exemplar, client_s, server_s)
+
+    def add_trace(self, records, list groups, peers, trace_id, bint kept, set services,
+                  Py_ssize_t max_services):
+        """Pair one whole trace's RECORDs (with its spans' groups and its client spans' peers, as
+        the summary holds them) and count its requests; a kept trace becomes the exemplar of its
+        edges. Its services join `services` while it has fewer than `max_services`. Returns
+        (has_root, orphans per service or None)."""
+        cdef _Pairing p = pair(self.scratch, records, groups, peers, self.labels)
+        for service in p.services:
+            if service not in services and len(services) < max_services:
+                services.add(service)
+        cdef Req* r
+        cdef Py_ssize_t i, row
+        cdef uint64_t span
+        cdef int k
+        if self.scratch.room > 8192:  # no memory held back for the next trace after a huge one
+            self.scratch = _Pairing.__new__(_Pairing)
+        if len(self.keys) - 1 + p.nreq > self.max_edges:  # edges may overflow: in trace_graph's order
+            order = [(req_key(p.reqs + i, self.labels), PyBytes_FromStringAndSize(<const char*>p.reqs[i].span_id, 8), i)
+                     for i in range(p.nreq)]
+            order.sort()
+            for _, _, i in order:
+                r = p.reqs + i
+                row = self.row_of(req_key(r, self.labels))
+                self.count(row, r.failed, r.client_s, r.server_s, r.seconds)
+                if kept:
+                    self.exemplars[row] = (trace_id, r.client_s, r.server_s)
+            return p.has_root, p.orphans
+        self.gen += 1
+        for i in range(p.nreq):
+            r = p.reqs + i
+            row = self.row_memo(r)
+            self.count(row, r.failed, r.client_s, r.server_s, r.seconds)
+            if kept:  # the request trace_graph sorts last on its edge: the greatest span id
+                span = 0
+                for k in range(8):
+                    span = (span << 8) | r.span_id[k]
+                if self.ex_gen[row] != self.gen or span >= self.ex_span[row]:
+                    self.ex_gen[row] = self.gen
+                    self.ex_span[row] = span
+                    self.exemplars[row] = (trace_id, r.client_s, r.server_s)
+        return p.has_root, p.orphans
+
+    def row(self, Py_ssize_t row):
+        """(requests, failed, per histogram (client, server, latency) its (bucket counts, count, sum,
+        max)) of one row."""
+        cdef uint64_t* c = self.counts + row * self.stride
+        cdef double* s = self.sums + row * 6
+        cdef Py_ssize_t at = 2
+        hists = []
+        for h, n in ((0, self.n1), (1, self.n1), (2, self.n2)):
+            hists.append(([c[at + 1 + j] for j in range(n + 1)], c[at], s[2 * h], s[2 * h + 1]))
+            at += n + 2
+        return c[0], c[1], hists
+
+    @property
+    def nedges(self):
+        return len(self.keys) - 1
+
+
+def exemplars(records, trace_id, dict exemplars):
+    """SpanMetrics.kept over the packed RECORDs: each series a span was counted in (not NO_SERIES)
+    takes (trace_id, the span's latency in ns) as its exemplar."""
+    cdef const unsigned char* recs = <const unsigned char*>PyByteArray_AS_STRING(records) \
+        if type(records) is bytearray else <const unsigned char*>PyBytes_AS_STRING(records)
+    cdef Py_ssize_t i, n = len(records) // REC_SIZE
+    cdef uint32_t series
+    cdef uint64_t start, end
+    for i in range(n):
+        memcpy(&series, recs + i * REC_SIZE + 36, 4)
+        if series != NO_SERIES:
+            memcpy(&start, recs + i * REC_SIZE + 16, 8)
+            memcpy(&end, recs + i * REC_SIZE + 24, 8)
+            exemplars[series] = (trace_id, end - start if end > start else 0)

@@ -31,9 +31,12 @@ _VALUE_COST = 120
 PEER_KEYS = ("peer.service", "db.system", "server.address")
 # One span as the service graph and the exemplars read it at decision time, kept with the trace's
 # summary so that a dropped trace is never unpacked: span id, parent span id (zeros for a root),
-# start and end (ns), kind and status code (each at most 255), and its span-metrics series (NO_SERIES
-# when it was not counted here).
-RECORD = struct.Struct("<8s8sQQBBxxI")
+# start and end (ns), kind and status code (each at most 255), whether it has an entry in the peers
+# (1, else 0: the n-th span with one has the n-th entry), and its span-metrics series (NO_SERIES when
+# it was not counted here).
+RECORD = struct.Struct("<8s8sQQBBBxI")
+# PEER_KEYS' str values of a CLIENT or PRODUCER span with any (the same tuple for equal values in a row)
+Peer = tuple[str | None, str | None, str | None]
 NO_SERIES = 0xFFFFFFFF
 _NO_PARENT = bytes(8)
 # A span-metrics series: service, span name, kind, status code, the dimensions' values.
@@ -148,6 +151,9 @@ class Splitter:
         tally: Tally | None = None,
         records: bool = False,
     ) -> None:
+        # the keys whose values predicates read; the others are wanted for their values only, and
+        # satisfy no predicate (an engine's value_bits gives 0 for a key no predicate reads)
+        self.bits_keys = keys
         if records:
             keys = keys | frozenset(PEER_KEYS)
         if tally is not None:
@@ -237,8 +243,9 @@ class Chunk(Protocol):
     root_attrs: dict[str, AttrValue] | None
     root_group: Group | None
     graph: bytearray | None  # a RECORD per span (Splitter.records), else None
-    # (span index, PEER_KEYS' str values) of the CLIENT and PRODUCER spans with any (Splitter.records)
-    peers: list[tuple[int, str | None, str | None, str | None]] | None
+    # PEER_KEYS' str values of the CLIENT and PRODUCER spans with any, in span order; their RECORDs
+    # are flagged (Splitter.records)
+    peers: list[Peer] | None
 
     @property
     def bits(self) -> int:
@@ -267,7 +274,7 @@ class _Chunk:
         self.root_attrs: dict[str, AttrValue] | None = None
         self.root_group: Group | None = None
         self.graph: bytearray | None = bytearray() if records else None
-        self.peers: list[tuple[int, str | None, str | None, str | None]] | None = None
+        self.peers: list[Peer] | None = None
 
 
 if TYPE_CHECKING:
@@ -295,15 +302,17 @@ def _split_request(data: bytes, splitter: Splitter, count: bool = True) -> list[
             series = tally.series((group.service, span.name, span.kind, span.status, dims))
             tally.add(series, span.end - span.start if span.end > span.start else 0)
         if chunk.graph is not None:
-            chunk.graph += RECORD.pack(span.span_id, span.parent_span_id or _NO_PARENT, span.start, span.end,
-                                       min(span.kind, 255), min(span.status, 255), series)
+            has_peer = 0
             if span.attrs and (span.kind == 3 or span.kind == 4):  # a client span's peer
                 peers = [span.attrs.get(k) for k in PEER_KEYS]
                 if any(type(p) is str for p in peers):
                     if chunk.peers is None:
                         chunk.peers = []
                     p0, p1, p2 = (p if type(p) is str else None for p in peers)
-                    chunk.peers.append((len(chunk.spans), p0, p1, p2))
+                    chunk.peers.append((p0, p1, p2))
+                    has_peer = 1
+            chunk.graph += RECORD.pack(span.span_id, span.parent_span_id or _NO_PARENT, span.start, span.end,
+                                       min(span.kind, 255), min(span.status, 255), has_peer, series)
         chunk.spans.append(span.data)
         chunk.groups.append(group)
         chunk.nbytes += len(span.data)
@@ -313,7 +322,8 @@ def _split_request(data: bytes, splitter: Splitter, count: bool = True) -> list[
         bits = group.match_bits
         if span.attrs:
             for key, value in span.attrs.items():
-                bits |= splitter.bits_of(key, value)
+                if key in splitter.bits_keys:
+                    bits |= splitter.bits_of(key, value)
                 if key in MARK_KEYS:
                     chunk.marked = True
         if splitter.span_bits is not None:

@@ -62,7 +62,7 @@ class TraceSummary:
         # split.RECORD per span, each span's group, the PEER_KEYS' values of spans with any.
         self.graph: bytearray | None = None
         self.graph_groups: list[Group] = []
-        self.peers: list[tuple[int, str | None, str | None, str | None]] | None = None
+        self.peers: list[tuple[str | None, str | None, str | None]] | None = None
 
     def merge(self, chunk: Chunk, root_attrs: bool = True) -> None:
         """Fold one request's spans of this trace in (their predicate bits included). The root
@@ -78,12 +78,11 @@ class TraceSummary:
                 self.max_end = chunk.max_end
         graph = chunk.graph
         if graph is not None:
-            if chunk.peers is not None:
+            if chunk.peers is not None:  # in span order, as the RECORDs flagged as having one
                 if self.peers is None:
-                    self.peers = []
-                base = self.spans
-                for i, a, b, c in chunk.peers:
-                    self.peers.append((base + i, a, b, c))
+                    self.peers = chunk.peers  # the chunk's own, as its graph
+                else:
+                    self.peers += chunk.peers
             if self.graph is None:
                 self.graph = graph  # the chunk's own: it is not used again
             else:
