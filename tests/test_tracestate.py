@@ -4,6 +4,9 @@ and which kept traces carry it, through the core and the exporter's encoding."""
 
 from __future__ import annotations
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
@@ -104,3 +107,28 @@ def test_dry_run_passes_every_trace_with_its_decision() -> None:
     h2.core.sweep(10.0)
     (spans,) = _exported(h2).values()
     assert [a.value.string_value for a in spans[0].attributes if a.key == "tailsampling.decision"] == ["drop"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(states=st.lists(st.sampled_from(["", "ot=th:8", "vendor=x,ot=rv:abc;th:e666", "a=1"]), max_size=3),
+       cut=st.integers(0, 200))
+def test_compiled_and_interpreted_cut_field_agree(states: list[str], cut: int) -> None:
+    """The compiled cut_field (used for every span kept by a probability) and the interpreted one
+    give the same span and value, and refuse the same truncated bytes."""
+    from sampler.otlp import tracestate
+    from sampler.otlp.split import COMPILED
+    from sampler.otlp.wire import WireError
+
+    if not COMPILED:
+        pytest.skip("the compiled splitter is not built")
+    span = span_message(S(1, 1, trace_state=states[0] if states else "")).SerializeToString()
+    for state in states[1:]:  # extra trace_state fields, as a non-canonical producer could send
+        span += Span(trace_state=state).SerializeToString()
+    for data in (span, span[:cut]):
+        outcomes = []
+        for cut_field in (tracestate.cut_field, tracestate._cut_field):
+            try:
+                outcomes.append(cut_field(data, tracestate.TRACE_STATE))
+            except WireError as exc:
+                outcomes.append(type(exc))
+        assert outcomes[0] == outcomes[1], data

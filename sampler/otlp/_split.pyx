@@ -1945,3 +1945,32 @@ def exemplars(records, trace_id, dict exemplars):
             memcpy(&start, recs + i * REC_SIZE + 16, 8)
             memcpy(&end, recs + i * REC_SIZE + 24, 8)
             exemplars[series] = (trace_id, end - start if end > start else 0)
+
+
+def cut_field(bytes data, unsigned int tag):
+    """`data` (a serialized message) without its top-level fields of `tag` (a length-delimited
+    field's tag byte), and the value of the last of them (None without one), as a protobuf parser
+    reads a repeated scalar field: the last wins. The other fields stay byte for byte, in order."""
+    cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t end = PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t pos = 0, start, n, kept_from = 0
+    cdef uint64_t t
+    current = None
+    parts = None
+    while pos < end:
+        start = pos
+        pos = tag_of(b, pos, end, &t)
+        if t == tag:
+            pos = length_of(b, pos, end, &n)
+            current = data[pos:pos + n]
+            if parts is None:
+                parts = []
+            parts.append(data[kept_from:start])
+            pos += n
+            kept_from = pos
+        else:
+            pos = skip(b, pos, end, t, 0)
+    if parts is None:
+        return data, None
+    parts.append(data[kept_from:])
+    return b"".join(parts), current

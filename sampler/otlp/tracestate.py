@@ -16,10 +16,12 @@ can weight each kept span by its adjusted count, 1/p.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from fractions import Fraction
 from functools import lru_cache
 
 from sampler.otlp.splice import field
+from sampler.otlp.split import COMPILED
 from sampler.otlp.wire import _length, _skip, _tag
 
 MAX_THRESHOLD = 1 << 56
@@ -80,25 +82,44 @@ def merge(tracestate: str, probability: float) -> str:
     return ",".join(["ot=" + ";".join(ot), *others])
 
 
-def with_threshold(span: bytes, probability: float) -> bytes:
-    """A serialized Span whose trace_state carries the threshold of a keep at `probability`."""
-    end = len(span)
+def _cut_field(data: bytes, tag: int) -> tuple[bytes, bytes | None]:
+    """Interpreted: `data` without its top-level fields of `tag`, and the last one's value (None
+    without one); as the compiled `cut_field` in _split.pyx."""
+    end = len(data)
     pos = 0
-    current = b""
+    current: bytes | None = None
     parts: list[bytes] = []
     kept_from = 0
     while pos < end:
         start = pos
-        tag, pos = _tag(span, pos, end)
-        if tag == TRACE_STATE:
-            n, pos = _length(span, pos, end)
-            current = span[pos : pos + n]  # the last one wins, as protobuf parsers read it
-            parts.append(span[kept_from:start])
-            kept_from = pos + n
+        t, pos = _tag(data, pos, end)
+        if t == tag:
+            n, pos = _length(data, pos, end)
+            current = data[pos : pos + n]  # the last one wins, as protobuf parsers read it
+            parts.append(data[kept_from:start])
             pos += n
+            kept_from = pos
         else:
-            pos = _skip(span, pos, end, tag, 0)
-    parts.append(span[kept_from:])
-    merged = merge(current.decode("utf-8", "replace"), probability)
-    parts.append(field(TRACE_STATE, merged.encode()))
-    return b"".join(parts)
+            pos = _skip(data, pos, end, t, 0)
+    if current is None:
+        return data, None
+    parts.append(data[kept_from:])
+    return b"".join(parts), current
+
+
+cut_field: Callable[[bytes, int], tuple[bytes, bytes | None]]
+if COMPILED:
+    from sampler.otlp._split import cut_field
+else:
+    cut_field = _cut_field
+
+
+@lru_cache(maxsize=4096)
+def _threshold_field(current: bytes, probability: float) -> bytes:
+    return field(TRACE_STATE, merge(current.decode("utf-8", "replace"), probability).encode())
+
+
+def with_threshold(span: bytes, probability: float) -> bytes:
+    """A serialized Span whose trace_state carries the threshold of a keep at `probability`."""
+    rest, current = cut_field(span, TRACE_STATE)
+    return rest + _threshold_field(current or b"", probability)
