@@ -11,7 +11,8 @@ Cases (all on 127.0.0.1, every process its own):
 - http_json: the same over OTLP/HTTP with OTLP/JSON bodies (decoding JSON costs ~8x its size).
 - backend_dead: load at a fixed rate with every trace kept while the backend is down for
   `--dead-seconds` (30 by default), then up: the export queue fills, retries wait, nothing grows.
-- huge_trace: one trace of 100k spans (1,000-span requests) among normal traffic.
+- huge_trace: one trace of 100k spans (1,000-span requests) among normal traffic
+  (max_spans_per_trace 5,000).
 - sharded_pushback: three sharded instances, one with a tiny buffer that pushes back.
 - oversized_buffer: grpc_overload with `buffer.max_bytes` set far above what the limit leaves it:
   only the resident-memory governor (deciding early above 88%, refusing above 93%) keeps the limit.
@@ -386,7 +387,9 @@ def run_case(name: str, limit: str, seconds: float, dead_seconds: float = 30.0,
                     load = _load_child(run, "json", seconds, "--target", f"http://{HOST}:{inst.http_port}/v1/traces",
                                        "--inflight", "16")
             elif name == "huge_trace":
-                inst = run.start("ts", "buffer: {decision_wait: 2s}", DEFAULT)
+                # max_spans_per_trace well below 100k, so the trace reaches it within its first requests,
+                # before a buffer filled by the normal traffic would evict it (it is the oldest)
+                inst = run.start("ts", "buffer: {decision_wait: 2s, max_spans_per_trace: 5000}", DEFAULT)
                 with run.watching():
                     load = _load_child(run, "huge", seconds, "--target", f"{HOST}:{inst.grpc_port}",
                                        "--huge-spans", "100000")

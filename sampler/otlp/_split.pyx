@@ -298,6 +298,67 @@ cdef inline uint64_t head8(const unsigned char* b, Py_ssize_t n) noexcept:
     return h
 
 
+cdef object scope_header(bytes data, const unsigned char* b, Py_ssize_t pos, Py_ssize_t end, int msg):
+    """Validate a ScopeSpans or ScopeLogs (`msg`) but its items (field 2): its own fields, joined as
+    its header bytes; None when it has no items."""
+    cdef uint64_t tag
+    cdef Py_ssize_t n, fstart
+    cdef int kind
+    cdef bint has_items = False
+    cdef list header = []
+    while pos < end:
+        fstart = pos
+        pos = tag_of(b, pos, end, &tag)
+        if tag == 0x12:
+            pos = length_of(b, pos, end, &n)
+            pos += n
+            has_items = True
+            continue
+        if tag & 7 == 2:
+            pos = length_of(b, pos, end, &n)
+            kind = kind_of(msg, tag >> 3)
+            if kind == K_MESSAGE:
+                check_message(b, pos, pos + n, SUB[msg][tag >> 3], 3)
+            elif kind == K_STRING:
+                check_utf8(b, pos, pos + n)
+            pos += n
+        elif tag & 7 == 4:
+            fail(f"unexpected end-group at byte {pos}")
+        else:
+            pos = skip(b, pos, end, tag, 2)
+        header.append(data[fstart:pos])
+    return b"".join(header) if has_items else None
+
+
+cdef bytes resource_header(bytes data, const unsigned char* b, Py_ssize_t pos, Py_ssize_t end, list scopes):
+    """Validate a ResourceSpans or ResourceLogs but its scopes: its own fields, joined as its header
+    bytes; the [start, stop) ranges of its scopes (field 2) are appended to `scopes`."""
+    cdef uint64_t tag
+    cdef Py_ssize_t n, fstart
+    cdef list header = []
+    while pos < end:
+        fstart = pos
+        pos = tag_of(b, pos, end, &tag)
+        if tag == 0x12:
+            pos = length_of(b, pos, end, &n)
+            scopes.append(pos)
+            scopes.append(pos + n)
+            pos += n
+            continue
+        if tag == 0x0A:
+            pos = length_of(b, pos, end, &n)
+            check_message(b, pos, pos + n, M_RESOURCE, 2)
+            pos += n
+        elif tag == 0x1A:
+            pos = string_field(b, pos, end)
+        elif tag & 7 == 4:
+            fail(f"unexpected end-group at byte {pos}")
+        else:
+            pos = skip(b, pos, end, tag, 1)
+        header.append(data[fstart:pos])
+    return b"".join(header)
+
+
 cdef class Keys:
     """The wanted attribute keys as UTF-8 bytes in C arrays, compared in place against the request."""
 
@@ -1035,40 +1096,16 @@ cdef class _Split:
 
     cdef int scope_spans(self, bytes data, const unsigned char* b, Py_ssize_t pos, Py_ssize_t end,
                          bytes resource) except -1:
-        """Two passes: validate the scope's own fields (and keep them as its header), then the spans,
-        which are added to their traces under the scope's group."""
+        """Two passes: the scope's own fields (validated, kept as its header: scope_header), then
+        the spans, which are added to their traces under the scope's group."""
         cdef uint64_t tag
-        cdef Py_ssize_t n, fstart, start = pos
-        cdef int kind
-        cdef bint has_spans = False
-        cdef list header = []
-        while pos < end:
-            fstart = pos
-            pos = tag_of(b, pos, end, &tag)
-            if tag == 0x12:
-                pos = length_of(b, pos, end, &n)
-                pos += n
-                has_spans = True
-                continue
-            if tag & 7 == 2:
-                pos = length_of(b, pos, end, &n)
-                kind = kind_of(M_SCOPESPANS, tag >> 3)
-                if kind == K_MESSAGE:
-                    check_message(b, pos, pos + n, SUB[M_SCOPESPANS][tag >> 3], 3)
-                elif kind == K_STRING:
-                    check_utf8(b, pos, pos + n)
-                pos += n
-            elif tag & 7 == 4:
-                fail(f"unexpected end-group at byte {pos}")
-            else:
-                pos = skip(b, pos, end, tag, 2)
-            header.append(data[fstart:pos])
-        if not has_spans:
+        cdef Py_ssize_t n
+        scope = scope_header(data, b, pos, end, M_SCOPESPANS)
+        if scope is None:
             return 0
-        group = self.group(resource, b"".join(header))
+        group = self.group(resource, scope)
         group_bits = group.match_bits
         service = group.service
-        pos = start
         while pos < end:
             pos = tag_of(b, pos, end, &tag)
             if tag == 0x12:
@@ -1080,31 +1117,9 @@ cdef class _Split:
         return 0
 
     cdef int resource_spans(self, bytes data, const unsigned char* b, Py_ssize_t pos, Py_ssize_t end) except -1:
-        cdef uint64_t tag
-        cdef Py_ssize_t n, fstart, i
-        cdef list header = []
+        cdef Py_ssize_t i
         cdef list scopes = []
-        while pos < end:
-            fstart = pos
-            pos = tag_of(b, pos, end, &tag)
-            if tag == 0x12:
-                pos = length_of(b, pos, end, &n)
-                scopes.append(pos)
-                scopes.append(pos + n)
-                pos += n
-                continue
-            if tag == 0x0A:
-                pos = length_of(b, pos, end, &n)
-                check_message(b, pos, pos + n, M_RESOURCE, 2)
-                pos += n
-            elif tag == 0x1A:
-                pos = string_field(b, pos, end)
-            elif tag & 7 == 4:
-                fail(f"unexpected end-group at byte {pos}")
-            else:
-                pos = skip(b, pos, end, tag, 1)
-            header.append(data[fstart:pos])
-        resource = b"".join(header)
+        resource = resource_header(data, b, pos, end, scopes)
         for i in range(0, len(scopes), 2):
             self.scope_spans(data, b, scopes[i], scopes[i + 1], resource)
         return 0
@@ -1288,35 +1303,11 @@ cdef class _LogSplit:
                         bytes resource) except -1:
         """As scope_spans: the scope's own fields first (its header), then its records."""
         cdef uint64_t tag
-        cdef Py_ssize_t n, fstart, start = pos
-        cdef int kind
-        cdef bint has_records = False
-        cdef list header = []
-        while pos < end:
-            fstart = pos
-            pos = tag_of(b, pos, end, &tag)
-            if tag == 0x12:
-                pos = length_of(b, pos, end, &n)
-                pos += n
-                has_records = True
-                continue
-            if tag & 7 == 2:
-                pos = length_of(b, pos, end, &n)
-                kind = kind_of(M_SCOPELOGS, tag >> 3)
-                if kind == K_MESSAGE:
-                    check_message(b, pos, pos + n, SUB[M_SCOPELOGS][tag >> 3], 3)
-                elif kind == K_STRING:
-                    check_utf8(b, pos, pos + n)
-                pos += n
-            elif tag & 7 == 4:
-                fail(f"unexpected end-group at byte {pos}")
-            else:
-                pos = skip(b, pos, end, tag, 2)
-            header.append(data[fstart:pos])
-        if not has_records:
+        cdef Py_ssize_t n
+        scope = scope_header(data, b, pos, end, M_SCOPELOGS)
+        if scope is None:
             return 0
-        group = self.group(resource, b"".join(header))
-        pos = start
+        group = self.group(resource, scope)
         while pos < end:
             pos = tag_of(b, pos, end, &tag)
             if tag == 0x12:
@@ -1328,31 +1319,9 @@ cdef class _LogSplit:
         return 0
 
     cdef int resource_logs(self, bytes data, const unsigned char* b, Py_ssize_t pos, Py_ssize_t end) except -1:
-        cdef uint64_t tag
-        cdef Py_ssize_t n, fstart, i
-        cdef list header = []
+        cdef Py_ssize_t i
         cdef list scopes = []
-        while pos < end:
-            fstart = pos
-            pos = tag_of(b, pos, end, &tag)
-            if tag == 0x12:
-                pos = length_of(b, pos, end, &n)
-                scopes.append(pos)
-                scopes.append(pos + n)
-                pos += n
-                continue
-            if tag == 0x0A:
-                pos = length_of(b, pos, end, &n)
-                check_message(b, pos, pos + n, M_RESOURCE, 2)
-                pos += n
-            elif tag == 0x1A:
-                pos = string_field(b, pos, end)
-            elif tag & 7 == 4:
-                fail(f"unexpected end-group at byte {pos}")
-            else:
-                pos = skip(b, pos, end, tag, 1)
-            header.append(data[fstart:pos])
-        resource = b"".join(header)
+        resource = resource_header(data, b, pos, end, scopes)
         for i in range(0, len(scopes), 2):
             self.scope_logs(data, b, scopes[i], scopes[i + 1], resource)
         return 0
