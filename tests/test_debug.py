@@ -5,7 +5,6 @@ bearer token guards /debug when receivers.auth is set; dry_run forwards everythi
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,7 +106,8 @@ def test_debug_agrees_with_what_was_exported_and_explain_spends_nothing(
                                   for t in decided), 15)
     kept_ids = {tid(n).hex() for n in (2, 3)}
     assert otlp_backend.wait_for(lambda spans: {s.trace_id for s in spans} >= kept_ids, 10)
-    time.sleep(0.5)
+    # every kept span delivered (so a dropped trace's span, were one sent, would be here by now)
+    assert wait_until(lambda: ts.metric("tailsampler_spans_exported_total") == 2 + 60 + 20, 10), ts.metrics()
     received = {s.trace_id: s for s in otlp_backend.spans}
     states = {}
     for t in sorted(decided):
@@ -164,6 +164,47 @@ def test_debug_agrees_with_what_was_exported_and_explain_spends_nothing(
     assert 'tailsampler_memory_bytes{component="recent_decisions"}' in metrics
 
 
+INVERTED = """\
+policies:
+  - {name: not_health, type: string_attribute,
+     string_attribute: {key: http.route, values: [/health], invert_match: true}}
+"""
+
+
+def test_evicted_and_max_age_decisions_and_inverted_votes_agree_with_the_export(
+        start: object, otlp_backend: OtlpBackend) -> None:
+    """Through running processes: a trace decided early to make room (evicted) with an inverted
+    match's veto, one decided when quiet, and one at max_trace_age; /debug says what the backend saw."""
+    full = start(otlp_backend, INVERTED,  # type: ignore[operator]
+                 {"max_trace_age: 30s": "max_trace_age: 30s, max_traces: 2, min_eviction_age: 0s"})
+    health = S(21, 1, name="GET /health", attrs={"http.route": "/health"})
+    _send(full, request([health]))
+    _send(full, request([S(22, 2, attrs={"http.route": "/pay"})]))
+    _send(full, request([S(23, 3, attrs={"http.route": "/pay"})]))  # a third trace: the oldest is evicted
+    evicted = _get(full, f"/debug/traces/{tid(21).hex()}")
+    assert evicted == {"trace_id": tid(21).hex(), "state": "dropped", "reason": "evicted", "policy": None,
+                       "votes": {"not_health": "inverted_not_sampled"}, "spans": 1,
+                       "root": {"service": "svc", "name": "GET /health"}, "time": evicted["time"]}  # type: ignore[index]
+    assert wait_until(lambda: all(_get(full, f"/debug/traces/{tid(n).hex()}")["state"] == "kept"  # type: ignore[index]
+                                  for n in (22, 23)), 15)
+    assert otlp_backend.wait_for(lambda spans: {s.trace_id for s in spans} >= {tid(22).hex(), tid(23).hex()}, 10)
+    for n in (22, 23):
+        doc = _get(full, f"/debug/traces/{tid(n).hex()}")
+        assert doc["reason"] == "quiet" and doc["votes"] == {"not_health": "sampled"}  # type: ignore[index]
+    assert wait_until(lambda: full.metric("tailsampler_spans_exported_total") == 2, 10)
+    assert tid(21).hex() not in {s.trace_id for s in otlp_backend.spans}
+
+    aged = start(otlp_backend, INVERTED,  # type: ignore[operator]
+                 {"decision_wait: 2s, max_trace_age: 30s": "decision_wait: 30s, max_trace_age: 1s"})
+    _send(aged, request([S(24, 4, attrs={"http.route": "/orders"})]))
+    assert wait_until(lambda: _get(aged, f"/debug/traces/{tid(24).hex()}")["state"] == "kept", 10)  # type: ignore[index]
+    doc = _get(aged, f"/debug/traces/{tid(24).hex()}")
+    assert doc["reason"] == "max_age" and doc["policy"] == "not_health"  # type: ignore[index]
+    assert otlp_backend.wait_for(lambda spans: tid(24).hex() in {s.trace_id for s in spans}, 10)
+    received = next(s for s in otlp_backend.spans if s.trace_id == tid(24).hex())
+    assert received.attributes["tailsampling.policy"] == "not_health"
+
+
 def test_debug_needs_the_bearer_token_when_receivers_have_auth(start: object, tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("s3cret\n")
@@ -192,7 +233,7 @@ policies:
                for i in range(3)] for n in range(1, 41)]
     _send(ts, request([s for t in traces for s in t]))
     assert otlp_backend.wait_for(lambda spans: len(spans) >= 120, 15)
-    time.sleep(0.3)
+    assert wait_until(lambda: ts.metric("tailsampler_spans_exported_total") == 120, 10), ts.metrics()
     spans = otlp_backend.spans
     assert len(spans) == 120 and len({(s.trace_id, s.span_id) for s in spans}) == 120  # every span, once
     by_trace: dict[str, set[tuple[str, str]]] = {}
