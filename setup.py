@@ -63,10 +63,12 @@ def _warn(message: str) -> None:
 def _remove_stale_inplace_builds() -> None:
     """An editable install compiles in place; a later pure-Python build must not leave the old
     extension module shadowing the .py source."""
+    stale = glob.glob("*__mypyc.*.so")  # mypyc's shared runtime module of the compiled group
     for path in MYPYC_MODULES + CYTHON_MODULES:
         stem = path.rsplit(".", 1)[0]
-        for so in glob.glob(stem + ".*.so") + glob.glob(stem + "__mypyc.*.so"):
-            os.remove(so)
+        stale += glob.glob(stem + ".*.so") + glob.glob(stem + "__mypyc.*.so")
+    for so in stale:
+        os.remove(so)
 
 
 class OptionalBuildExt(build_ext):
@@ -117,6 +119,7 @@ def ext_modules() -> list[object]:
         from mypyc.build import mypycify
     except ImportError as exc:
         _warn(f"Cython or mypyc is not available ({exc})")
+        _remove_stale_inplace_builds()
         return []
     try:
         cython_ext = cythonize(CYTHON_MODULES, quiet=True)
@@ -128,6 +131,7 @@ def ext_modules() -> list[object]:
         return [*cython_ext, *mypycify([*flags, *MYPYC_MODULES], opt_level="3")]
     except BaseException as exc:  # mypy reports type errors by raising SystemExit
         _warn(f"compiling the receive path failed ({exc!r})")
+        _remove_stale_inplace_builds()  # an earlier build of other sources must not shadow these
         return []
 
 
