@@ -525,7 +525,7 @@ def requests(draw: st.DrawFn) -> bytes:
     return data
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(requests())
 def test_random_requests_agree_with_upb(data: bytes) -> None:
     differential(data)
@@ -552,7 +552,7 @@ def mutated(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated())
 def test_mutated_requests_agree_with_upb(data: bytes) -> None:
     """Compiled, interpreted and upb: the same acceptance, and the same chunks when accepted."""

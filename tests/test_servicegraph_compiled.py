@@ -65,7 +65,7 @@ def traces(draw: st.DrawFn) -> SimpleNamespace:
                            trace_id=draw(st.binary(min_size=16, max_size=16)))
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(traces())
 def test_pairing_is_trace_graphs(trace: SimpleNamespace) -> None:
     from sampler.otlp._split import trace_requests
